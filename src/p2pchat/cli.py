@@ -1,0 +1,164 @@
+"""The ``p2pchat`` command: argument parsing and wiring, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from p2pchat import __version__
+
+DEFAULT_TCP_PORT = 15600
+DEFAULT_UDP_PORT = 15500
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value < 65536:
+        raise argparse.ArgumentTypeError("ports are 0-65535")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2pchat",
+        description=(
+            "Peer-to-peer chat with chat rooms. A registry tracks accounts, who is online and "
+            "the rooms; peers send messages to each other directly and flood room messages "
+            "over a mesh of peer links."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"p2pchat {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    reg = sub.add_parser(
+        "registry",
+        help="run the registry (tracker) server",
+        description=(
+            "Run the registry: accounts, presence (UDP heartbeats) and chat rooms, over TCP. "
+            "It never relays chat text. Stop it with Ctrl+C or SIGTERM."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    reg.add_argument("--host", default="0.0.0.0", help="address to listen on (TCP and UDP)")
+    reg.add_argument("--port", type=_port, default=DEFAULT_TCP_PORT, help="TCP port; 0 picks one")
+    reg.add_argument(
+        "--udp-port", type=_port, default=DEFAULT_UDP_PORT, help="UDP heartbeat port; 0 picks one"
+    )
+    reg.add_argument(
+        "--db",
+        type=Path,
+        default=Path("p2pchat-registry.db"),
+        help="SQLite database file (created if missing)",
+    )
+    reg.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=60.0,
+        help="seconds without a heartbeat before a session is disconnected (fractions accepted)",
+    )
+    reg.add_argument(
+        "--heartbeat-interval",
+        type=_seconds,
+        default=20.0,
+        help="heartbeat interval the registry asks clients to use",
+    )
+    reg.add_argument(
+        "--max-connections", type=int, default=20_000, help="most concurrent TCP sessions"
+    )
+    reg.add_argument(
+        "--password-hash",
+        choices=["default", "cheapest"],
+        default="default",
+        help="Argon2id cost; 'cheapest' is for tests and benchmarks only",
+    )
+    reg.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log (to standard error)",
+    )
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _run_registry(args: argparse.Namespace) -> int:
+    from p2pchat.registry.core import RegistryConfig
+    from p2pchat.registry.passwords import Passwords
+    from p2pchat.registry.server import RegistryServer
+    from p2pchat.store import SqliteStore, StoreError
+
+    try:
+        store = SqliteStore(args.db)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    config = RegistryConfig(heartbeat_interval=args.heartbeat_interval, timeout=args.timeout)
+    server = RegistryServer(
+        store,
+        host=args.host,
+        port=args.port,
+        udp_port=args.udp_port,
+        config=config,
+        passwords=Passwords(args.password_hash),
+        max_connections=args.max_connections,
+    )
+    try:
+        await server.start()
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}: {exc}", file=sys.stderr)
+        store.close()
+        return 2
+    print(
+        f"registry listening on {args.host} tcp {server.port} udp {server.udp_port} "
+        f"(database {args.db})",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logging.getLogger("p2pchat.registry").info("stopping")
+    await server.close()
+    store.close()
+    print("registry stopped", flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    with contextlib.suppress(KeyboardInterrupt):
+        if args.command == "registry":
+            return asyncio.run(_run_registry(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The registry (tracker): accounts, presence, rooms. It never carries chat text."""

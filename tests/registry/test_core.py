@@ -1,0 +1,498 @@
+"""The sans-IO registry core, fed requests and a clock by hand: no sockets, no sleeping."""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+from p2pchat.protocol.messages import (
+    AddMember,
+    Bye,
+    CreateRoom,
+    Error,
+    Hello,
+    JoinRoom,
+    LeaveRoom,
+    ListMembers,
+    ListRooms,
+    ListUsers,
+    LoggedIn,
+    Login,
+    Logout,
+    MemberList,
+    Message,
+    Ok,
+    Ping,
+    Register,
+    RemoveMember,
+    RoomEvent,
+    RoomList,
+    Search,
+    SearchResult,
+    UserList,
+    Welcome,
+)
+from p2pchat.registry.core import (
+    Action,
+    Close,
+    HashPassword,
+    RegistryConfig,
+    RegistryCore,
+    Send,
+    VerifyPassword,
+    valid_host,
+)
+from p2pchat.registry.passwords import Passwords
+from p2pchat.store import SqliteStore
+
+PW = "secret-pw"
+
+
+class Harness:
+    """Runs the core's actions at once, hashing synchronously, and records what was sent."""
+
+    def __init__(self, timeout: float = 60.0) -> None:
+        tokens = itertools.count(1)
+        self.core = RegistryCore(
+            SqliteStore(":memory:"),
+            RegistryConfig(timeout=timeout, udp_port=15500),
+            token_factory=lambda: f"tok{next(tokens)}",
+        )
+        self.passwords = Passwords("cheapest")
+        self.now = 0.0
+        self.out: dict[int, list[Message]] = defaultdict(list)
+        self.closed: set[int] = set()
+        self._ids = itertools.count(1)
+        self._conns = itertools.count(1)
+
+    def run(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self.out[action.conn].append(action.msg)
+            elif isinstance(action, Close):
+                self.closed.add(action.conn)
+            elif isinstance(action, HashPassword):
+                digest = self.passwords.hash(action.request.password)
+                self.run(self.core.register_hashed(action.conn, action.request, digest, self.now))
+            elif isinstance(action, VerifyPassword):
+                ok = self.passwords.verify(action.password_hash, action.request.password)
+                self.run(self.core.login_verified(action.conn, action.request, ok, self.now))
+
+    def id(self) -> int:
+        return next(self._ids)
+
+    def connect(self, host: str = "10.0.0.1", greet: bool = True) -> int:
+        conn = next(self._conns)
+        self.core.connect(conn, host, self.now)
+        if greet:
+            assert isinstance(self.req(conn, Hello(id=self.id(), version=1)), Welcome)
+        return conn
+
+    def req(self, conn: int, msg: Any) -> Message:
+        """Send a request; return its reply (the first message carrying its id)."""
+        before = len(self.out[conn])
+        self.run(self.core.handle(conn, msg, self.now))
+        replies = [m for m in self.out[conn][before:] if getattr(m, "id", None) == msg.id]
+        assert len(replies) == 1, self.out[conn][before:]
+        return replies[0]
+
+    def events(self, conn: int) -> list[RoomEvent]:
+        found = [m for m in self.out[conn] if isinstance(m, RoomEvent)]
+        self.out[conn] = [m for m in self.out[conn] if not isinstance(m, RoomEvent)]
+        return found
+
+    def user(self, name: str, host: str = "10.0.0.1", port: int = 7000) -> int:
+        """A connected, registered, logged-in session for ``name``."""
+        conn = self.connect(host)
+        if self.core.store.get_account(name) is None:
+            assert isinstance(
+                self.req(conn, Register(id=self.id(), username=name, password=PW)), Ok
+            )
+        reply = self.req(conn, Login(id=self.id(), username=name, password=PW, port=port))
+        assert isinstance(reply, LoggedIn), reply
+        return conn
+
+
+def code(msg: Message) -> str:
+    assert isinstance(msg, Error), msg
+    return msg.code
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()
+
+
+# ------------------------------------------------------------------ hello
+
+
+def test_requests_before_hello_are_refused(h: Harness) -> None:
+    conn = h.connect(greet=False)
+    assert code(h.req(conn, Search(id=1, username="x"))) == "hello_required"
+
+
+def test_hello_with_another_version_is_refused(h: Harness) -> None:
+    conn = h.connect(greet=False)
+    assert code(h.req(conn, Hello(id=1, version=99))) == "unsupported_version"
+    reply = h.req(conn, Hello(id=2, version=1))
+    assert isinstance(reply, Welcome) and reply.udp_port == 15500 and reply.timeout == 60.0
+
+
+# ------------------------------------------------------------------ accounts
+
+
+def test_register_then_names_are_unique_regardless_of_case(h: Harness) -> None:
+    conn = h.connect()
+    assert isinstance(h.req(conn, Register(id=1, username="Alice", password=PW)), Ok)
+    assert code(h.req(conn, Register(id=2, username="aLICE", password=PW))) == "name_taken"
+    stored = h.core.store.get_account("alice")
+    assert stored is not None and stored.username == "Alice"
+    assert PW not in stored.password_hash and stored.password_hash.startswith("$argon2id$")
+
+
+@pytest.mark.parametrize("name", ["", "a" * 33, "has space", "émile", "semi;colon", "x/y"])
+def test_register_rejects_bad_usernames(h: Harness, name: str) -> None:
+    conn = h.connect()
+    assert code(h.req(conn, Register(id=1, username=name, password=PW))) == "invalid_username"
+
+
+@pytest.mark.parametrize("password", ["", "short", "x" * 257])
+def test_register_rejects_bad_passwords(h: Harness, password: str) -> None:
+    conn = h.connect()
+    assert code(h.req(conn, Register(id=1, username="bob", password=password))) == (
+        "invalid_password"
+    )
+    assert h.core.store.get_account("bob") is None
+
+
+def test_login_reply_carries_token_udp_port_and_address(h: Harness) -> None:
+    conn = h.connect(host="10.1.2.3")
+    h.req(conn, Register(id=1, username="alice", password=PW))
+    reply = h.req(conn, Login(id=2, username="ALICE", password=PW, port=7001))
+    assert isinstance(reply, LoggedIn)
+    assert (reply.username, reply.host, reply.port, reply.udp_port) == (
+        "alice",
+        "10.1.2.3",
+        7001,
+        15500,
+    )
+    assert reply.token == "tok1"
+
+
+def test_login_may_advertise_another_address(h: Harness) -> None:
+    conn = h.connect(host="10.1.2.3")
+    h.req(conn, Register(id=1, username="alice", password=PW))
+    reply = h.req(conn, Login(id=2, username="alice", password=PW, port=7001, host="192.0.2.9"))
+    assert isinstance(reply, LoggedIn) and reply.host == "192.0.2.9"
+    bad = h.req(h.connect(), Login(id=3, username="alice", password=PW, port=1, host="a b"))
+    assert code(bad) == "bad_request"
+
+
+def test_login_errors(h: Harness) -> None:
+    h.user("alice")
+    conn = h.connect()
+    assert code(h.req(conn, Login(id=1, username="nobody", password=PW, port=1))) == (
+        "no_such_user"
+    )
+    assert code(h.req(conn, Login(id=2, username="alice", password="wrong!", port=1))) == (
+        "wrong_password"
+    )
+    assert code(h.req(conn, Login(id=3, username="alice", password=PW, port=1))) == (
+        "already_online"
+    )
+    assert code(h.req(conn, Login(id=4, username="alice", password=PW, port=0))) == "bad_request"
+
+
+def test_a_session_logs_in_once(h: Harness) -> None:
+    conn = h.user("alice")
+    h.req(conn, Register(id=h.id(), username="bob", password=PW))
+    again = h.req(conn, Login(id=h.id(), username="bob", password=PW, port=1))
+    assert code(again) == "already_logged_in"
+
+
+def test_repeated_wrong_passwords_are_slowed_down_per_account(h: Harness) -> None:
+    h.user("alice")
+    h.req(1, Logout(id=h.id()))
+    for attempt in range(3):  # the first three failures are free
+        reply = h.req(h.connect(host=f"10.0.0.{attempt + 2}"), _login("alice", "wrong-pw"))
+        assert code(reply) == "wrong_password"
+    h.req(h.connect(host="10.0.0.9"), _login("alice", "wrong-pw"))  # fourth: locked 1 s
+    limited = h.req(h.connect(host="10.0.0.10"), _login("alice", PW))
+    assert code(limited) == "rate_limited"
+    assert isinstance(limited, Error) and limited.retry_after == pytest.approx(1.0)
+    h.now += 1.01
+    assert isinstance(h.req(h.connect(), _login("alice", PW)), LoggedIn)
+
+
+def test_repeated_failures_from_one_address_are_slowed_down(h: Harness) -> None:
+    conn = h.connect(host="10.9.9.9")
+    for i in range(11):
+        h.req(conn, _login(f"nobody{i}", PW))
+    assert code(h.req(conn, _login("nobody", PW))) == "rate_limited"
+    h.user("alice", host="10.0.0.1")  # other addresses are not affected
+
+
+def _login(name: str, password: str, port: int = 7000) -> Login:
+    return Login(id=1000, username=name, password=password, port=port)
+
+
+# ------------------------------------------------------------------ presence and heartbeats
+
+
+def test_missing_heartbeats_disconnect_after_the_timeout(h: Harness) -> None:
+    alice, bob = h.user("alice"), h.user("bob", port=7002)
+    h.req(alice, CreateRoom(id=h.id(), room="lobby"))
+    h.req(alice, AddMember(id=h.id(), room="lobby", username="bob"))
+    h.events(alice)
+    h.now = 50.0
+    assert h.core.heartbeat("tok1", h.now)  # alice pings; bob (tok2) does not
+    h.run(h.core.expire(59.9))
+    assert not h.closed
+    h.run(h.core.expire(60.0))
+    assert h.closed == {bob}
+    assert isinstance(h.out[bob][-1], Bye) and h.out[bob][-1].code == "timeout"
+    assert [(e.username, e.change) for e in h.events(alice)] == [("bob", "offline")]
+    h.run(h.core.expire(109.9))
+    assert h.closed == {bob}
+    h.run(h.core.expire(110.0))
+    assert h.closed == {bob, alice}
+    assert "alice" not in h.core.online and "bob" not in h.core.online
+
+
+def test_any_request_counts_as_being_heard_from(h: Harness) -> None:
+    conn = h.user("alice")
+    h.now = 59.0
+    h.req(conn, Search(id=h.id(), username="alice"))
+    h.run(h.core.expire(61.0))
+    assert not h.closed
+
+
+def test_pings_with_unknown_or_stale_tokens_are_ignored(h: Harness) -> None:
+    conn = h.user("alice")
+    assert not h.core.heartbeat("forged", 1.0)
+    h.req(conn, Logout(id=h.id()))
+    assert not h.core.heartbeat("tok1", 2.0)
+
+
+def test_ping_over_tcp_needs_the_sessions_token(h: Harness) -> None:
+    conn = h.user("alice")
+    assert isinstance(h.req(conn, Ping(id=5, token="tok1")), Ok)
+    assert code(h.req(conn, Ping(id=6, token="tok9"))) == "not_logged_in"
+
+
+def test_next_deadline_follows_logins(h: Harness) -> None:
+    assert h.core.next_deadline() is None
+    h.now = 5.0
+    h.user("alice")
+    assert h.core.next_deadline() == 65.0
+
+
+def test_disconnect_logs_out_and_tells_room_members(h: Harness) -> None:
+    alice, bob = h.user("alice"), h.user("bob", port=7002)
+    h.req(alice, CreateRoom(id=h.id(), room="lobby"))
+    h.req(bob, JoinRoom(id=h.id(), room="lobby"))
+    h.events(alice)
+    h.run(h.core.disconnect(bob, 1.0))
+    assert [(e.room, e.username, e.change) for e in h.events(alice)] == [
+        ("lobby", "bob", "offline")
+    ]
+    assert h.core.store.get_account("bob") is not None
+    assert isinstance(h.req(h.connect(), _login("bob", PW)), LoggedIn)
+
+
+def test_login_tells_room_members_with_the_address(h: Harness) -> None:
+    alice = h.user("alice")
+    bob = h.user("bob", host="10.0.0.2", port=7002)
+    h.req(alice, CreateRoom(id=h.id(), room="lobby"))
+    h.req(bob, JoinRoom(id=h.id(), room="lobby"))
+    h.req(bob, Logout(id=h.id()))
+    h.events(alice)
+    h.req(bob, _login("bob", PW, port=7003))
+    [event] = h.events(alice)
+    assert (event.change, event.host, event.port) == ("online", "10.0.0.2", 7003)
+    assert h.events(bob) == []
+
+
+# ------------------------------------------------------------------ search and users
+
+
+def test_search(h: Harness) -> None:
+    alice = h.user("alice", host="10.0.0.5", port=7005)
+    conn = h.connect()
+    h.req(conn, Register(id=h.id(), username="carol", password=PW))
+    online = h.req(conn, Search(id=1, username="ALICE"))
+    assert online == SearchResult(id=1, username="alice", online=True, host="10.0.0.5", port=7005)
+    offline = h.req(conn, Search(id=2, username="carol"))
+    assert offline == SearchResult(id=2, username="carol", online=False)
+    assert code(h.req(conn, Search(id=3, username="zed"))) == "no_such_user"
+    assert code(h.req(conn, Search(id=4, username="bad name"))) == "no_such_user"
+    assert alice
+
+
+def test_users_lists_online_users_in_pages(h: Harness) -> None:
+    for i in range(5):
+        h.user(f"u{i}", port=7000 + i)
+    conn = h.connect()
+    page = h.req(conn, ListUsers(id=1, limit=2))
+    assert isinstance(page, UserList) and page.more
+    assert [u.username for u in page.users] == ["u0", "u1"]
+    rest = h.req(conn, ListUsers(id=2, after="u1", limit=10))
+    assert isinstance(rest, UserList) and not rest.more
+    assert [(u.username, u.port) for u in rest.users] == [("u2", 7002), ("u3", 7003), ("u4", 7004)]
+
+
+# ------------------------------------------------------------------ rooms
+
+
+def test_room_operations_need_a_login(h: Harness) -> None:
+    conn = h.connect()
+    for msg in (
+        CreateRoom(id=1, room="r"),
+        JoinRoom(id=2, room="r"),
+        LeaveRoom(id=3, room="r"),
+        AddMember(id=4, room="r", username="x"),
+        RemoveMember(id=5, room="r", username="x"),
+        Logout(id=6),
+    ):
+        assert code(h.req(conn, msg)) == "not_logged_in"
+
+
+def test_create_room(h: Harness) -> None:
+    alice = h.user("alice")
+    assert isinstance(h.req(alice, CreateRoom(id=1, room="Lobby")), Ok)
+    assert code(h.req(alice, CreateRoom(id=2, room="lobby"))) == "room_exists"
+    assert code(h.req(alice, CreateRoom(id=3, room="no room"))) == "invalid_room"
+    members = h.req(alice, ListMembers(id=4, room="LOBBY"))
+    assert isinstance(members, MemberList) and members.room == "Lobby"
+    assert [(m.username, m.owner, m.online) for m in members.members] == [("alice", True, True)]
+
+
+def test_join_and_leave_public_room_with_events(h: Harness) -> None:
+    alice, bob = h.user("alice"), h.user("bob", port=7002)
+    h.req(alice, CreateRoom(id=h.id(), room="lobby"))
+    assert isinstance(h.req(bob, JoinRoom(id=h.id(), room="lobby")), Ok)
+    assert code(h.req(bob, JoinRoom(id=h.id(), room="lobby"))) == "already_member"
+    assert code(h.req(bob, JoinRoom(id=h.id(), room="nowhere"))) == "no_such_room"
+    [joined] = h.events(alice)
+    assert (joined.username, joined.change, joined.port) == ("bob", "joined", 7002)
+    assert isinstance(h.req(bob, LeaveRoom(id=h.id(), room="lobby")), Ok)
+    assert code(h.req(bob, LeaveRoom(id=h.id(), room="lobby"))) == "not_a_member"
+    assert [(e.username, e.change) for e in h.events(alice)] == [("bob", "left")]
+    assert h.events(bob) == []
+
+
+def test_private_rooms_are_entered_by_being_added(h: Harness) -> None:
+    alice, bob, carol = h.user("alice"), h.user("bob"), h.user("carol")
+    h.req(alice, CreateRoom(id=h.id(), room="secret", private=True))
+    assert code(h.req(bob, JoinRoom(id=h.id(), room="secret"))) == "private_room"
+    assert code(h.req(bob, ListMembers(id=h.id(), room="secret"))) == "private_room"
+    assert code(h.req(bob, AddMember(id=h.id(), room="secret", username="carol"))) == (
+        "not_a_member"
+    )
+    assert isinstance(h.req(alice, AddMember(id=h.id(), room="secret", username="bob")), Ok)
+    [added] = h.events(bob)  # bob hears that he was added
+    assert (added.room, added.username, added.change, added.by) == (
+        "secret",
+        "bob",
+        "added",
+        "alice",
+    )
+    # any member may add
+    assert isinstance(h.req(bob, AddMember(id=h.id(), room="secret", username="carol")), Ok)
+    assert code(h.req(bob, AddMember(id=h.id(), room="secret", username="carol"))) == (
+        "already_member"
+    )
+    assert code(h.req(bob, AddMember(id=h.id(), room="secret", username="zed"))) == "no_such_user"
+    assert [e.change for e in h.events(carol)] == ["added"]
+    assert [(e.username, e.change) for e in h.events(alice)] == [
+        ("bob", "added"),
+        ("carol", "added"),
+    ]
+
+
+def test_only_the_owner_removes_members(h: Harness) -> None:
+    alice, bob, carol = h.user("alice"), h.user("bob"), h.user("carol")
+    h.req(alice, CreateRoom(id=h.id(), room="lobby"))
+    h.req(bob, JoinRoom(id=h.id(), room="lobby"))
+    h.req(carol, JoinRoom(id=h.id(), room="lobby"))
+    h.events(alice), h.events(bob), h.events(carol)
+    assert code(h.req(bob, RemoveMember(id=h.id(), room="lobby", username="carol"))) == "not_owner"
+    assert code(h.req(alice, RemoveMember(id=h.id(), room="lobby", username="alice"))) == (
+        "bad_request"
+    )
+    assert isinstance(h.req(alice, RemoveMember(id=h.id(), room="lobby", username="carol")), Ok)
+    assert [(e.username, e.change, e.by) for e in h.events(carol)] == [
+        ("carol", "removed", "alice")
+    ]
+    assert [(e.username, e.change) for e in h.events(bob)] == [("carol", "removed")]
+    assert code(h.req(alice, RemoveMember(id=h.id(), room="lobby", username="carol"))) == (
+        "not_a_member"
+    )
+    assert h.core.store.members("lobby") == ["alice", "bob"]
+
+
+def test_owner_leaving_hands_the_room_over_and_the_last_one_out_deletes_it(h: Harness) -> None:
+    alice, bob = h.user("alice"), h.user("bob")
+    h.req(alice, CreateRoom(id=h.id(), room="lobby"))
+    h.req(bob, JoinRoom(id=h.id(), room="lobby"))
+    h.req(alice, LeaveRoom(id=h.id(), room="lobby"))
+    room = h.core.store.get_room("lobby")
+    assert room is not None and room.owner == "bob"
+    h.req(bob, LeaveRoom(id=h.id(), room="lobby"))
+    assert h.core.store.get_room("lobby") is None
+
+
+def test_rooms_lists_public_rooms_and_own_private_ones_with_counts(h: Harness) -> None:
+    alice, bob = h.user("alice"), h.user("bob")
+    h.connect()
+    h.req(alice, CreateRoom(id=h.id(), room="lobby"))
+    h.req(alice, CreateRoom(id=h.id(), room="secret", private=True))
+    h.req(bob, JoinRoom(id=h.id(), room="lobby"))
+    h.req(bob, Logout(id=h.id()))
+    mine = h.req(alice, ListRooms(id=h.id()))
+    assert isinstance(mine, RoomList)
+    assert [(r.room, r.private, r.members, r.online, r.member) for r in mine.rooms] == [
+        ("lobby", False, 2, 1, True),
+        ("secret", True, 1, 1, True),
+    ]
+    other = h.req(h.user("carol"), ListRooms(id=h.id()))
+    assert isinstance(other, RoomList)
+    assert [(r.room, r.member) for r in other.rooms] == [("lobby", False)]
+
+
+def test_members_show_online_state_and_addresses(h: Harness) -> None:
+    alice = h.user("alice", host="10.0.0.1", port=7001)
+    bob = h.user("bob", host="10.0.0.2", port=7002)
+    h.req(alice, CreateRoom(id=h.id(), room="lobby"))
+    h.req(bob, JoinRoom(id=h.id(), room="lobby"))
+    h.req(bob, Logout(id=h.id()))
+    reply = h.req(h.connect(), ListMembers(id=h.id(), room="lobby"))
+    assert isinstance(reply, MemberList)
+    assert [(m.username, m.online, m.host, m.port) for m in reply.members] == [
+        ("alice", True, "10.0.0.1", 7001),
+        ("bob", False, None, None),
+    ]
+
+
+def test_members_are_paged(h: Harness) -> None:
+    alice = h.user("alice")
+    h.req(alice, CreateRoom(id=h.id(), room="big"))
+    for i in range(5):
+        h.req(h.user(f"m{i}"), JoinRoom(id=h.id(), room="big"))
+    page = h.req(alice, ListMembers(id=h.id(), room="big", limit=4))
+    assert isinstance(page, MemberList) and page.more
+    rest = h.req(alice, ListMembers(id=h.id(), room="big", after=page.members[-1].username))
+    assert isinstance(rest, MemberList) and not rest.more
+    names = [m.username for m in page.members + rest.members]
+    assert names == ["alice", "m0", "m1", "m2", "m3", "m4"]
+
+
+@pytest.mark.parametrize(
+    ("host", "ok"),
+    [("127.0.0.1", True), ("::1", True), ("peer.example.org", True), ("", False), ("a b", False)],
+)
+def test_valid_host(host: str, ok: bool) -> None:
+    assert valid_host(host) is ok
