@@ -96,7 +96,69 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="how much to log (to standard error)",
     )
+    peer = sub.add_parser(
+        "peer",
+        help="run a chat peer (line mode or terminal UI)",
+        description=(
+            "Run a chat peer: a TCP listener for other peers and a client of the registry. "
+            "Direct messages go peer to peer; room messages are flooded over a bounded mesh "
+            "of peer links. In line mode, commands are read from standard input (one per "
+            "line, /help lists them) and events are written to standard output, one per line."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    peer.add_argument(
+        "--registry",
+        default=f"127.0.0.1:{DEFAULT_TCP_PORT}",
+        metavar="HOST[:PORT]",
+        help="the registry's address",
+    )
+    peer.add_argument("--host", default="0.0.0.0", help="address this peer listens on")
+    peer.add_argument("--port", type=_port, default=0, help="TCP port to listen on; 0 picks one")
+    peer.add_argument(
+        "--advertise",
+        default=None,
+        metavar="HOST",
+        help="address other peers should use to reach this one "
+        "(default: the address the registry sees)",
+    )
+    peer.add_argument(
+        "--heartbeat",
+        type=_seconds,
+        default=20.0,
+        help="seconds between heartbeats to the registry (fractions accepted)",
+    )
+    peer.add_argument(
+        "--max-links",
+        type=int,
+        default=6,
+        help="most mesh links this peer holds in one room (at least 2)",
+    )
+    peer.add_argument(
+        "--ui",
+        choices=["auto", "line", "tui"],
+        default="auto",
+        help="line: scriptable, one event per line; tui: full-screen; auto: tui on a terminal",
+    )
+    peer.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log (to standard error)",
+    )
     return parser
+
+
+def parse_address(text: str, default_port: int) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT`` or ``[V6]:PORT``."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":") or str(default_port)
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, str(default_port)
+    return host or "127.0.0.1", _port(port)
 
 
 def _setup_logging(level: str) -> None:
@@ -151,12 +213,54 @@ async def _run_registry(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _run_peer(args: argparse.Namespace, ui: str) -> int:
+    from p2pchat.peer.node import PeerConfig
+
+    host, port = args.registry_address
+    config = PeerConfig(
+        registry_host=host,
+        registry_port=port,
+        listen_host=args.host,
+        listen_port=args.port,
+        advertise=args.advertise,
+        heartbeat=args.heartbeat,
+        max_links=args.max_links,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if ui == "tui":
+        from p2pchat.ui.tui import run_tui
+
+        return await run_tui(config)
+    from p2pchat.ui.line import run_line_mode
+
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    return await run_line_mode(config, stop)
+
+
+def _pick_ui(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "tui" if sys.stdin.isatty() and sys.stdout.isatty() else "line"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "peer":
+        try:
+            args.registry_address = parse_address(args.registry, DEFAULT_TCP_PORT)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"--registry: {exc}")
+        if args.max_links < 2:
+            parser.error("--max-links must be at least 2")
     _setup_logging(args.log_level)
     with contextlib.suppress(KeyboardInterrupt):
         if args.command == "registry":
             return asyncio.run(_run_registry(args))
+        if args.command == "peer":
+            return asyncio.run(_run_peer(args, _pick_ui(args.ui)))
     return 0
 
 

@@ -325,10 +325,12 @@ class PeerWelcome(Message, tag="peer_welcome"):
 
 
 class MeshRooms(Message, tag="mesh"):
-    """The sender holds this link as a mesh link for these rooms (``on``) or no longer."""
+    """The complete set of rooms for which the sender holds this link as a mesh link.
+
+    Replaces the previous set; an empty list means the sender no longer needs the link.
+    """
 
     rooms: list[str]
-    on: bool = True
 
 
 class DirectMessage(Message, tag="dm"):

@@ -1,0 +1,755 @@
+"""The peer: a TCP listener and dialer, a registry session, and the flood router, wired up.
+
+This is the asyncio shell. What to link to comes from ``links.py`` and ``mesh.py``; what to
+do with a room message comes from ``router.py``; this module only moves frames and keeps the
+timers (dial backoff, registry reconnection). User interfaces call the ``async`` methods
+(which raise ``CommandError`` with a sentence for people) and receive ``PeerEvent`` values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from p2pchat.peer.events import (
+    CommandError,
+    DirectText,
+    Notice,
+    PeerEvent,
+    RoomsChanged,
+    RoomText,
+    Status,
+)
+from p2pchat.peer.links import LinkView, forwarding_table, plan_links
+from p2pchat.peer.router import FloodRouter
+from p2pchat.protocol.framing import FrameTooLarge, LineFramer
+from p2pchat.protocol.messages import (
+    MAX_TEXT,
+    PROTOCOL_VERSION,
+    Bye,
+    DirectAck,
+    DirectMessage,
+    MemberInfo,
+    MeshRooms,
+    Message,
+    PeerError,
+    PeerHello,
+    PeerWelcome,
+    RoomEvent,
+    RoomInfo,
+    RoomMessage,
+    SearchResult,
+    UserAddr,
+    encode,
+    peer_decoder,
+    text_size_ok,
+    valid_name,
+)
+from p2pchat.registry.client import Event, RegistryClient, RegistryClosed, RegistryError
+
+log = logging.getLogger("p2pchat.peer")
+
+MAX_LINK_BUFFER = 4 << 20
+"""A neighbour that lets this much pile up unsent is too slow for the mesh: its link is cut."""
+PIN_SECONDS = 300.0
+"""A link used for direct messages is kept this long after the last one."""
+GRACE_SECONDS = 5.0
+"""A new link is kept this long even if unneeded, so the other side's ``mesh`` frame can
+arrive (it may have dialed us for a room we have not heard of yet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    registry_host: str = "127.0.0.1"
+    registry_port: int = 15600
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 0
+    advertise: str | None = None
+    heartbeat: float = 20.0
+    max_links: int = 6
+    max_connections: int = 128
+    dial_timeout: float = 3.0
+    ack_timeout: float = 5.0
+    reconnect_max: float = 10.0
+
+
+@dataclass(slots=True)
+class _Member:
+    online: bool
+    host: str | None = None
+    port: int | None = None
+
+
+@dataclass(slots=True)
+class _Room:
+    name: str
+    members: dict[str, _Member] = field(default_factory=dict)
+
+
+class _Link(asyncio.Protocol):
+    """One TCP connection with another peer; established once the hellos are exchanged."""
+
+    def __init__(self, node: PeerNode, dialed: bool, expect: str | None = None) -> None:
+        self.node = node
+        self.dialed = dialed
+        self.expect = expect
+        self.peer: str | None = None
+        self.view = LinkView()
+        self.pinned_until = 0.0
+        self.transport: asyncio.Transport | None = None
+        self.framer = LineFramer()
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.bad_frames = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.dialed:
+            self.send(self.node.hello_frame())
+        elif not self.node.can_accept():
+            self.send(encode(PeerError(code="too_many_connections", reason="peer is full")))
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.framer.feed(data)
+        except FrameTooLarge as exc:
+            log.warning("closing link to %s: %s", self.peer or "?", exc)
+            self.abort()
+            return
+        node = self.node
+        for frame in frames:
+            if self.transport is None or self.transport.is_closing():
+                return
+            node.on_frame(self, frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("link closed during the handshake"))
+            self.ready.exception()  # mark retrieved: nobody may be waiting
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self.node.on_link_lost(self)
+
+    def send(self, frame: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(frame)
+        if transport.get_write_buffer_size() > MAX_LINK_BUFFER:
+            log.warning("link to %s is not keeping up; cutting it", self.peer)
+            transport.abort()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class PeerNode:
+    """One user's peer. ``start()``, then ``login()``; ``close()`` at the end."""
+
+    def __init__(
+        self, config: PeerConfig, on_event: Callable[[PeerEvent], None] | None = None
+    ) -> None:
+        self.config = config
+        self._emit_cb = on_event or (lambda event: None)
+        self.registry: RegistryClient | None = None
+        self.username: str | None = None
+        self._password: str | None = None
+        self.router: FloodRouter | None = None
+        self.rooms: dict[str, _Room] = {}
+        self.links: dict[str, _Link] = {}
+        self._all_links: set[_Link] = set()
+        self._forward: dict[str, list[_Link]] = {}
+        self._dialing: dict[str, asyncio.Task[_Link | None]] = {}
+        self._backoff: dict[str, tuple[float, float]] = {}  # peer -> (retry at, delay)
+        self._acks: dict[str, asyncio.Future[None]] = {}
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._closing = False
+        self._loop = asyncio.get_running_loop()
+        self.port = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Open the listener (``listen_port`` 0 picks a free port)."""
+        cfg = self.config
+        self._server = await self._loop.create_server(
+            lambda: self._track(_Link(self, dialed=False)), cfg.listen_host, cfg.listen_port
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ticker = asyncio.create_task(self._tick())
+
+    async def close(self) -> None:
+        """Log out, close every link after flushing what was queued, stop listening."""
+        self._closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+        if self.registry is not None:
+            if self.username is not None and not self.registry.closed.is_set():
+                with contextlib.suppress(RegistryError, ConnectionError, TimeoutError):
+                    await asyncio.wait_for(self.registry.logout(), 2.0)
+            await self.registry.close()
+        if self._server is not None:
+            self._server.close()
+        for task in [*self._tasks, *self._dialing.values()]:
+            task.cancel()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        lost = [link.lost for link in self._all_links]
+        for link in list(self._all_links):
+            link.close()  # flushes queued frames first
+        if lost:
+            await asyncio.wait(lost, timeout=2.0)
+        for link in list(self._all_links):
+            link.abort()
+
+    def _track(self, link: _Link) -> _Link:
+        self._all_links.add(link)
+        return link
+
+    def can_accept(self) -> bool:
+        return len(self._all_links) <= self.config.max_connections
+
+    def hello_frame(self) -> bytes:
+        return encode(PeerHello(version=PROTOCOL_VERSION, username=self.username or ""))
+
+    def _emit(self, event: PeerEvent) -> None:
+        try:
+            self._emit_cb(event)
+        except Exception:
+            log.exception("event handler failed")
+
+    def _notice(self, text: str, room: str | None = None) -> None:
+        self._emit(Notice(text, room))
+
+    def status(self) -> Status:
+        registry = self.registry is not None and not self.registry.closed.is_set()
+        beat = self.registry.last_heartbeat if self.registry else None
+        return Status(registry, self.username, len(self.links), beat)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ registry
+
+    async def _registry(self) -> RegistryClient:
+        if self.registry is not None and not self.registry.closed.is_set():
+            return self.registry
+        cfg = self.config
+        try:
+            client = await RegistryClient.connect(
+                cfg.registry_host, cfg.registry_port, timeout=5.0, on_event=self._on_registry_event
+            )
+        except (OSError, TimeoutError) as exc:
+            raise CommandError(
+                f"cannot reach the registry at {cfg.registry_host}:{cfg.registry_port}: "
+                f"{exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
+            ) from None
+        self.registry = client
+        self._spawn(self._watch_registry(client))
+        return client
+
+    async def _call(self, coro_fn: Callable[[RegistryClient], Coroutine[Any, Any, Any]]) -> Any:
+        client = await self._registry()
+        try:
+            return await coro_fn(client)
+        except RegistryError as exc:
+            raise CommandError(exc.reason) from None
+        except RegistryClosed as exc:
+            raise CommandError(f"lost the registry: {exc}") from None
+
+    async def _watch_registry(self, client: RegistryClient) -> None:
+        await client.closed.wait()
+        if self._closing or client is not self.registry:
+            return
+        self._emit(self.status())
+        if self.username is None:
+            self._notice(f"registry connection closed: {client.close_reason}")
+            return
+        self._notice(
+            f"registry unreachable ({client.close_reason}); chat with linked peers goes on, "
+            "reconnecting"
+        )
+        self._reconnecting = asyncio.create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = 0.5
+        while not self._closing and self.username and self._password:
+            await asyncio.sleep(delay)
+            try:
+                await self._login(self.username, self._password)
+            except CommandError as exc:
+                log.info("registry reconnect failed: %s", exc)
+                delay = min(delay * 2, self.config.reconnect_max)
+                continue
+            self._notice(f"registry is back; logged in again as {self.username}")
+            return
+
+    async def register(self, username: str, password: str) -> None:
+        await self._call(lambda c: c.register(username, password))
+
+    async def login(self, username: str, password: str) -> str:
+        if self.username is not None:
+            raise CommandError(f"already logged in as {self.username}")
+        await self._login(username, password)
+        assert self.username is not None
+        return self.username
+
+    async def _login(self, username: str, password: str) -> None:
+        cfg = self.config
+        session = await self._call(
+            lambda c: c.login(
+                username, password, self.port, host=cfg.advertise, heartbeat=cfg.heartbeat
+            )
+        )
+        if self.router is None or self.router.me != session.username:
+            self.router = FloodRouter(session.username)
+        self.username = session.username
+        self._password = password
+        await self._load_rooms()
+        self._emit(self.status())
+
+    async def _load_rooms(self) -> None:
+        infos: list[RoomInfo] = await self._call(lambda c: c.rooms())
+        rooms: dict[str, _Room] = {}
+        for info in infos:
+            if info.member:
+                rooms[info.room] = await self._room_view(info.room)
+        self.rooms = rooms
+        self._replan()
+        self._emit(RoomsChanged())
+
+    async def _room_view(self, room: str) -> _Room:
+        members: list[MemberInfo] = await self._call(lambda c: c.members(room))
+        return _Room(room, {m.username: _Member(m.online, m.host, m.port) for m in members})
+
+    async def logout(self) -> None:
+        if self.username is None:
+            raise CommandError("not logged in")
+        try:
+            await self._call(lambda c: c.logout())
+        finally:
+            self._logged_out()
+
+    def _logged_out(self) -> None:
+        self.username = None
+        self._password = None
+        self.rooms = {}
+        for link in list(self._all_links):
+            link.close()
+        self._emit(RoomsChanged())
+        self._emit(self.status())
+
+    def _require_login(self) -> str:
+        if self.username is None:
+            raise CommandError("log in first: /login USER PASSWORD")
+        return self.username
+
+    async def search(self, username: str) -> SearchResult:
+        result: SearchResult = await self._call(lambda c: c.search(username))
+        return result
+
+    async def users(self) -> list[UserAddr]:
+        result: list[UserAddr] = await self._call(lambda c: c.users())
+        return result
+
+    async def list_rooms(self) -> list[RoomInfo]:
+        result: list[RoomInfo] = await self._call(lambda c: c.rooms())
+        return result
+
+    async def members(self, room: str) -> list[MemberInfo]:
+        result: list[MemberInfo] = await self._call(lambda c: c.members(room))
+        return result
+
+    async def create_room(self, room: str, private: bool = False) -> None:
+        me = self._require_login()
+        await self._call(lambda c: c.create_room(room, private))
+        view = await self._room_view(room)
+        self.rooms[view.name] = view
+        self._replan()
+        self._emit(RoomsChanged(view.name))
+        assert me
+
+    async def join_room(self, room: str) -> None:
+        self._require_login()
+        await self._call(lambda c: c.join_room(room))
+        view = await self._room_view(room)
+        self.rooms[view.name] = view
+        self._replan()
+        self._emit(RoomsChanged(view.name))
+
+    async def leave_room(self, room: str) -> None:
+        self._require_login()
+        await self._call(lambda c: c.leave_room(room))
+        self.rooms.pop(self.room_name(room), None)
+        self._replan()
+        self._emit(RoomsChanged())
+
+    async def add_member(self, room: str, username: str) -> None:
+        self._require_login()
+        await self._call(lambda c: c.add_member(room, username))
+
+    async def remove_member(self, room: str, username: str) -> None:
+        self._require_login()
+        await self._call(lambda c: c.remove_member(room, username))
+
+    def room_name(self, room: str) -> str:
+        """The spelling of one of our rooms, whatever the casing typed."""
+        key = room.casefold()
+        for name in self.rooms:
+            if name.casefold() == key:
+                return name
+        return room
+
+    def _on_registry_event(self, event: Event) -> None:
+        if isinstance(event, Bye):
+            log.info("registry says bye: %s", event.reason)
+            return
+        me = self.username
+        if me is None:
+            return
+        room = self.rooms.get(event.room)
+        who, change = event.username, event.change
+        if who == me:
+            if change == "added":
+                self._notice(f"{event.by} added you to {event.room}", event.room)
+                self._spawn(self._adopt_room(event.room))
+            elif change == "removed":
+                self.rooms.pop(event.room, None)
+                self._notice(f"{event.by} removed you from {event.room}", event.room)
+                self._replan()
+                self._emit(RoomsChanged())
+            return
+        if room is None:
+            return
+        if change in ("online", "joined", "added"):
+            room.members[who] = _Member(event.host is not None, event.host, event.port)
+            self._backoff.pop(who, None)
+        elif change == "offline":
+            room.members[who] = _Member(False)
+        else:  # left, removed
+            room.members.pop(who, None)
+        self._notice(_describe(event), event.room)
+        self._replan()
+        self._emit(RoomsChanged(event.room))
+
+    async def _adopt_room(self, room: str) -> None:
+        try:
+            view = await self._room_view(room)
+        except CommandError as exc:
+            log.warning("could not load room %s: %s", room, exc)
+            return
+        self.rooms[view.name] = view
+        self._replan()
+        self._emit(RoomsChanged(view.name))
+
+    # ------------------------------------------------------------------ mesh
+
+    def _replan(self) -> None:
+        """Bring links in line with the mesh the room views call for."""
+        me = self.username
+        if me is None or self._closing:
+            return
+        now = self._loop.time()
+        online = {
+            name: [
+                user
+                for user, m in room.members.items()
+                if m.online and user != me and not self._backing_off(user, now)
+            ]
+            for name, room in self.rooms.items()
+        }
+        views = {}
+        for peer, link in self.links.items():
+            link.view.pinned = link.pinned_until > now
+            views[peer] = link.view
+        plan = plan_links(me, online, views, self.config.max_links)
+        for peer in plan.dial:
+            if peer not in self._dialing:
+                self._dialing[peer] = asyncio.create_task(self._dial_member(peer))
+        for peer, rooms in plan.announce.items():
+            link = self.links[peer]
+            link.view.mine = rooms
+            link.send(encode(MeshRooms(rooms=sorted(rooms))))
+        for peer in plan.close:
+            log.debug("closing unneeded link to %s", peer)
+            self.links[peer].close()
+        self._rebuild_forwarding()
+
+    def _rebuild_forwarding(self) -> None:
+        table = forwarding_table({p: link.view for p, link in self.links.items()})
+        self._forward = {room: [self.links[p] for p in peers] for room, peers in table.items()}
+
+    def _backing_off(self, peer: str, now: float) -> bool:
+        entry = self._backoff.get(peer)
+        return entry is not None and entry[0] > now
+
+    def _address(self, peer: str) -> tuple[str, int] | None:
+        for room in self.rooms.values():
+            m = room.members.get(peer)
+            if m is not None and m.online and m.host and m.port:
+                return m.host, m.port
+        return None
+
+    async def _dial_member(self, peer: str) -> _Link | None:
+        try:
+            address = self._address(peer)
+            if address is None:
+                return None
+            link = await self._dial(peer, *address)
+            if link is None:
+                self._failed(peer)
+            return link
+        finally:
+            self._dialing.pop(peer, None)
+
+    def _failed(self, peer: str) -> None:
+        """A member we could not reach is left out of our mesh until a retry succeeds."""
+        _, delay = self._backoff.get(peer, (0.0, 0.25))
+        delay = min(delay * 2, 8.0)
+        self._backoff[peer] = (self._loop.time() + delay, delay)
+        self._replan()
+
+    async def _dial(self, peer: str, host: str, port: int) -> _Link | None:
+        loop = self._loop
+        try:
+            _, link = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: self._track(_Link(self, dialed=True, expect=peer)), host, port
+                ),
+                self.config.dial_timeout,
+            )
+            await asyncio.wait_for(asyncio.shield(link.ready), self.config.dial_timeout)
+        except (OSError, TimeoutError) as exc:
+            log.info("cannot link to %s at %s:%d: %s", peer, host, port, exc)
+            return None
+        return self.links.get(peer)  # another link may have won a simultaneous dial
+
+    async def _tick(self) -> None:
+        """Retries dials whose backoff ran out, and lets pinned links expire."""
+        while True:
+            await asyncio.sleep(0.5)
+            if self.username is not None:
+                self._replan()
+
+    # ------------------------------------------------------------------ links
+
+    def on_frame(self, link: _Link, frame: bytes) -> None:
+        try:
+            msg = peer_decoder.decode(frame)
+        except msgspec.MsgspecError as exc:
+            link.bad_frames += 1
+            log.warning("dropped a bad frame from %s: %s", link.peer or "?", exc)
+            if link.bad_frames > 10:
+                link.abort()
+            return
+        if link.peer is None:
+            self._handshake(link, msg)
+            return
+        if type(msg) is RoomMessage:
+            self._on_room_message(link, msg)
+        elif isinstance(msg, DirectMessage):
+            self._on_direct(link, msg)
+        elif isinstance(msg, DirectAck):
+            future = self._acks.get(msg.id)
+            if future is not None and not future.done():
+                future.set_result(None)
+        elif isinstance(msg, MeshRooms):
+            link.view.theirs = frozenset(msg.rooms)
+            self._rebuild_forwarding()
+        elif isinstance(msg, PeerError):
+            log.info("peer %s reports %s: %s", link.peer, msg.code, msg.reason)
+        else:
+            log.warning("unexpected %s from %s; closing the link", type(msg).__name__, link.peer)
+            link.abort()
+
+    def _handshake(self, link: _Link, msg: Message) -> None:
+        if link.dialed:
+            if not isinstance(msg, PeerWelcome) or msg.username != link.expect:
+                log.warning(
+                    "%s answered as %r; closing", link.expect, getattr(msg, "username", None)
+                )
+                link.abort()
+                return
+            peer = msg.username
+        else:
+            if not isinstance(msg, PeerHello) or msg.version != PROTOCOL_VERSION:
+                link.send(encode(PeerError(code="bad_request", reason="expected peer_hello v1")))
+                link.close()
+                return
+            if (
+                self.username is None
+                or not valid_name(msg.username)
+                or msg.username == self.username
+            ):
+                link.send(encode(PeerError(code="bad_request", reason="not accepting this link")))
+                link.close()
+                return
+            peer = msg.username
+            link.send(encode(PeerWelcome(version=PROTOCOL_VERSION, username=self.username)))
+        link.peer = peer
+        old = self.links.get(peer)
+        if old is not None and old is not link:
+            # Both dialed at once. Both ends keep the link the smaller name dialed, so they agree.
+            if link.dialed != ((self.username or "") < peer):
+                link.peer = None
+                link.close()
+                link.ready.set_result(None)
+                return
+            old.peer = None
+            old.close()
+            link.pinned_until = old.pinned_until
+        self.links[peer] = link
+        link.pinned_until = max(link.pinned_until, self._loop.time() + GRACE_SECONDS)
+        self._backoff.pop(peer, None)
+        if not link.ready.done():
+            link.ready.set_result(None)
+        log.info("linked with %s", peer)
+        self._replan()
+        self._emit(self.status())
+
+    def on_link_lost(self, link: _Link) -> None:
+        self._all_links.discard(link)
+        peer = link.peer
+        if peer is None or self.links.get(peer) is not link:
+            return
+        del self.links[peer]
+        if self._closing:
+            return
+        rooms = sorted(link.view.mine | link.view.theirs)
+        if rooms and self.username is not None:
+            self._notice(f"link to {peer} lost; repairing the mesh of {', '.join(rooms)}")
+        self._replan()
+        self._emit(self.status())
+
+    # ------------------------------------------------------------------ messages
+
+    def _on_room_message(self, link: _Link, msg: RoomMessage) -> None:
+        room = self.rooms.get(msg.room)
+        router = self.router
+        if room is None or router is None:
+            log.debug("dropped a message for %s, not one of our rooms", msg.room)
+            return
+        if not text_size_ok(msg.text):
+            log.warning("dropped an oversized or empty message from %s", link.peer)
+            return
+        peer = link.peer or ""
+        route = router.receive(
+            msg,
+            peer,
+            self._loop.time(),
+            [n.peer or "" for n in self._forward.get(msg.room, ())],
+            room.members,
+        )
+        if route.dropped is not None:
+            if route.dropped != "duplicate":
+                log.warning("dropped a message in %s from %s: %s", msg.room, peer, route.dropped)
+            return
+        forward = route.forward
+        if forward is not None:
+            links = self.links
+            frame = forward.frame
+            for target in forward.targets:
+                links[target].send(frame)
+        self._emit(RoomText(msg.room, msg.origin, msg.text, msg.ts))
+
+    def _on_direct(self, link: _Link, msg: DirectMessage) -> None:
+        if msg.sender != link.peer or not text_size_ok(msg.text):
+            link.send(encode(PeerError(code="bad_request", reason="bad direct message", id=msg.id)))
+            return
+        link.pinned_until = self._loop.time() + PIN_SECONDS
+        link.send(encode(DirectAck(id=msg.id)))
+        self._emit(DirectText(msg.sender, msg.text, msg.ts, peer=msg.sender))
+
+    async def say(self, room: str, text: str) -> int:
+        """Flood ``text`` to ``room``; returns how many neighbours it was handed to."""
+        me = self._require_login()
+        _check_text(text)
+        name = self.room_name(room)
+        if name not in self.rooms:
+            raise CommandError(f"you are not a member of {room}; /join {room} first")
+        assert self.router is not None
+        targets = self._forward.get(name, [])
+        forward = self.router.originate(
+            name, text, self._loop.time(), [t.peer or "" for t in targets], ts=time.time()
+        )
+        for link in targets:
+            link.send(forward.frame)
+        self._emit(RoomText(name, me, text, forward.msg.ts, mine=True))
+        return len(targets)
+
+    async def send_direct(self, username: str, text: str) -> str:
+        """Send ``text`` to one user and wait for their peer to acknowledge it."""
+        me = self._require_login()
+        _check_text(text)
+        link = self._linked(username)
+        if link is None:
+            result = await self.search(username)
+            if not result.online or result.host is None or result.port is None:
+                raise CommandError(f"{result.username} is offline")
+            if result.username == me:
+                raise CommandError("that is you")
+            link = self.links.get(result.username) or await self._dial(
+                result.username, result.host, result.port
+            )
+            if link is None:
+                raise CommandError(f"cannot reach {result.username}'s peer")
+        peer = link.peer or username
+        msg = DirectMessage(id=os.urandom(16).hex(), sender=me, text=text, ts=time.time())
+        ack: asyncio.Future[None] = self._loop.create_future()
+        self._acks[msg.id] = ack
+        link.pinned_until = self._loop.time() + PIN_SECONDS
+        try:
+            link.send(encode(msg))
+            await asyncio.wait_for(asyncio.shield(ack), self.config.ack_timeout)
+        except TimeoutError:
+            raise CommandError(f"{peer} did not acknowledge the message") from None
+        finally:
+            self._acks.pop(msg.id, None)
+        self._emit(DirectText(me, text, msg.ts, peer=peer, mine=True))
+        return peer
+
+    def _linked(self, username: str) -> _Link | None:
+        key = username.casefold()
+        for peer, link in self.links.items():
+            if peer.casefold() == key:
+                return link
+        return None
+
+
+def _check_text(text: str) -> None:
+    if not text.strip():
+        raise CommandError("nothing to send")
+    if not text_size_ok(text):
+        raise CommandError(f"message too long: at most {MAX_TEXT} bytes")
+
+
+def _describe(event: RoomEvent) -> str:
+    who, room = event.username, event.room
+    return {
+        "online": f"{who} came online in {room}",
+        "offline": f"{who} went offline in {room}",
+        "joined": f"{who} joined {room}",
+        "left": f"{who} left {room}",
+        "added": f"{event.by} added {who} to {room}",
+        "removed": f"{event.by} removed {who} from {room}",
+    }[event.change]

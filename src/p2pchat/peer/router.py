@@ -1,0 +1,226 @@
+"""Flooding of room messages over the mesh, as pure decisions the caller carries out.
+
+No sockets and no clock: the caller passes ``now`` and sends the frames we return, which keeps
+the hot path free of I/O and lets tests run a whole network in one loop. A peer shows a message
+the first time it sees it and passes it on to its other mesh neighbours; ids it has seen stop
+duplicates, and a hop count stops runaways.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections import OrderedDict
+from collections.abc import Container, Iterable
+from typing import NamedTuple
+
+from p2pchat.protocol.messages import RoomMessage, encode
+
+
+class Drop(enum.StrEnum):
+    """Why a received room message was neither shown nor forwarded; callers may log these."""
+
+    SENDER_NOT_MEMBER = "sender_not_member"
+    """The link it came over belongs to someone the registry does not list in the room."""
+    ORIGIN_NOT_MEMBER = "origin_not_member"
+    """Its author is not listed in the room."""
+    DUPLICATE = "duplicate"
+    """Already seen (including our own messages coming back); normal, about one per message."""
+    OWN_MESSAGE = "own_message"
+    """Claims to be ours but we do not remember sending it: forged, or older than the cache."""
+
+
+class Forward(NamedTuple):
+    """One frame to send, unchanged, to each of ``targets``."""
+
+    msg: RoomMessage
+    frame: bytes
+    """``encode(msg)``, encoded once for all targets."""
+    targets: list[str]
+
+
+class Route(NamedTuple):
+    """What to do with a received room message.
+
+    ``deliver``: show it. ``forward``: send this on (None when there is nobody to send to or
+    the hop limit is reached). ``dropped``: why it was ignored, None unless ``deliver`` is false.
+    """
+
+    deliver: bool
+    forward: Forward | None
+    dropped: Drop | None
+
+
+# Shared results, so that the common cases allocate nothing.
+_DELIVER = Route(True, None, None)
+_DUPLICATE = Route(False, None, Drop.DUPLICATE)
+_SENDER_NOT_MEMBER = Route(False, None, Drop.SENDER_NOT_MEMBER)
+_ORIGIN_NOT_MEMBER = Route(False, None, Drop.ORIGIN_NOT_MEMBER)
+_OWN_MESSAGE = Route(False, None, Drop.OWN_MESSAGE)
+
+_INF = float("inf")
+
+
+class FloodRouter:
+    """One peer's flooding state: the ids it has seen, and counters.
+
+    A message created with ``hops=h`` can reach peers up to ``h + 1`` links from its origin:
+    a receiver forwards only while ``hops > 0``, decrementing it. Arriving ``hops`` are capped
+    at ``default_hops`` so a peer cannot make its messages travel further than we would.
+
+    The seen cache keeps an id at least ``seen_ttl`` seconds (longer than a message can spend
+    in flight, so it cannot come back as new) and at most ``max_seen`` ids (a memory bound under
+    a flood of distinct ids, at the price of forgetting the oldest early). ``now`` must not go
+    backwards; use a monotonic clock.
+    """
+
+    __slots__ = (
+        "_hops",
+        "_max_seen",
+        "_next_expiry",
+        "_seen",
+        "_ttl",
+        "delivered",
+        "dropped",
+        "duplicates",
+        "frames_out",
+        "me",
+    )
+
+    def __init__(
+        self,
+        me: str,
+        *,
+        seen_ttl: float = 120.0,
+        max_seen: int = 200_000,
+        default_hops: int = 64,
+    ) -> None:
+        if seen_ttl < 0:
+            raise ValueError("seen_ttl must not be negative")
+        if max_seen < 1:
+            raise ValueError("max_seen must be at least 1")
+        if default_hops < 0:
+            raise ValueError("default_hops must not be negative")
+        self.me = me
+        self._ttl = seen_ttl
+        self._max_seen = max_seen
+        self._hops = default_hops
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        """id -> when it may be forgotten; insertion order is expiry order. Not a dict: deleting
+        from the front of a dict leaves dummies that every later ``next(iter())`` rescans."""
+        self._next_expiry = _INF
+        """Never later than the oldest entry's expiry, so one comparison skips expiring."""
+        self.delivered = 0
+        """Messages of others shown."""
+        self.duplicates = 0
+        """Frames dropped because their id was seen already."""
+        self.dropped = 0
+        """Frames dropped for any other reason (see ``Drop``)."""
+        self.frames_out = 0
+        """Frames we asked to send: the sum of ``len(targets)`` over all results."""
+
+    @property
+    def seen_size(self) -> int:
+        """How many ids the seen cache holds."""
+        return len(self._seen)
+
+    def originate(
+        self,
+        room: str,
+        text: str,
+        now: float,
+        neighbours: Iterable[str],
+        *,
+        ts: float | None = None,
+    ) -> Forward:
+        """A new message of ours, to send to all our mesh ``neighbours`` in ``room``.
+
+        ``ts`` is the timestamp shown to readers (wall-clock); it defaults to ``now``. Even
+        with no neighbours the message is returned, for the caller to show locally.
+        """
+        msg = RoomMessage(
+            id=os.urandom(16).hex(),
+            room=room,
+            origin=self.me,
+            text=text,
+            ts=now if ts is None else ts,
+            hops=self._hops,
+        )
+        self._remember(msg.id, now)
+        targets = list(neighbours)
+        self.frames_out += len(targets)
+        return Forward(msg, encode(msg), targets)
+
+    def receive(
+        self,
+        msg: RoomMessage,
+        from_peer: str,
+        now: float,
+        neighbours: Iterable[str],
+        members: Container[str],
+    ) -> Route:
+        """Decide what to do with ``msg``, received over the link to ``from_peer``.
+
+        ``neighbours`` are our mesh neighbours in ``msg.room``; ``members`` the room's members
+        as the registry lists them (a set, ideally: it is probed twice). Never ``None``: a
+        dropped message has ``deliver`` false and ``dropped`` set. Membership is checked before
+        the seen cache so that outsiders cannot fill it.
+        """
+        if from_peer not in members:
+            self.dropped += 1
+            return _SENDER_NOT_MEMBER
+        origin = msg.origin
+        if origin not in members:
+            self.dropped += 1
+            return _ORIGIN_NOT_MEMBER
+        if now >= self._next_expiry:
+            self._expire(now)
+        seen = self._seen
+        mid = msg.id
+        if mid in seen:
+            self.duplicates += 1
+            return _DUPLICATE
+        if origin == self.me:
+            self.dropped += 1
+            return _OWN_MESSAGE
+        if not seen:
+            self._next_expiry = now + self._ttl
+        seen[mid] = now + self._ttl
+        if len(seen) > self._max_seen:
+            seen.popitem(last=False)
+        self.delivered += 1
+        hops = msg.hops
+        if hops <= 0:
+            return _DELIVER
+        targets = [n for n in neighbours if n != from_peer and n != origin]
+        if not targets:
+            return _DELIVER
+        if hops > self._hops:
+            hops = self._hops
+        out = RoomMessage(
+            id=mid, room=msg.room, origin=origin, text=msg.text, ts=msg.ts, hops=hops - 1
+        )
+        self.frames_out += len(targets)
+        return Route(True, Forward(out, encode(out), targets), None)
+
+    def _remember(self, mid: str, now: float) -> None:
+        if now >= self._next_expiry:
+            self._expire(now)
+        seen = self._seen
+        if not seen:
+            self._next_expiry = now + self._ttl
+        seen[mid] = now + self._ttl
+        if len(seen) > self._max_seen:
+            seen.popitem(last=False)
+
+    def _expire(self, now: float) -> None:
+        """Forget ids from the oldest until one is still fresh."""
+        seen = self._seen
+        while seen:
+            oldest = next(iter(seen))
+            expiry = seen[oldest]
+            if expiry > now:
+                self._next_expiry = expiry
+                return
+            seen.popitem(last=False)
+        self._next_expiry = _INF

@@ -1,0 +1,1 @@
+"""User interfaces. They consume peer events and call peer commands; never sockets."""

@@ -1,0 +1,234 @@
+"""Every message must survive the wire, and bad frames must get the right error code."""
+
+from __future__ import annotations
+
+import typing
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pchat.protocol import messages as m
+from p2pchat.protocol.messages import (
+    ErrorCode,
+    Message,
+    decode_error,
+    encode,
+    peer_decoder,
+    reply_decoder,
+    request_decoder,
+    text_size_ok,
+    valid_name,
+    valid_password,
+)
+
+SETTINGS = settings(derandomize=True, database=None, deadline=None, max_examples=200)
+
+EXAMPLES: list[Message] = [
+    # client -> registry
+    m.Hello(id=1, version=1),
+    m.Hello(id=2, version=1, agent="p2pchat/0.1"),
+    m.Register(id=3, username="alice", password="secret1"),
+    m.Login(id=4, username="alice", password="secret1", port=7000),
+    m.Login(id=5, username="alice", password="secret1", port=7000, host="10.0.0.5"),
+    m.Logout(id=6),
+    m.Ping(token="tok"),
+    m.Ping(token="tok", id=7),
+    m.Search(id=8, username="bob"),
+    m.ListUsers(id=9),
+    m.ListUsers(id=9, after="bob", limit=10),
+    m.CreateRoom(id=10, room="lobby"),
+    m.CreateRoom(id=11, room="den", private=True),
+    m.JoinRoom(id=12, room="lobby"),
+    m.LeaveRoom(id=13, room="lobby"),
+    m.AddMember(id=14, room="den", username="bob"),
+    m.RemoveMember(id=15, room="den", username="bob"),
+    m.ListRooms(id=16),
+    m.ListRooms(id=16, after="den", limit=5),
+    m.ListMembers(id=17, room="den"),
+    m.ListMembers(id=17, room="den", after="alice", limit=2),
+    # registry -> client
+    m.Welcome(id=1, version=1, server="reg", udp_port=9001, heartbeat_interval=5.0, timeout=15.5),
+    m.Ok(id=2),
+    m.LoggedIn(
+        id=3,
+        username="alice",
+        token="t0k",
+        host="10.0.0.5",
+        port=7000,
+        udp_port=9001,
+        heartbeat_interval=5.0,
+        timeout=15.0,
+    ),
+    m.SearchResult(id=4, username="bob", online=False),
+    m.SearchResult(id=5, username="bob", online=True, host="10.0.0.6", port=7001),
+    m.UserList(id=6, users=[]),
+    m.UserList(id=6, users=[], more=True),
+    m.UserList(id=7, users=[m.UserAddr(username="bob", host="10.0.0.6", port=7001)]),
+    m.RoomList(id=8, rooms=[], more=True),
+    m.RoomList(
+        id=8,
+        rooms=[
+            m.RoomInfo(room="den", private=True, owner="alice", members=3, online=2, member=True)
+        ],
+    ),
+    m.MemberList(
+        id=9,
+        room="den",
+        members=[
+            m.MemberInfo(username="alice", online=True, owner=True, host="10.0.0.5", port=7000),
+            m.MemberInfo(username="bob", online=False),
+        ],
+    ),
+    m.MemberList(id=9, room="den", members=[], more=True),
+    m.Error(id=None, code=ErrorCode.BAD_FRAME, reason="not JSON"),
+    m.Error(id=10, code=ErrorCode.RATE_LIMITED, reason="slow down", retry_after=1.5),
+    m.RoomEvent(room="den", username="bob", change="online", host="10.0.0.6", port=7001),
+    m.RoomEvent(room="den", username="carol", change="added", by="alice"),
+    m.Bye(code=ErrorCode.INTERNAL, reason="shutting down"),
+    # peer <-> peer
+    m.PeerHello(version=1, username="alice"),
+    m.PeerWelcome(version=1, username="bob"),
+    m.MeshRooms(rooms=["den", "lobby"]),
+    m.MeshRooms(rooms=[]),
+    m.DirectMessage(id="a" * 32, sender="alice", text="hi\nthere", ts=1.7e9),
+    m.DirectAck(id="a" * 32),
+    m.RoomMessage(id="b" * 32, room="den", origin="alice", text="héllo ✓", ts=1.7e9, hops=64),
+    m.PeerError(code=ErrorCode.NOT_LINKED, reason="no link"),
+    m.PeerError(code=ErrorCode.TEXT_TOO_LONG, reason="too long", id="c" * 32),
+]
+
+DECODERS: dict[str, tuple[msgspec.json.Decoder[typing.Any], object]] = {
+    "request": (request_decoder, m.RegistryRequest),
+    "reply": (reply_decoder, m.RegistryReply),
+    "peer": (peer_decoder, m.PeerFrame),
+}
+
+
+def all_message_types() -> set[type[Message]]:
+    found: set[type[Message]] = set()
+    todo = [Message]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            found.add(sub)
+            todo.append(sub)
+    return found
+
+
+def test_examples_cover_every_message_type() -> None:
+    # A new message type must get an example here (and a place in one of the unions).
+    assert {type(e) for e in EXAMPLES} == all_message_types()
+    in_unions = {t for _, union in DECODERS.values() for t in typing.get_args(union)}
+    assert in_unions == all_message_types()
+
+
+@pytest.mark.parametrize("msg", EXAMPLES, ids=lambda e: type(e).__name__)
+def test_round_trip(msg: Message) -> None:
+    frame = encode(msg)
+    assert frame.endswith(b"\n") and frame.count(b"\n") == 1
+    assert msgspec.json.decode(frame)["type"] == type(msg).__struct_config__.tag
+    unions = [name for name, (_, u) in DECODERS.items() if type(msg) in typing.get_args(u)]
+    assert unions, f"{type(msg).__name__} is in no union"
+    for name in unions:
+        decoder = DECODERS[name][0]
+        assert decoder.decode(frame) == msg
+        assert decoder.decode(frame[:-1]) == msg  # as the framer hands it over
+
+
+def test_ping_decoder() -> None:
+    assert m.ping_decoder.decode(encode(m.Ping(token="t"))) == m.Ping(token="t")
+
+
+def test_defaults_are_omitted() -> None:
+    assert encode(m.SearchResult(id=1, username="bob", online=False)) == (
+        b'{"type":"search_result","id":1,"username":"bob","online":false}\n'
+    )
+
+
+@SETTINGS
+@given(
+    text=st.text(),
+    ts=st.floats(allow_nan=False, allow_infinity=False),
+    hops=st.integers(-(2**63), 2**63 - 1),
+    name=st.text(min_size=1),
+)
+def test_room_message_round_trips_any_content(text: str, ts: float, hops: int, name: str) -> None:
+    msg = m.RoomMessage(id="0" * 32, room=name, origin=name, text=text, ts=ts, hops=hops)
+    frame = encode(msg)
+    assert frame.count(b"\n") == 1  # JSON escapes newlines inside strings: still one frame
+    assert peer_decoder.decode(frame) == msg
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "req_id"),
+    [
+        (b'{"type":"nope","id":3}', ErrorCode.UNKNOWN_TYPE, 3),
+        (b'{"id":4}', ErrorCode.UNKNOWN_TYPE, 4),
+        (b'{"type":5,"id":2}', ErrorCode.UNKNOWN_TYPE, 2),
+        (b'{"type":"login","id":4,"username":"a"}', ErrorCode.BAD_REQUEST, 4),
+        (b'{"type":"search","id":5,"username":7}', ErrorCode.BAD_REQUEST, 5),
+        (b'{"type":"search","id":"5","username":"x"}', ErrorCode.BAD_REQUEST, None),
+        (b'{"type":"nope","id":true}', ErrorCode.UNKNOWN_TYPE, None),
+        (b'{"type":"nope","id":1.5}', ErrorCode.UNKNOWN_TYPE, None),
+        (b'{"type":"logout"}', ErrorCode.BAD_REQUEST, None),
+        (b'{"type":', ErrorCode.BAD_FRAME, None),
+        (b'{"type":"logout","id":1', ErrorCode.BAD_FRAME, None),
+        (b"hello", ErrorCode.BAD_FRAME, None),
+        (b"\xff\xfe", ErrorCode.BAD_FRAME, None),
+    ],
+)
+def test_decode_error_classification(frame: bytes, code: ErrorCode, req_id: int | None) -> None:
+    with pytest.raises(msgspec.MsgspecError) as info:
+        request_decoder.decode(frame)
+    err = decode_error(frame, info.value)
+    assert (err.code, err.id) == (code, req_id)
+    assert err.reason
+    assert reply_decoder.decode(encode(err)) == err
+
+
+def test_decode_error_for_peer_frames() -> None:
+    frame = b'{"type":"room_msg","id":"x","room":"den"}'
+    with pytest.raises(msgspec.ValidationError) as info:
+        peer_decoder.decode(frame)
+    err = decode_error(frame, info.value)
+    assert err.code == ErrorCode.BAD_REQUEST and err.id is None  # a string id is not kept
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("a", True),
+        ("a" * 32, True),
+        ("a" * 33, False),
+        ("", False),
+        ("Alice_1.x-Y", True),
+        ("...", True),
+        ("é", False),
+        ("naïve", False),
+        ("名前", False),
+        ("\u0661", False),  # ARABIC-INDIC DIGIT ONE: a digit to str.isdigit, not to us
+        ("\uff41bc", False),  # fullwidth a
+        ("\u212a", False),  # KELVIN SIGN, which case-folds to "k"
+        ("a b", False),
+        ("abc\n", False),
+        ("ab/c", False),
+        ("ab\x00", False),
+    ],
+)
+def test_valid_name(name: str, ok: bool) -> None:
+    assert valid_name(name) is ok
+
+
+@pytest.mark.parametrize(("length", "ok"), [(5, False), (6, True), (256, True), (257, False)])
+def test_valid_password(length: int, ok: bool) -> None:
+    assert valid_password("p" * length) is ok
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [("", False), ("x", True), ("x" * 4096, True), ("x" * 4097, False), ("é" * 2048, True)],
+)
+def test_text_size_is_counted_in_utf8_bytes(text: str, ok: bool) -> None:
+    assert text_size_ok(text) is ok
+    assert text_size_ok("é" * 2049) is False
