@@ -13,7 +13,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 run: $(BIN)/.installed
-	$(BIN)/p2pchat registry --db "$${TMPDIR:-/tmp}/p2pchat-demo.db"
+	$(BIN)/p2pchat demo
 
 registry: $(BIN)/.installed
 	$(BIN)/p2pchat registry

@@ -22,7 +22,7 @@ async def registry() -> AsyncIterator[RegistryServer]:
         host="127.0.0.1",
         port=0,
         udp_port=0,
-        config=RegistryConfig(heartbeat_interval=20.0, timeout=60.0),
+        config=RegistryConfig(heartbeat_interval=20.0, timeout=60.0, register_burst=100_000),
         passwords=Passwords("cheapest"),
     )
     await server.start()

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from p2pchat import __version__
@@ -25,6 +25,19 @@ def _seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError("must be more than 0 seconds")
     return value
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError("must be more than 0")
+        return value
+
+    return parse
 
 
 def _port(text: str) -> int:
@@ -82,7 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="heartbeat interval the registry asks clients to use",
     )
     reg.add_argument(
-        "--max-connections", type=int, default=20_000, help="most concurrent TCP sessions"
+        "--max-connections",
+        type=_positive(int),
+        default=20_000,
+        help="most concurrent TCP sessions",
+    )
+    reg.add_argument(
+        "--register-rate",
+        type=_positive(float),
+        default=1.0,
+        help="registrations per second allowed from one address, after a burst",
+    )
+    reg.add_argument(
+        "--register-burst",
+        type=_positive(int),
+        default=30,
+        help="registrations one address may make at once before the rate applies",
     )
     reg.add_argument(
         "--password-hash",
@@ -132,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-links",
         type=int,
         default=6,
-        help="most mesh links this peer holds in one room (at least 2)",
+        help="cap on this peer's mesh links in one room: 2 gives a plain ring; 3 or more "
+        "adds one chord per member, which is all the mesh uses (at most 3 links a room)",
     )
     peer.add_argument(
         "--ui",
@@ -145,6 +174,41 @@ def build_parser() -> argparse.ArgumentParser:
         default="warning",
         choices=["debug", "info", "warning", "error"],
         help="how much to log (to standard error)",
+    )
+    demo = sub.add_parser(
+        "demo",
+        help="a local registry, bots chatting in 'lobby', and you in the terminal UI",
+        description=(
+            "Try p2pchat in one command. Starts, in this process and on 127.0.0.1 only: a "
+            "registry with its SQLite database in a temporary folder (free ports; passwords "
+            "hashed with the cheapest Argon2id setting so it starts fast, which is for demos "
+            "only), three bot peers (ada, grace, linus) that chat in the room 'lobby' every "
+            "few seconds, answer when a message names them and echo direct messages back, and "
+            "you: the terminal UI logged in as a fresh user (your login name, or --user) who "
+            "is already in 'lobby'. Ctrl+Q (or /quit) logs you and the bots out, closes the "
+            "registry and removes the temporary folder."
+        ),
+    )
+    demo.add_argument(
+        "--no-tui",
+        action="store_true",
+        help="use the line mode instead of the terminal UI (for scripts and tests; "
+        "plain lines go to lobby)",
+    )
+    demo.add_argument(
+        "--duration",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="stop by itself after this long (with --no-tui, end of input then does not stop it)",
+    )
+    demo.add_argument("--user", default=None, help="your username (default: your login name)")
+    demo.add_argument("--seed", type=int, default=1, help="seed of the bots' small talk (1)")
+    demo.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log (warning); in the terminal UI, log lines show in the home pane",
     )
     return parser
 
@@ -180,7 +244,12 @@ async def _run_registry(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    config = RegistryConfig(heartbeat_interval=args.heartbeat_interval, timeout=args.timeout)
+    config = RegistryConfig(
+        heartbeat_interval=args.heartbeat_interval,
+        timeout=args.timeout,
+        register_rate=args.register_rate,
+        register_burst=args.register_burst,
+    )
     server = RegistryServer(
         store,
         host=args.host,
@@ -232,7 +301,7 @@ async def _run_peer(args: argparse.Namespace, ui: str) -> int:
     if ui == "tui":
         from p2pchat.ui.tui import run_tui
 
-        return await run_tui(config)
+        return await run_tui(config, stop=stop)
     from p2pchat.ui.line import run_line_mode
 
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -261,6 +330,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_run_registry(args))
         if args.command == "peer":
             return asyncio.run(_run_peer(args, _pick_ui(args.ui)))
+        if args.command == "demo":
+            from p2pchat.demo import run_demo
+
+            tui = not args.no_tui
+            return asyncio.run(
+                run_demo(tui=tui, duration=args.duration, user=args.user, seed=args.seed)
+            )
     return 0
 
 

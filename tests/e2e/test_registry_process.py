@@ -58,6 +58,7 @@ async def test_nothing_acknowledged_is_lost_after_kill_9(tmp_path: Path) -> None
     registry = await start_registry(db)
     try:
         check = await RegistryClient.connect("127.0.0.1", registry.port)
+        await check.login("owner", PW, 7000)
         members = {m.username for m in await check.members("lobby")}
         assert set(acked) <= members
         for name in acked[:: max(1, len(acked) // 20)]:

@@ -95,7 +95,7 @@ EXAMPLES: list[Message] = [
     m.DirectMessage(id="a" * 32, sender="alice", text="hi\nthere", ts=1.7e9),
     m.DirectAck(id="a" * 32),
     m.RoomMessage(id="b" * 32, room="den", origin="alice", text="héllo ✓", ts=1.7e9, hops=64),
-    m.PeerError(code=ErrorCode.NOT_LINKED, reason="no link"),
+    m.PeerError(code=ErrorCode.TEXT_TOO_LONG, reason="too long", id="d1"),
     m.PeerError(code=ErrorCode.TEXT_TOO_LONG, reason="too long", id="c" * 32),
 ]
 

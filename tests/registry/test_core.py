@@ -321,7 +321,7 @@ def test_login_tells_room_members_with_the_address(h: Harness) -> None:
 
 def test_search(h: Harness) -> None:
     alice = h.user("alice", host="10.0.0.5", port=7005)
-    conn = h.connect()
+    conn = h.user("dave")
     h.req(conn, Register(id=h.id(), username="carol", password=PW))
     online = h.req(conn, Search(id=1, username="ALICE"))
     assert online == SearchResult(id=1, username="alice", online=True, host="10.0.0.5", port=7005)
@@ -335,7 +335,7 @@ def test_search(h: Harness) -> None:
 def test_users_lists_online_users_in_pages(h: Harness) -> None:
     for i in range(5):
         h.user(f"u{i}", port=7000 + i)
-    conn = h.connect()
+    conn = 1  # u0's session
     page = h.req(conn, ListUsers(id=1, limit=2))
     assert isinstance(page, UserList) and page.more
     assert [u.username for u in page.users] == ["u0", "u1"]
@@ -347,7 +347,7 @@ def test_users_lists_online_users_in_pages(h: Harness) -> None:
 # ------------------------------------------------------------------ rooms
 
 
-def test_room_operations_need_a_login(h: Harness) -> None:
+def test_everything_but_hello_register_login_needs_a_login(h: Harness) -> None:
     conn = h.connect()
     for msg in (
         CreateRoom(id=1, room="r"),
@@ -356,6 +356,10 @@ def test_room_operations_need_a_login(h: Harness) -> None:
         AddMember(id=4, room="r", username="x"),
         RemoveMember(id=5, room="r", username="x"),
         Logout(id=6),
+        Search(id=7, username="x"),
+        ListUsers(id=8),
+        ListRooms(id=9),
+        ListMembers(id=10, room="r"),
     ):
         assert code(h.req(conn, msg)) == "not_logged_in"
 
@@ -388,6 +392,7 @@ def test_private_rooms_are_entered_by_being_added(h: Harness) -> None:
     alice, bob, carol = h.user("alice"), h.user("bob"), h.user("carol")
     h.req(alice, CreateRoom(id=h.id(), room="secret", private=True))
     assert code(h.req(bob, JoinRoom(id=h.id(), room="secret"))) == "private_room"
+    assert code(h.req(alice, JoinRoom(id=h.id(), room="secret"))) == "already_member"
     assert code(h.req(bob, ListMembers(id=h.id(), room="secret"))) == "private_room"
     assert code(h.req(bob, AddMember(id=h.id(), room="secret", username="carol"))) == (
         "not_a_member"
@@ -447,7 +452,6 @@ def test_owner_leaving_hands_the_room_over_and_the_last_one_out_deletes_it(h: Ha
 
 def test_rooms_lists_public_rooms_and_own_private_ones_with_counts(h: Harness) -> None:
     alice, bob = h.user("alice"), h.user("bob")
-    h.connect()
     h.req(alice, CreateRoom(id=h.id(), room="lobby"))
     h.req(alice, CreateRoom(id=h.id(), room="secret", private=True))
     h.req(bob, JoinRoom(id=h.id(), room="lobby"))
@@ -469,7 +473,7 @@ def test_members_show_online_state_and_addresses(h: Harness) -> None:
     h.req(alice, CreateRoom(id=h.id(), room="lobby"))
     h.req(bob, JoinRoom(id=h.id(), room="lobby"))
     h.req(bob, Logout(id=h.id()))
-    reply = h.req(h.connect(), ListMembers(id=h.id(), room="lobby"))
+    reply = h.req(h.user("carol"), ListMembers(id=h.id(), room="lobby"))
     assert isinstance(reply, MemberList)
     assert [(m.username, m.online, m.host, m.port) for m in reply.members] == [
         ("alice", True, "10.0.0.1", 7001),
@@ -496,3 +500,84 @@ def test_members_are_paged(h: Harness) -> None:
 )
 def test_valid_host(host: str, ok: bool) -> None:
     assert valid_host(host) is ok
+
+
+def test_sessions_that_never_log_in_are_closed_when_idle(h: Harness) -> None:
+    idle = h.connect()
+    busy = h.connect()
+    h.now = 50.0
+    h.req(busy, Register(id=h.id(), username="bob", password=PW))
+    h.run(h.core.expire(60.0))
+    assert h.closed == {idle}
+    assert isinstance(h.out[idle][-1], Bye)
+    h.req(busy, _login("bob", PW))
+    h.run(h.core.expire(111.0))  # logged in now: the heartbeat rule applies instead
+    assert h.closed == {idle, busy}
+    h.now = 200.0
+    assert isinstance(h.req(h.connect(), _login("bob", PW)), LoggedIn)
+
+
+def test_registrations_from_one_address_are_rate_limited() -> None:
+    h = Harness()
+    h.core.registrations.burst = 3
+    conn = h.connect(host="10.5.5.5")
+    for i in range(3):
+        assert isinstance(h.req(conn, Register(id=h.id(), username=f"n{i}", password=PW)), Ok)
+    limited = h.req(conn, Register(id=h.id(), username="n3", password=PW))
+    assert code(limited) == "rate_limited"
+    assert isinstance(limited, Error) and limited.retry_after == pytest.approx(1.0)
+    other = h.connect(host="10.5.5.6")
+    assert isinstance(h.req(other, Register(id=h.id(), username="n4", password=PW)), Ok)
+    h.now += 1.0
+    assert isinstance(h.req(conn, Register(id=h.id(), username="n3", password=PW)), Ok)
+
+
+def test_parallel_guesses_are_throttled_before_their_hashes_finish(h: Harness) -> None:
+    h.user("alice")
+    h.req(1, Logout(id=h.id()))
+    pending = []
+    for i in range(5):  # five guesses in flight at once, on five sessions
+        conn = h.connect(host=f"10.0.1.{i}")
+        actions = h.core.handle(conn, _login("alice", "wrong-pw"), h.now)
+        pending.extend(a for a in actions if isinstance(a, VerifyPassword))
+        h.run([a for a in actions if not isinstance(a, VerifyPassword)])
+    assert len(pending) < 5  # the later ones were refused before any hash ran
+    refused = [c for c in h.out if any(getattr(m, "code", "") == "rate_limited" for m in h.out[c])]
+    assert refused
+    h.run(pending)
+
+
+def test_an_error_while_hashing_frees_the_session(h: Harness) -> None:
+    conn = h.connect()
+    actions = h.core.handle(conn, Register(id=9, username="bob", password=PW), h.now)
+    assert isinstance(actions[0], HashPassword)
+    h.run(h.core.auth_failed(conn, 9))
+    assert code(h.out[conn][-1]) == "internal"
+    assert isinstance(h.req(conn, Register(id=10, username="bob", password=PW)), Ok)
+
+
+def test_long_names_are_cut_short_in_error_reasons(h: Harness) -> None:
+    conn = h.user("alice")
+    reply = h.req(conn, Search(id=1, username="x" * 5000))
+    assert isinstance(reply, Error) and len(reply.reason) < 100
+
+
+def test_a_session_that_logs_out_falls_under_the_idle_rule_again(h: Harness) -> None:
+    conn = h.user("alice")
+    h.now = 100.0  # past the first idle deadline, while logged in
+    h.core.heartbeat("tok1", h.now)
+    h.run(h.core.expire(h.now))
+    h.req(conn, Logout(id=h.id()))
+    h.run(h.core.expire(159.0))
+    assert not h.closed
+    h.run(h.core.expire(160.0))
+    assert h.closed == {conn}
+
+
+def test_successful_logins_never_lock_their_address(h: Harness) -> None:
+    conn = h.connect(host="10.3.3.3")
+    for i in range(15):
+        h.req(conn, Register(id=h.id(), username=f"s{i}", password=PW))
+    for i in range(15):
+        session = h.connect(host="10.3.3.3")
+        assert isinstance(h.req(session, _login(f"s{i}", PW)), LoggedIn), i

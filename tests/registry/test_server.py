@@ -227,8 +227,10 @@ async def test_malformed_frames_get_errors_and_the_session_goes_on(
     for line, code, req_id in cases:
         reply = await roundtrip(reader, writer, line)
         assert (reply["type"], reply["code"], reply["id"]) == ("error", code, req_id)
-    ok = await roundtrip(reader, writer, b'{"type":"search","id":10,"username":"alice"}\n')
-    assert ok["type"] == "search_result" and ok["online"] is True
+    ok = await roundtrip(
+        reader, writer, b'{"type":"register","id":10,"username":"zoe","password":"secret-pw"}\n'
+    )
+    assert ok == {"type": "ok", "id": 10}
     writer.close()
     assert (await bystander.search("alice")).online
 
@@ -300,8 +302,8 @@ async def test_accounts_rooms_and_members_survive_a_restart(tmp_path: Path) -> N
     server = await start()
     try:
         client = await RegistryClient.connect("127.0.0.1", server.port)
-        assert not (await client.search("alice")).online  # presence is not persisted
         await client.login("bob", PW, 7002)
+        assert not (await client.search("alice")).online  # presence is not persisted
         assert [r.room for r in await client.rooms()] == ["lobby", "secret"]
         assert [(m.username, m.owner) for m in await client.members("secret")] == [
             ("alice", True),
@@ -313,3 +315,13 @@ async def test_accounts_rooms_and_members_survive_a_restart(tmp_path: Path) -> N
     finally:
         await server.close()
         server.core.store.close()
+
+
+async def test_the_client_reads_every_page_of_a_long_listing(connect: ClientFactory) -> None:
+    alice = await user(connect, "alice")
+    names = [f"room{i:03d}" for i in range(205)]  # more than one page of 200
+    await asyncio.gather(*(alice.create_room(n) for n in names))
+    assert [r.room for r in await alice.rooms()] == names
+    for i in range(3):
+        await alice.add_member("room000", (await user(connect, f"m{i}")).session.username)  # type: ignore[union-attr]
+    assert len(await alice.members("room000")) == 4

@@ -58,14 +58,23 @@ def plan_links(
     links: Mapping[str, LinkView],
     max_links: int,
 ) -> LinkPlan:
-    """Compare the links we have with the ones the mesh wants."""
+    """Compare the links we have with the ones the mesh wants.
+
+    Make before break: while a room still waits for a wanted link, the links we already hold
+    for it stay announced, so the room's mesh never loses the edges that keep it connected
+    before the new ones are up.
+    """
     wanted = wanted_links(me, online, max_links)
     plan = LinkPlan()
+    waiting: set[str] = set()
     for peer in sorted(wanted):
         if peer not in links:
             plan.dial.append(peer)
+            waiting |= wanted[peer]
     for peer, link in links.items():
         rooms = wanted.get(peer, frozenset())
+        if waiting and link.mine & waiting:
+            rooms = rooms | (link.mine & waiting & online.keys())
         if rooms != link.mine:
             plan.announce[peer] = rooms
         if not rooms and not link.theirs and not link.pinned:

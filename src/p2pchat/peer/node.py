@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ MAX_LINK_BUFFER = 4 << 20
 """A neighbour that lets this much pile up unsent is too slow for the mesh: its link is cut."""
 PIN_SECONDS = 300.0
 """A link used for direct messages is kept this long after the last one."""
-GRACE_SECONDS = 5.0
+GRACE_SECONDS = 2.0
 """A new link is kept this long even if unneeded, so the other side's ``mesh`` frame can
 arrive (it may have dialed us for a room we have not heard of yet)."""
 
@@ -94,6 +95,17 @@ class _Room:
     members: dict[str, _Member] = field(default_factory=dict)
 
 
+def _keepalive(sock: socket.socket | None) -> None:
+    """Notice a peer that vanished without a reset (cable pulled, host frozen) in ~25 s."""
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+
+
 class _Link(asyncio.Protocol):
     """One TCP connection with another peer; established once the hellos are exchanged."""
 
@@ -104,20 +116,26 @@ class _Link(asyncio.Protocol):
         self.peer: str | None = None
         self.view = LinkView()
         self.pinned_until = 0.0
+        self.established = 0.0
+        self.declared: frozenset[str] = frozenset()
+        """Rooms the other side announced; only those it is a member of count (``view.theirs``)."""
         self.transport: asyncio.Transport | None = None
         self.framer = LineFramer()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.bad_frames = 0
+        self._pending: list[bytes] | None = None
+        """Frames sent during this turn of the event loop, written together at its end."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        _keepalive(transport.get_extra_info("socket"))
         if self.dialed:
             self.send(self.node.hello_frame())
         elif not self.node.can_accept():
             self.send(encode(PeerError(code="too_many_connections", reason="peer is full")))
-            transport.close()
+            self.close()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -141,19 +159,34 @@ class _Link(asyncio.Protocol):
         self.node.on_link_lost(self)
 
     def send(self, frame: bytes) -> None:
+        """Queue ``frame``; the frames of one loop turn go out in one write (one syscall)."""
+        pending = self._pending
+        if pending is not None:
+            pending.append(frame)
+            return
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        transport.write(frame)
+        self._pending = [frame]
+        self.node._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        frames, self._pending = self._pending, None
+        transport = self.transport
+        if not frames or transport is None or transport.is_closing():
+            return
+        transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
         if transport.get_write_buffer_size() > MAX_LINK_BUFFER:
             log.warning("link to %s is not keeping up; cutting it", self.peer)
             transport.abort()
 
     def abort(self) -> None:
+        self._pending = None
         if self.transport is not None:
             self.transport.abort()
 
     def close(self) -> None:
+        self.flush()
         if self.transport is not None:
             self.transport.close()
 
@@ -174,14 +207,20 @@ class PeerNode:
         self.links: dict[str, _Link] = {}
         self._all_links: set[_Link] = set()
         self._forward: dict[str, list[_Link]] = {}
+        self._forward_names: dict[str, list[str]] = {}
+        """``_forward`` as peer names, for the router: built when the table changes, not per
+        message."""
         self._dialing: dict[str, asyncio.Task[_Link | None]] = {}
         self._backoff: dict[str, tuple[float, float]] = {}  # peer -> (retry at, delay)
-        self._acks: dict[str, asyncio.Future[None]] = {}
+        self._acks: dict[str, tuple[asyncio.Future[None], _Link]] = {}
+        self._loading: dict[str, list[RoomEvent]] = {}
+        """Casefolded room -> events that arrived while its member list was being loaded."""
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         self._closing = False
+        self._connecting = asyncio.Lock()
         self._loop = asyncio.get_running_loop()
         self.port = 0
 
@@ -220,6 +259,22 @@ class PeerNode:
         for link in list(self._all_links):
             link.abort()
 
+    def abort(self) -> None:
+        """Stop at once, saying nothing to anyone: what a crash looks like from outside.
+
+        Benchmarks and tests of churn use it; a user's peer always uses ``close()``.
+        """
+        self._closing = True
+        for task in [*self._tasks, *self._dialing.values(), self._ticker, self._reconnecting]:
+            if task is not None:
+                task.cancel()
+        if self.registry is not None:
+            self.registry.abort()
+        if self._server is not None:
+            self._server.close()
+        for link in list(self._all_links):
+            link.abort()
+
     def _track(self, link: _Link) -> _Link:
         self._all_links.add(link)
         return link
@@ -252,21 +307,26 @@ class PeerNode:
     # ------------------------------------------------------------------ registry
 
     async def _registry(self) -> RegistryClient:
-        if self.registry is not None and not self.registry.closed.is_set():
-            return self.registry
-        cfg = self.config
-        try:
-            client = await RegistryClient.connect(
-                cfg.registry_host, cfg.registry_port, timeout=5.0, on_event=self._on_registry_event
-            )
-        except (OSError, TimeoutError) as exc:
-            raise CommandError(
-                f"cannot reach the registry at {cfg.registry_host}:{cfg.registry_port}: "
-                f"{exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
-            ) from None
-        self.registry = client
-        self._spawn(self._watch_registry(client))
-        return client
+        async with self._connecting:  # one session at a time, however many commands wait
+            if self.registry is not None and not self.registry.closed.is_set():
+                return self.registry
+            cfg = self.config
+            try:
+                client = await RegistryClient.connect(
+                    cfg.registry_host,
+                    cfg.registry_port,
+                    timeout=5.0,
+                    on_event=self._on_registry_event,
+                )
+            except (OSError, TimeoutError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                raise CommandError(
+                    f"cannot reach the registry at {cfg.registry_host}:{cfg.registry_port}: "
+                    f"{reason}"
+                ) from None
+            self.registry = client
+            self._spawn(self._watch_registry(client))
+            return client
 
     async def _call(self, coro_fn: Callable[[RegistryClient], Coroutine[Any, Any, Any]]) -> Any:
         client = await self._registry()
@@ -329,18 +389,47 @@ class PeerNode:
         self._emit(self.status())
 
     async def _load_rooms(self) -> None:
+        """Fetch our rooms' member lists (at login, and again after the registry returns).
+
+        Each room is replaced as soon as it is loaded, so the old views keep serving the
+        mesh meanwhile; rooms we are no longer in are dropped at the end.
+        """
         infos: list[RoomInfo] = await self._call(lambda c: c.rooms())
-        rooms: dict[str, _Room] = {}
-        for info in infos:
-            if info.member:
-                rooms[info.room] = await self._room_view(info.room)
-        self.rooms = rooms
+        mine = [info.room for info in infos if info.member]
+        for room in mine:
+            self._loading.setdefault(room.casefold(), [])  # buffer their events from now on
+        for room in mine:
+            view = await self._room_view(room)
+            if view is not None:
+                self.rooms[view.name] = view
+        for name in set(self.rooms) - set(mine):
+            del self.rooms[name]
         self._replan()
         self._emit(RoomsChanged())
 
-    async def _room_view(self, room: str) -> _Room:
-        members: list[MemberInfo] = await self._call(lambda c: c.members(room))
-        return _Room(room, {m.username: _Member(m.online, m.host, m.port) for m in members})
+    async def _room_view(self, room: str) -> _Room | None:
+        """Load a room's members, then replay the events that came in while we waited.
+
+        Pushed events are handled the moment they arrive, before the awaited reply resumes
+        us; without the replay, an event just after the reply would be lost for good.
+        None if we were removed from the room meanwhile.
+        """
+        key = room.casefold()
+        buffered: list[RoomEvent] | None = self._loading.setdefault(key, [])
+        try:
+            reply: tuple[str, list[MemberInfo]] = await self._call(lambda c: c.room_members(room))
+        finally:
+            if self._loading.get(key) is buffered:
+                del self._loading[key]
+            else:
+                buffered = None
+        if buffered is None:
+            return None
+        name, members = reply
+        view = _Room(name, {m.username: _Member(m.online, m.host, m.port) for m in members})
+        for event in buffered:
+            _apply(view, event)
+        return view
 
     async def logout(self) -> None:
         if self.username is None:
@@ -381,21 +470,14 @@ class PeerNode:
         return result
 
     async def create_room(self, room: str, private: bool = False) -> None:
-        me = self._require_login()
+        self._require_login()
         await self._call(lambda c: c.create_room(room, private))
-        view = await self._room_view(room)
-        self.rooms[view.name] = view
-        self._replan()
-        self._emit(RoomsChanged(view.name))
-        assert me
+        await self._adopt_room(room)
 
     async def join_room(self, room: str) -> None:
         self._require_login()
         await self._call(lambda c: c.join_room(room))
-        view = await self._room_view(room)
-        self.rooms[view.name] = view
-        self._replan()
-        self._emit(RoomsChanged(view.name))
+        await self._adopt_room(room)
 
     async def leave_room(self, room: str) -> None:
         self._require_login()
@@ -427,7 +509,6 @@ class PeerNode:
         me = self.username
         if me is None:
             return
-        room = self.rooms.get(event.room)
         who, change = event.username, event.change
         if who == me:
             if change == "added":
@@ -435,19 +516,21 @@ class PeerNode:
                 self._spawn(self._adopt_room(event.room))
             elif change == "removed":
                 self.rooms.pop(event.room, None)
+                self._loading.pop(event.room.casefold(), None)  # a load in flight is void
                 self._notice(f"{event.by} removed you from {event.room}", event.room)
                 self._replan()
                 self._emit(RoomsChanged())
             return
-        if room is None:
-            return
         if change in ("online", "joined", "added"):
-            room.members[who] = _Member(event.host is not None, event.host, event.port)
             self._backoff.pop(who, None)
-        elif change == "offline":
-            room.members[who] = _Member(False)
-        else:  # left, removed
-            room.members.pop(who, None)
+        buffered = self._loading.get(event.room.casefold())
+        if buffered is not None:
+            buffered.append(event)
+        room = self.rooms.get(event.room)
+        if room is not None:
+            _apply(room, event)
+        elif buffered is None:
+            return
         self._notice(_describe(event), event.room)
         self._replan()
         self._emit(RoomsChanged(event.room))
@@ -457,6 +540,8 @@ class PeerNode:
             view = await self._room_view(room)
         except CommandError as exc:
             log.warning("could not load room %s: %s", room, exc)
+            return
+        if view is None:
             return
         self.rooms[view.name] = view
         self._replan()
@@ -478,6 +563,7 @@ class PeerNode:
             ]
             for name, room in self.rooms.items()
         }
+        self._rebuild_forwarding()  # brings view.theirs up to date with membership
         views = {}
         for peer, link in self.links.items():
             link.view.pinned = link.pinned_until > now
@@ -495,9 +581,20 @@ class PeerNode:
             self.links[peer].close()
         self._rebuild_forwarding()
 
+    def mesh_links(self, room: str) -> list[str]:
+        """The peers a message in ``room`` is flooded to (links either side holds for it)."""
+        return [link.peer or "" for link in self._forward.get(self.room_name(room), ())]
+
     def _rebuild_forwarding(self) -> None:
+        rooms = self.rooms
+        for peer, link in self.links.items():
+            # a non-member's announcement must not pull our room's messages its way
+            link.view.theirs = frozenset(
+                r for r in link.declared if r in rooms and _online(rooms[r], peer)
+            )
         table = forwarding_table({p: link.view for p, link in self.links.items()})
         self._forward = {room: [self.links[p] for p in peers] for room, peers in table.items()}
+        self._forward_names = table
 
     def _backing_off(self, peer: str, now: float) -> bool:
         entry = self._backoff.get(peer)
@@ -531,6 +628,7 @@ class PeerNode:
 
     async def _dial(self, peer: str, host: str, port: int) -> _Link | None:
         loop = self._loop
+        made: _Link | None = None
         try:
             _, link = await asyncio.wait_for(
                 loop.create_connection(
@@ -538,9 +636,12 @@ class PeerNode:
                 ),
                 self.config.dial_timeout,
             )
+            made = link
             await asyncio.wait_for(asyncio.shield(link.ready), self.config.dial_timeout)
         except (OSError, TimeoutError) as exc:
             log.info("cannot link to %s at %s:%d: %s", peer, host, port, exc)
+            if made is not None:
+                made.abort()  # it never finished its handshake
             return None
         return self.links.get(peer)  # another link may have won a simultaneous dial
 
@@ -570,21 +671,25 @@ class PeerNode:
         elif isinstance(msg, DirectMessage):
             self._on_direct(link, msg)
         elif isinstance(msg, DirectAck):
-            future = self._acks.get(msg.id)
-            if future is not None and not future.done():
-                future.set_result(None)
+            self._settle(link, msg.id, None)
         elif isinstance(msg, MeshRooms):
-            link.view.theirs = frozenset(msg.rooms)
+            link.declared = frozenset(msg.rooms[:1000])
             self._rebuild_forwarding()
         elif isinstance(msg, PeerError):
             log.info("peer %s reports %s: %s", link.peer, msg.code, msg.reason)
+            if msg.id is not None:
+                self._settle(link, msg.id, CommandError(f"{link.peer} refused it: {msg.reason}"))
         else:
             log.warning("unexpected %s from %s; closing the link", type(msg).__name__, link.peer)
             link.abort()
 
     def _handshake(self, link: _Link, msg: Message) -> None:
         if link.dialed:
-            if not isinstance(msg, PeerWelcome) or msg.username != link.expect:
+            if (
+                not isinstance(msg, PeerWelcome)
+                or msg.version != PROTOCOL_VERSION
+                or msg.username != link.expect
+            ):
                 log.warning(
                     "%s answered as %r; closing", link.expect, getattr(msg, "username", None)
                 )
@@ -599,7 +704,7 @@ class PeerNode:
             if (
                 self.username is None
                 or not valid_name(msg.username)
-                or msg.username == self.username
+                or msg.username.casefold() == self.username.casefold()
             ):
                 link.send(encode(PeerError(code="bad_request", reason="not accepting this link")))
                 link.close()
@@ -609,8 +714,12 @@ class PeerNode:
         link.peer = peer
         old = self.links.get(peer)
         if old is not None and old is not link:
-            # Both dialed at once. Both ends keep the link the smaller name dialed, so they agree.
-            if link.dialed != ((self.username or "") < peer):
+            # Both dialed at once: both ends keep the link the smaller name dialed, so they
+            # agree. A link that has been up a while is kept instead: a newcomer claiming the
+            # same name must not displace it.
+            now = self._loop.time()
+            settled = now - old.established > GRACE_SECONDS
+            if settled or link.dialed != ((self.username or "") < peer):
                 link.peer = None
                 link.close()
                 link.ready.set_result(None)
@@ -619,13 +728,24 @@ class PeerNode:
             old.close()
             link.pinned_until = old.pinned_until
         self.links[peer] = link
-        link.pinned_until = max(link.pinned_until, self._loop.time() + GRACE_SECONDS)
+        link.established = self._loop.time()
+        link.pinned_until = max(link.pinned_until, link.established + GRACE_SECONDS)
         self._backoff.pop(peer, None)
         if not link.ready.done():
             link.ready.set_result(None)
         log.info("linked with %s", peer)
         self._replan()
         self._emit(self.status())
+
+    def _settle(self, link: _Link, msg_id: str, error: CommandError | None) -> None:
+        """An answer to one of our direct messages, if it came over the link it went out on."""
+        pending = self._acks.get(msg_id)
+        if pending is None or pending[1] is not link or pending[0].done():
+            return
+        if error is None:
+            pending[0].set_result(None)
+        else:
+            pending[0].set_exception(error)
 
     def on_link_lost(self, link: _Link) -> None:
         self._all_links.discard(link)
@@ -657,7 +777,7 @@ class PeerNode:
             msg,
             peer,
             self._loop.time(),
-            [n.peer or "" for n in self._forward.get(msg.room, ())],
+            self._forward_names.get(msg.room, ()),
             room.members,
         )
         if route.dropped is not None:
@@ -673,8 +793,13 @@ class PeerNode:
         self._emit(RoomText(msg.room, msg.origin, msg.text, msg.ts))
 
     def _on_direct(self, link: _Link, msg: DirectMessage) -> None:
-        if msg.sender != link.peer or not text_size_ok(msg.text):
-            link.send(encode(PeerError(code="bad_request", reason="bad direct message", id=msg.id)))
+        if msg.sender != link.peer:
+            reason = "the sender must be the link's own user"
+            link.send(encode(PeerError(code="bad_request", reason=reason, id=msg.id)))
+            return
+        if not text_size_ok(msg.text):
+            reason = f"texts are 1-{MAX_TEXT} bytes"
+            link.send(encode(PeerError(code="text_too_long", reason=reason, id=msg.id)))
             return
         link.pinned_until = self._loop.time() + PIN_SECONDS
         link.send(encode(DirectAck(id=msg.id)))
@@ -716,7 +841,7 @@ class PeerNode:
         peer = link.peer or username
         msg = DirectMessage(id=os.urandom(16).hex(), sender=me, text=text, ts=time.time())
         ack: asyncio.Future[None] = self._loop.create_future()
-        self._acks[msg.id] = ack
+        self._acks[msg.id] = (ack, link)
         link.pinned_until = self._loop.time() + PIN_SECONDS
         try:
             link.send(encode(msg))
@@ -734,6 +859,22 @@ class PeerNode:
             if peer.casefold() == key:
                 return link
         return None
+
+
+def _online(room: _Room, user: str) -> bool:
+    member = room.members.get(user)
+    return member is not None and member.online
+
+
+def _apply(room: _Room, event: RoomEvent) -> None:
+    """A pushed membership or presence change, applied to our view of the room."""
+    who, change = event.username, event.change
+    if change in ("online", "joined", "added"):
+        room.members[who] = _Member(event.host is not None, event.host, event.port)
+    elif change == "offline":
+        room.members[who] = _Member(False)
+    else:  # left, removed
+        room.members.pop(who, None)
 
 
 def _check_text(text: str) -> None:

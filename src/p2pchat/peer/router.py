@@ -14,6 +14,8 @@ from collections import OrderedDict
 from collections.abc import Container, Iterable
 from typing import NamedTuple
 
+from msgspec.structs import replace as _replace
+
 from p2pchat.protocol.messages import RoomMessage, encode
 
 
@@ -197,9 +199,7 @@ class FloodRouter:
             return _DELIVER
         if hops > self._hops:
             hops = self._hops
-        out = RoomMessage(
-            id=mid, room=msg.room, origin=origin, text=msg.text, ts=msg.ts, hops=hops - 1
-        )
+        out = _replace(msg, hops=hops - 1)  # a copy: the caller's ``msg`` is left alone
         self.frames_out += len(targets)
         return Route(True, Forward(out, encode(out), targets), None)
 

@@ -60,13 +60,10 @@ class ErrorCode(enum.StrEnum):
     ALREADY_MEMBER = "already_member"
     PRIVATE_ROOM = "private_room"
     NOT_OWNER = "not_owner"
-    OWNER_CANNOT_LEAVE = "owner_cannot_leave"
     TOO_MANY_CONNECTIONS = "too_many_connections"
     INTERNAL = "internal"
     # peer-to-peer
-    USER_OFFLINE = "user_offline"
     TEXT_TOO_LONG = "text_too_long"
-    NOT_LINKED = "not_linked"
 
 
 class Message(msgspec.Struct, tag_field="type", omit_defaults=True, kw_only=True):
@@ -387,11 +384,11 @@ def decode_error(frame: bytes, exc: msgspec.MsgspecError) -> Error:
         except msgspec.MsgspecError:
             raw_id = None
         req_id = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
-        text = str(exc)
+        text = str(exc)[:200]
         if "`$.type`" in text or "field `type`" in text:
             return Error(id=req_id, code=ErrorCode.UNKNOWN_TYPE, reason=f"unknown type: {text}")
         return Error(id=req_id, code=ErrorCode.BAD_REQUEST, reason=f"bad request: {text}")
-    return Error(id=None, code=ErrorCode.BAD_FRAME, reason=f"not a JSON object: {exc}")
+    return Error(id=None, code=ErrorCode.BAD_FRAME, reason=f"not JSON: {str(exc)[:200]}")
 
 
 request_decoder: msgspec.json.Decoder[RegistryRequest] = msgspec.json.Decoder(RegistryRequest)

@@ -55,6 +55,7 @@ log = logging.getLogger("p2pchat.registry.client")
 
 Event = RoomEvent | Bye
 R = TypeVar("R", bound=Message)
+P = TypeVar("P", UserList, RoomList, MemberList)
 EVENT_QUEUE = 10_000
 
 
@@ -209,6 +210,12 @@ class RegistryClient:
         while (event := await self._events.get()) is not None:
             yield event
 
+    def abort(self) -> None:
+        """Reset the connection without a word (tests of crashes use it)."""
+        transport = self._writer.transport
+        self._shut("aborted by this client")
+        transport.abort()
+
     async def close(self) -> None:
         self._shut("closed by this client")
         self._read_task.cancel()
@@ -274,16 +281,22 @@ class RegistryClient:
     async def search(self, username: str) -> SearchResult:
         return await self._call(Search(id=self._next_id(), username=username), SearchResult)
 
-    async def users(self) -> list[UserAddr]:
-        """Every online user (all pages)."""
-        users: list[UserAddr] = []
+    async def _pages(self, request: Callable[[int, str | None], Any], expect: type[P]) -> list[P]:
+        """Every page of a listing: ask again ``after`` the last name until ``more`` is off."""
+        pages: list[P] = []
         after: str | None = None
         while True:
-            page = await self._call(ListUsers(id=self._next_id(), after=after), UserList)
-            users.extend(page.users)
-            if not page.more or not page.users:
-                return users
-            after = page.users[-1].username
+            page = await self._call(request(self._next_id(), after), expect)
+            pages.append(page)
+            last = _last_name(page)
+            if not page.more or last is None:
+                return pages
+            after = last
+
+    async def users(self) -> list[UserAddr]:
+        """Every online user (all pages)."""
+        pages = await self._pages(lambda i, after: ListUsers(id=i, after=after), UserList)
+        return [user for page in pages for user in page.users]
 
     async def create_room(self, room: str, private: bool = False) -> None:
         await self._call(CreateRoom(id=self._next_id(), room=room, private=private), Ok)
@@ -302,24 +315,25 @@ class RegistryClient:
 
     async def rooms(self) -> list[RoomInfo]:
         """Every room this session can see (all pages)."""
-        rooms: list[RoomInfo] = []
-        after: str | None = None
-        while True:
-            page = await self._call(ListRooms(id=self._next_id(), after=after), RoomList)
-            rooms.extend(page.rooms)
-            if not page.more or not page.rooms:
-                return rooms
-            after = page.rooms[-1].room
+        pages = await self._pages(lambda i, after: ListRooms(id=i, after=after), RoomList)
+        return [room for page in pages for room in page.rooms]
 
     async def members(self, room: str) -> list[MemberInfo]:
         """Every member of ``room`` with online state and address (all pages)."""
-        members: list[MemberInfo] = []
-        after: str | None = None
-        while True:
-            page = await self._call(
-                ListMembers(id=self._next_id(), room=room, after=after), MemberList
-            )
-            members.extend(page.members)
-            if not page.more or not page.members:
-                return members
-            after = page.members[-1].username
+        return (await self.room_members(room))[1]
+
+    async def room_members(self, room: str) -> tuple[str, list[MemberInfo]]:
+        """The room's name as the registry spells it, and all its members (all pages)."""
+        pages = await self._pages(
+            lambda i, after: ListMembers(id=i, room=room, after=after), MemberList
+        )
+        return pages[0].room, [member for page in pages for member in page.members]
+
+
+def _last_name(page: UserList | RoomList | MemberList) -> str | None:
+    """The name to continue a listing after, or None for an empty page."""
+    if isinstance(page, UserList):
+        return page.users[-1].username if page.users else None
+    if isinstance(page, RoomList):
+        return page.rooms[-1].room if page.rooms else None
+    return page.members[-1].username if page.members else None

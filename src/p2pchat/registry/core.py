@@ -168,6 +168,32 @@ class RegistryConfig:
     heartbeat_interval: float = 20.0
     timeout: float = 60.0
     server: str = "p2pchat-registry"
+    register_rate: float = 1.0
+    """Registrations per second allowed from one address, after a burst of ``register_burst``;
+    each costs an Argon2id hash, so unbounded registration would be a cheap way to load us."""
+    register_burst: int = 30
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """Per-key rate limit: ``burst`` at once, then ``rate`` per second; bounded key count."""
+
+    rate: float
+    burst: float
+    max_keys: int = 100_000
+    _keys: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> (tokens, t)
+
+    def take(self, key: str, now: float) -> float:
+        """Take one token; return 0 if allowed, else how many seconds until one is free."""
+        tokens, last = self._keys.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1:
+            self._keys[key] = (tokens, now)
+            return (1 - tokens) / self.rate if self.rate > 0 else float("inf")
+        self._keys[key] = (tokens - 1, now)
+        while len(self._keys) > self.max_keys:
+            del self._keys[next(iter(self._keys))]
+        return 0.0
 
 
 def _err(req_id: int | None, code: ErrorCode, reason: str, **extra: Any) -> Error:
@@ -206,12 +232,16 @@ class RegistryCore:
         self._expiry: list[tuple[float, int, str]] = []  # (deadline, conn, token)
         self.account_throttle = Throttle(free=3)
         self.address_throttle = Throttle(free=10)
-        self._handlers: dict[type, Callable[[Session, Any, float], list[Action]]] = {
+        self.registrations = TokenBucket(self.config.register_rate, self.config.register_burst)
+        self._anonymous: dict[type, Callable[[Session, Any, float], list[Action]]] = {
             Hello: self._hello,
             Register: self._register,
             Login: self._login,
-            Logout: self._logout,
             Ping: self._tcp_ping,
+        }
+        # these need a login: they are handed the session's username
+        self._logged_in: dict[type, Callable[[Session, str, Any, float], list[Action]]] = {
+            Logout: self._logout,
             Search: self._search,
             ListUsers: self._users,
             CreateRoom: self._create_room,
@@ -227,6 +257,8 @@ class RegistryCore:
 
     def connect(self, conn: int, source_host: str, now: float) -> None:
         self.sessions[conn] = Session(conn=conn, source_host=source_host, last_seen=now)
+        # a session that never logs in and falls silent must not hold its slot for ever
+        heapq.heappush(self._expiry, (now + self.config.timeout, conn, ""))
 
     def disconnect(self, conn: int, now: float) -> list[Action]:
         """The connection closed or broke: log its user out at once."""
@@ -249,7 +281,12 @@ class RegistryCore:
                     ),
                 )
             ]
-        return self._handlers[type(request)](session, request, now)
+        handler = self._anonymous.get(type(request))
+        if handler is not None:
+            return handler(session, request, now)
+        if session.user is None:
+            return [Send(conn, _not_logged_in(_req_id(request)))]
+        return self._logged_in[type(request)](session, session.user, request, now)
 
     # ------------------------------------------------------------------ heartbeats
 
@@ -268,23 +305,20 @@ class RegistryCore:
         timeout = self.config.timeout
         while heap and heap[0][0] <= now:
             _, conn, token = heapq.heappop(heap)
-            session = self._by_token.get(token)
-            if session is None:
-                continue  # logged out since
+            session = self._by_token.get(token) if token else self.sessions.get(conn)
+            if session is None or (not token and session.user is not None):
+                continue  # logged out (or, for an anonymous entry, logged in) since
             deadline = session.last_seen + timeout
             if deadline > now:
                 heapq.heappush(heap, (deadline, conn, token))
                 continue
             del self.sessions[conn]
-            actions.append(
-                Send(
-                    conn,
-                    Bye(
-                        code="timeout",
-                        reason=f"no heartbeat for {timeout:g} seconds; logged out",
-                    ),
-                )
-            )
+            if token:
+                log.info("%s missed its heartbeats; logged out", session.user)
+                reason = f"no heartbeat for {timeout:g} seconds; logged out"
+            else:
+                reason = f"idle for {timeout:g} seconds without logging in"
+            actions.append(Send(conn, Bye(code="timeout", reason=reason)))
             actions.append(Close(conn))
             actions.extend(self._logout_session(session))
         return actions
@@ -329,10 +363,21 @@ class RegistryCore:
             return [Send(s.conn, _err(req.id, ErrorCode.INVALID_PASSWORD, _PASSWORD_RULE))]
         if s.busy:
             return [Send(s.conn, _busy(req.id))]
+        wait = self.registrations.take(s.source_host, now)
+        if wait > 0:
+            return [Send(s.conn, _rate_limited(req.id, "too many registrations", wait))]
         if self.store.get_account(req.username) is not None:
             return [Send(s.conn, _taken(req))]
         s.busy = True
         return [HashPassword(s.conn, req)]
+
+    def auth_failed(self, conn: int, req_id: int) -> list[Action]:
+        """Hashing or verifying a password raised: answer, and free the session for a retry."""
+        s = self.sessions.get(conn)
+        if s is None:
+            return []
+        s.busy = False
+        return [Send(conn, _err(req_id, ErrorCode.INTERNAL, "internal error; try again"))]
 
     def register_hashed(
         self, conn: int, req: Register, password_hash: str, now: float
@@ -372,21 +417,15 @@ class RegistryCore:
             self.address_throttle.retry_after(s.source_host, now),
         )
         if wait > 0:
-            return [
-                Send(
-                    s.conn,
-                    _err(
-                        req.id,
-                        ErrorCode.RATE_LIMITED,
-                        f"too many failed logins; try again in {wait:.1f} s",
-                        retry_after=round(wait, 3),
-                    ),
-                )
-            ]
+            return [Send(s.conn, _rate_limited(req.id, "too many failed logins", wait))]
         account = self.store.get_account(req.username)
         if account is None:
             self.address_throttle.fail(s.source_host, now)
-            return [Send(s.conn, _err(req.id, ErrorCode.NO_SUCH_USER, f"no user {req.username!r}"))]
+            return [Send(s.conn, _no_user(req.id, req.username))]
+        # Counted as a failure of the account until proven right, so that parallel guesses on
+        # many sessions are throttled as they start rather than after their hashes finish.
+        # (The address is charged only for real failures: many users may share one address.)
+        self.account_throttle.fail(req.username.casefold(), now)
         s.busy = True
         return [VerifyPassword(s.conn, req, account.password_hash)]
 
@@ -397,13 +436,12 @@ class RegistryCore:
         s.busy = False
         key = req.username.casefold()
         if not ok:
-            self.account_throttle.fail(key, now)
             self.address_throttle.fail(s.source_host, now)
             return [Send(conn, _err(req.id, ErrorCode.WRONG_PASSWORD, "wrong password"))]
         self.account_throttle.succeed(key)
         account = self.store.get_account(req.username)
         if account is None:  # deleted meanwhile
-            return [Send(conn, _err(req.id, ErrorCode.NO_SUCH_USER, f"no user {req.username!r}"))]
+            return [Send(conn, _no_user(req.id, req.username))]
         if key in self.online:
             return [
                 Send(
@@ -426,6 +464,7 @@ class RegistryCore:
         self.online[key] = s
         self._by_token[token] = s
         heapq.heappush(self._expiry, (now + self.config.timeout, conn, token))
+        log.info("%s logged in at %s:%d", account.username, s.host, s.port)
         cfg = self.config
         actions: list[Action] = [
             Send(
@@ -446,10 +485,10 @@ class RegistryCore:
             actions.extend(self._tell_room(room, s, "online", host=s.host, port=s.port))
         return actions
 
-    def _logout(self, s: Session, req: Logout, now: float) -> list[Action]:
-        if s.user is None:
-            return [Send(s.conn, _not_logged_in(req.id))]
+    def _logout(self, s: Session, user: str, req: Logout, now: float) -> list[Action]:
+        log.info("%s logged out", user)
         actions = self._logout_session(s)
+        heapq.heappush(self._expiry, (now + self.config.timeout, s.conn, ""))  # idle rule again
         actions.insert(0, Send(s.conn, Ok(id=req.id)))
         return actions
 
@@ -470,10 +509,10 @@ class RegistryCore:
             return [Send(s.conn, _err(req.id, ErrorCode.NOT_LOGGED_IN, "unknown session token"))]
         return [Send(s.conn, Ok(id=req.id))] if req.id is not None else []
 
-    def _search(self, s: Session, req: Search, now: float) -> list[Action]:
+    def _search(self, s: Session, user: str, req: Search, now: float) -> list[Action]:
         account = self.store.get_account(req.username) if valid_name(req.username) else None
         if account is None:
-            return [Send(s.conn, _err(req.id, ErrorCode.NO_SUCH_USER, f"no user {req.username!r}"))]
+            return [Send(s.conn, _no_user(req.id, req.username))]
         peer = self.online.get(account.username.casefold())
         if peer is None:
             return [Send(s.conn, SearchResult(id=req.id, username=account.username, online=False))]
@@ -490,7 +529,7 @@ class RegistryCore:
             )
         ]
 
-    def _users(self, s: Session, req: ListUsers, now: float) -> list[Action]:
+    def _users(self, s: Session, user: str, req: ListUsers, now: float) -> list[Action]:
         limit = _limit(req.limit)
         after = (req.after or "").casefold()
         keys = sorted(k for k in self.online if k > after)
@@ -503,24 +542,22 @@ class RegistryCore:
 
     # ------------------------------------------------------------------ rooms
 
-    def _create_room(self, s: Session, req: CreateRoom, now: float) -> list[Action]:
-        if s.user is None:
-            return [Send(s.conn, _not_logged_in(req.id))]
+    def _create_room(self, s: Session, user: str, req: CreateRoom, now: float) -> list[Action]:
         if not valid_name(req.room):
             return [Send(s.conn, _err(req.id, ErrorCode.INVALID_ROOM, _ROOM_RULE))]
         try:
-            self.store.create_room(req.room, req.private, s.user)
+            self.store.create_room(req.room, req.private, user)
         except RoomExists:
-            return [Send(s.conn, _err(req.id, ErrorCode.ROOM_EXISTS, f"room {req.room!r} exists"))]
+            return [
+                Send(s.conn, _err(req.id, ErrorCode.ROOM_EXISTS, f"room {_q(req.room)} exists"))
+            ]
         return [Send(s.conn, Ok(id=req.id))]
 
-    def _join_room(self, s: Session, req: JoinRoom, now: float) -> list[Action]:
-        if s.user is None:
-            return [Send(s.conn, _not_logged_in(req.id))]
+    def _join_room(self, s: Session, user: str, req: JoinRoom, now: float) -> list[Action]:
         room = self.store.get_room(req.room) if valid_name(req.room) else None
         if room is None:
             return [Send(s.conn, _no_room(req.id, req.room))]
-        if room.private:
+        if room.private and not self._is_member(room.room, user):
             return [
                 Send(
                     s.conn,
@@ -531,24 +568,22 @@ class RegistryCore:
                     ),
                 )
             ]
-        if not self.store.add_member(room.room, s.user):
+        if not self.store.add_member(room.room, user):
             return [Send(s.conn, _err(req.id, ErrorCode.ALREADY_MEMBER, f"already in {room.room}"))]
         actions: list[Action] = [Send(s.conn, Ok(id=req.id))]
         actions.extend(self._tell_room(room.room, s, "joined", host=s.host, port=s.port))
         return actions
 
-    def _leave_room(self, s: Session, req: LeaveRoom, now: float) -> list[Action]:
-        if s.user is None:
-            return [Send(s.conn, _not_logged_in(req.id))]
+    def _leave_room(self, s: Session, user: str, req: LeaveRoom, now: float) -> list[Action]:
         room = self.store.get_room(req.room) if valid_name(req.room) else None
         if room is None:
             return [Send(s.conn, _no_room(req.id, req.room))]
-        if not self.store.remove_member(room.room, s.user):
-            return [Send(s.conn, _not_member(req.id, s.user, room.room))]
-        if room.owner.casefold() == s.user.casefold():
+        if not self.store.remove_member(room.room, user):
+            return [Send(s.conn, _not_member(req.id, user, room.room))]
+        if room.owner.casefold() == user.casefold():
             self._hand_over(room.room)
         actions: list[Action] = [Send(s.conn, Ok(id=req.id))]
-        actions.extend(self._tell_room(room.room, s, "left", username=s.user))
+        actions.extend(self._tell_room(room.room, s, "left", username=user))
         return actions
 
     def _hand_over(self, room: str) -> None:
@@ -559,17 +594,15 @@ class RegistryCore:
         else:
             self.store.delete_room(room)
 
-    def _add_member(self, s: Session, req: AddMember, now: float) -> list[Action]:
-        if s.user is None:
-            return [Send(s.conn, _not_logged_in(req.id))]
+    def _add_member(self, s: Session, user: str, req: AddMember, now: float) -> list[Action]:
         room = self.store.get_room(req.room) if valid_name(req.room) else None
         if room is None:
             return [Send(s.conn, _no_room(req.id, req.room))]
-        if not self._is_member(room.room, s.user):
-            return [Send(s.conn, _not_member(req.id, s.user, room.room))]
+        if not self._is_member(room.room, user):
+            return [Send(s.conn, _not_member(req.id, user, room.room))]
         account = self.store.get_account(req.username) if valid_name(req.username) else None
         if account is None:
-            return [Send(s.conn, _err(req.id, ErrorCode.NO_SUCH_USER, f"no user {req.username!r}"))]
+            return [Send(s.conn, _no_user(req.id, req.username))]
         if not self.store.add_member(room.room, account.username):
             return [
                 Send(
@@ -589,20 +622,18 @@ class RegistryCore:
                 None,
                 "added",
                 username=account.username,
-                by=s.user,
+                by=user,
                 host=target.host if target else None,
                 port=target.port if target else None,
             )
         )
         return actions
 
-    def _remove_member(self, s: Session, req: RemoveMember, now: float) -> list[Action]:
-        if s.user is None:
-            return [Send(s.conn, _not_logged_in(req.id))]
+    def _remove_member(self, s: Session, user: str, req: RemoveMember, now: float) -> list[Action]:
         room = self.store.get_room(req.room) if valid_name(req.room) else None
         if room is None:
             return [Send(s.conn, _no_room(req.id, req.room))]
-        if room.owner.casefold() != s.user.casefold():
+        if room.owner.casefold() != user.casefold():
             return [
                 Send(
                     s.conn,
@@ -611,8 +642,8 @@ class RegistryCore:
             ]
         account = self.store.get_account(req.username) if valid_name(req.username) else None
         if account is None:
-            return [Send(s.conn, _err(req.id, ErrorCode.NO_SUCH_USER, f"no user {req.username!r}"))]
-        if account.username.casefold() == s.user.casefold():
+            return [Send(s.conn, _no_user(req.id, req.username))]
+        if account.username.casefold() == user.casefold():
             return [
                 Send(
                     s.conn,
@@ -624,13 +655,13 @@ class RegistryCore:
         # told before the removal, so that the member being removed hears of it too
         actions: list[Action] = [Send(s.conn, Ok(id=req.id))]
         actions.extend(
-            self._tell_room(room.room, None, "removed", username=account.username, by=s.user)
+            self._tell_room(room.room, None, "removed", username=account.username, by=user)
         )
         self.store.remove_member(room.room, account.username)
         return actions
 
-    def _rooms(self, s: Session, req: ListRooms, now: float) -> list[Action]:
-        mine = {r.casefold() for r in self.store.rooms_of(s.user)} if s.user else set()
+    def _rooms(self, s: Session, user: str, req: ListRooms, now: float) -> list[Action]:
+        mine = {r.casefold() for r in self.store.rooms_of(user)}
         limit = _limit(req.limit)
         after = (req.after or "").casefold()
         counts = self.store.member_counts()
@@ -652,12 +683,12 @@ class RegistryCore:
         ]
         return [Send(s.conn, RoomList(id=req.id, rooms=infos, more=len(visible) > limit))]
 
-    def _members(self, s: Session, req: ListMembers, now: float) -> list[Action]:
+    def _members(self, s: Session, user: str, req: ListMembers, now: float) -> list[Action]:
         room = self.store.get_room(req.room) if valid_name(req.room) else None
         if room is None:
             return [Send(s.conn, _no_room(req.id, req.room))]
         members = self.store.members(room.room)
-        if room.private and (s.user is None or s.user.casefold() not in _keys(members)):
+        if room.private and user.casefold() not in _keys(members):
             return [
                 Send(
                     s.conn,
@@ -720,6 +751,24 @@ _ROOM_RULE = "room ids are 1-32 letters, digits, '_', '.' or '-'"
 _PASSWORD_RULE = "passwords are 6-256 characters"
 
 
+def _q(name: str) -> str:
+    """A name from a request, quoted and cut short: replies must stay small."""
+    return repr(name if len(name) <= 40 else name[:40] + "...")
+
+
+def _rate_limited(req_id: int, what: str, wait: float) -> Error:
+    return _err(
+        req_id,
+        ErrorCode.RATE_LIMITED,
+        f"{what}; try again in {wait:.1f} s",
+        retry_after=round(wait, 3),
+    )
+
+
+def _no_user(req_id: int, name: str) -> Error:
+    return _err(req_id, ErrorCode.NO_SUCH_USER, f"no user {_q(name)}")
+
+
 def _keys(names: list[str]) -> set[str]:
     return {n.casefold() for n in names}
 
@@ -737,7 +786,7 @@ def _busy(req_id: int) -> Error:
 
 
 def _taken(req: Register) -> Error:
-    return _err(req.id, ErrorCode.NAME_TAKEN, f"the name {req.username!r} is taken")
+    return _err(req.id, ErrorCode.NAME_TAKEN, f"the name {_q(req.username)} is taken")
 
 
 def _not_logged_in(req_id: int | None) -> Error:
@@ -745,7 +794,7 @@ def _not_logged_in(req_id: int | None) -> Error:
 
 
 def _no_room(req_id: int, room: str) -> Error:
-    return _err(req_id, ErrorCode.NO_SUCH_ROOM, f"no room {room!r}")
+    return _err(req_id, ErrorCode.NO_SUCH_ROOM, f"no room {_q(room)}")
 
 
 def _not_member(req_id: int, user: str, room: str) -> Error:

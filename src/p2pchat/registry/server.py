@@ -119,6 +119,7 @@ class RegistryServer:
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         self._loop = asyncio.get_running_loop()
+        self._closing = False
 
     def now(self) -> float:
         return self._loop.time()
@@ -145,6 +146,7 @@ class RegistryServer:
 
     async def close(self) -> None:
         """Stop listening, say goodbye to every session, stop the timers."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
         if self._udp is not None:
@@ -212,14 +214,17 @@ class RegistryServer:
             session.transport.close()
 
     def lost(self, session: _TcpSession) -> None:
-        if self._sessions.pop(session.conn, None) is not None:
+        if self._sessions.pop(session.conn, None) is not None and not self._closing:
             self._apply(self.core.disconnect(session.conn, self.now()))
 
     def _write(self, session: _TcpSession, msg: Message) -> None:
+        self._write_frame(session, encode(msg))
+
+    def _write_frame(self, session: _TcpSession, frame: bytes) -> None:
         transport = session.transport
         if transport is None or transport.is_closing():
             return
-        transport.write(encode(msg))
+        transport.write(frame)
         if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
             log.warning("session %d does not read its replies; closing it", session.conn)
             transport.abort()
@@ -234,7 +239,7 @@ class RegistryServer:
                     continue
                 if action.msg is not last_msg:  # one event fanned out is encoded once
                     last_msg, last_frame = action.msg, encode(action.msg)
-                session.transport.write(last_frame)
+                self._write_frame(session, last_frame)
             elif isinstance(action, Close):
                 session = self._sessions.pop(action.conn, None)
                 if session is not None and session.transport is not None:
@@ -251,10 +256,21 @@ class RegistryServer:
         task.add_done_callback(self._tasks.discard)
 
     async def _hash(self, conn: int, request: Register) -> None:
-        digest = await asyncio.to_thread(self.passwords.hash, request.password)
-        self._apply(self.core.register_hashed(conn, request, digest, self.now()))
+        try:
+            digest = await asyncio.to_thread(self.passwords.hash, request.password)
+            actions = self.core.register_hashed(conn, request, digest, self.now())
+        except Exception:
+            log.exception("registering %s failed", request.username)
+            actions = self.core.auth_failed(conn, request.id)
+        self._apply(actions)
 
     async def _verify(self, conn: int, request: Login, password_hash: str) -> None:
-        ok = await asyncio.to_thread(self.passwords.verify, password_hash, request.password)
-        log.info("login %s: %s", request.username, "ok" if ok else "wrong password")
-        self._apply(self.core.login_verified(conn, request, ok, self.now()))
+        try:
+            ok = await asyncio.to_thread(self.passwords.verify, password_hash, request.password)
+            if not ok:
+                log.info("wrong password for %s", request.username)
+            actions = self.core.login_verified(conn, request, ok, self.now())
+        except Exception:
+            log.exception("login of %s failed", request.username)
+            actions = self.core.auth_failed(conn, request.id)
+        self._apply(actions)

@@ -1,0 +1,460 @@
+"""The peers' side of the room benchmarks: one ``Worker`` holds some of the room's peers.
+
+A worker runs either in a process of its own (``ProcessWorker``, commands over a pipe) or in the
+coordinator's event loop (``InlineWorker``, for the smoke test). Commands, in order: ``setup``
+(start and log in the peers), ``converge`` (wait until the mesh is built), ``run`` (send a
+schedule of messages and record every delivery), ``saturate`` (send as fast as the room
+delivers), ``stop``. Deliveries are recorded as ``(peer index, text, origin ts, shown at)``; the
+text starts with the message's sequence number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import cProfile
+import gc
+import multiprocessing
+import multiprocessing.connection
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from bench.common import PASSWORD, ROOM, cpu_seconds, peak_rss_bytes, raise_nofile, rss_bytes
+from bench.naive import NaivePeer
+from p2pchat.peer.events import PeerEvent, RoomText
+from p2pchat.peer.mesh import mesh_neighbours
+from p2pchat.peer.node import PeerConfig, PeerNode
+
+SEQ_DIGITS = 8
+LOGIN_BATCH = 16
+
+
+def message_text(seq: int, size: int) -> str:
+    return f"{seq:0{SEQ_DIGITS}d}" + "x" * max(0, size - SEQ_DIGITS)
+
+
+class _Node(Protocol):
+    username: str | None
+    links: Any
+    router: Any
+
+    async def say(self, room: str, text: str) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class _Recorder:
+    recs: list[tuple[int, str, float, float]] = field(default_factory=list)
+    expected: int = 1 << 62
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    counts: dict[str, int] | None = None
+    need: int = 0
+    on_complete: Callable[[str], None] | None = None
+
+    def callback(self, index: int) -> Callable[[PeerEvent], None]:
+        recs = self.recs
+        append = recs.append
+        now = time.time
+
+        def on_event(event: PeerEvent) -> None:
+            if type(event) is RoomText and not event.mine:
+                append((index, event.text, event.ts, now()))
+                counts = self.counts
+                if counts is not None:
+                    c = counts.get(event.text, 0) + 1
+                    counts[event.text] = c
+                    if c == self.need and self.on_complete is not None:
+                        self.on_complete(event.text)
+                if len(recs) >= self.expected:
+                    self.done.set()
+
+        return on_event
+
+    def reset(self, expected: int) -> None:
+        self.recs.clear()
+        self.expected = expected
+        self.done = asyncio.Event()
+        if expected <= 0:
+            self.done.set()
+
+
+class Worker:
+    """Holds some peers of one room and carries out the coordinator's commands."""
+
+    def __init__(self) -> None:
+        self.nodes: list[_Node] = []
+        self.by_name: dict[str, _Node] = {}
+        self.rec = _Recorder()
+        self.mode = "flood"
+        self.max_links = 6
+        self.rss_base = 0
+        self._expected_cache: dict[tuple[str, str], frozenset[str]] = {}
+
+    async def handle(self, cmd: str, arg: dict[str, Any]) -> Any:
+        method = getattr(self, f"cmd_{cmd}")
+        return await method(**arg)
+
+    # ------------------------------------------------------------------ setup
+
+    async def cmd_setup(
+        self,
+        registry_port: int,
+        users: list[str],
+        mode: str = "flood",
+        max_links: int = 6,
+    ) -> dict[str, Any]:
+        gc.collect()
+        self.rss_base = rss_bytes()
+        self.mode = mode
+        self.max_links = max_links
+        t0 = time.perf_counter()
+        for i, user in enumerate(users):
+            node: _Node
+            if mode == "flood":
+                config = PeerConfig(
+                    registry_port=registry_port, listen_host="127.0.0.1", max_links=max_links
+                )
+                node = PeerNode(config, self.rec.callback(i))
+            else:
+                node = NaivePeer(registry_port, self.rec.callback(i))
+            self.nodes.append(node)
+            self.by_name[user] = node
+        for k in range(0, len(users), LOGIN_BATCH):
+            batch = list(
+                zip(users[k : k + LOGIN_BATCH], self.nodes[k : k + LOGIN_BATCH], strict=True)
+            )
+            await asyncio.gather(*(self._login(node, user) for user, node in batch))
+        return {"login_s": time.perf_counter() - t0, "pid": os.getpid()}
+
+    async def cmd_warm(self, senders: list[str]) -> dict[str, Any]:
+        """Naive design: let the senders open their connections before anything is timed."""
+        mine = [self.by_name[s] for s in senders if s in self.by_name]
+        await asyncio.gather(*(n.warm(ROOM) for n in mine if isinstance(n, NaivePeer)))
+        return {}
+
+    async def _login(self, node: _Node, user: str) -> None:
+        await node.start()  # type: ignore[attr-defined]
+        await node.login(user, PASSWORD)  # type: ignore[attr-defined]
+
+    def converged(self, online: list[str], key: str = "") -> bool:
+        if self.mode != "flood":
+            return True
+        for node in self.nodes:
+            me = node.username
+            if me is None or me not in online:
+                continue
+            expected = self._expected_cache.get((key, me))
+            if expected is None:
+                expected = mesh_neighbours(online, me, self.max_links)
+                if key:
+                    self._expected_cache[key, me] = expected
+            links = node.links
+            for peer in expected:
+                link = links.get(peer)
+                if link is None or ROOM not in link.view.mine or ROOM not in link.view.theirs:
+                    return False
+        return True
+
+    async def cmd_converge(
+        self, online: list[str], timeout: float = 30.0, tidy: float = 0.0, gc_freeze: bool = False
+    ) -> dict[str, Any]:
+        """Wait until every peer holds its mesh links; then up to ``tidy`` s more until the
+        links kept during login (grace period) are closed."""
+        t0 = time.perf_counter()
+        ok = False
+        while time.perf_counter() - t0 < timeout:
+            if self.converged(online, "converge"):
+                ok = True
+                break
+            await asyncio.sleep(0.02)
+        t_conv = time.perf_counter() - t0
+        if ok and self.mode == "flood" and tidy > 0:
+            t1 = time.perf_counter()
+            want = {
+                n.username: len(mesh_neighbours(online, n.username or "", self.max_links))
+                for n in self.nodes
+            }
+            while time.perf_counter() - t1 < tidy:
+                if all(len(n.links) <= want[n.username] for n in self.nodes):
+                    break
+                await asyncio.sleep(0.05)
+        missing = [] if ok else self.missing(online)
+        self._expected_cache.clear()
+        if gc_freeze:
+            gc.collect()
+            gc.freeze()
+        return {
+            "converged": ok,
+            "seconds": t_conv,
+            "links": [len(n.links) for n in self.nodes],
+            "rss": rss_bytes(),
+            "missing": missing,
+        }
+
+    def missing(self, online: list[str]) -> list[str]:
+        """For a report: the mesh links not (fully) there."""
+        out = []
+        for node in self.nodes:
+            me = node.username or ""
+            for peer in sorted(mesh_neighbours(online, me, self.max_links)):
+                link = node.links.get(peer)
+                if link is None:
+                    out.append(f"{me}->{peer}: no link")
+                elif ROOM not in link.view.mine or ROOM not in link.view.theirs:
+                    out.append(
+                        f"{me}->{peer}: mine={sorted(link.view.mine)} "
+                        f"theirs={sorted(link.view.theirs)}"
+                    )
+        return out[:20]
+
+    # ------------------------------------------------------------------ measuring
+
+    def _counters(self) -> list[tuple[int, int, int]]:
+        out = []
+        for node in self.nodes:
+            r = node.router
+            out.append((r.frames_out, r.duplicates, r.delivered) if r is not None else (0, 0, 0))
+        return out
+
+    async def cmd_run(
+        self,
+        sends: list[tuple[float, str, str]],
+        t0: float,
+        expected: int,
+        drain: float = 5.0,
+        monitor: dict[str, list[str]] | None = None,
+    ) -> dict[str, Any]:
+        """Send ``(offset, sender, text)`` at wall time ``t0 + offset``; record deliveries
+        until ``expected`` of them arrived here, or ``drain`` s after the last send is due."""
+        loop = asyncio.get_running_loop()
+        self.rec.reset(expected)
+        self.rec.counts = None
+        before = self._counters()
+        cpu0 = cpu_seconds()
+        fanouts: list[int] = []
+        lags: list[float] = []
+        tasks: set[asyncio.Task[int]] = set()
+        transitions: list[tuple[float, str, bool]] = []
+        stop_monitor = asyncio.Event()
+
+        async def watch() -> None:
+            assert monitor is not None
+            state: dict[str, bool] = {}
+            while not stop_monitor.is_set():
+                now = time.time()
+                for name, online in monitor.items():
+                    ok = self.converged(online, name)
+                    if state.get(name) != ok:
+                        state[name] = ok
+                        transitions.append((now, name, ok))
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch()) if monitor else None
+        base = loop.time() + (t0 - time.time())
+        for offset, sender, text in sends:
+            delay = base + offset - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            lags.append(loop.time() - base - offset)
+            node = self.by_name[sender]
+            task = asyncio.ensure_future(node.say(ROOM, text))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            task.add_done_callback(
+                lambda t: fanouts.append(t.result()) if not t.exception() else None
+            )
+        last = max((o for o, _, _ in sends), default=0.0)
+        remaining = base + last + drain - loop.time()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.rec.done.wait(), max(0.0, remaining))
+        if watcher is not None:
+            stop_monitor.set()
+            await watcher
+        cpu1 = cpu_seconds()
+        after = self._counters()
+        return {
+            "recs": list(self.rec.recs),
+            "fanouts": fanouts,
+            "lags": lags,
+            "counters": [
+                tuple(a - b for a, b in zip(x, y, strict=True))
+                for x, y in zip(after, before, strict=True)
+            ],
+            "cpu_user": cpu1[0] - cpu0[0],
+            "cpu_sys": cpu1[1] - cpu0[1],
+            "peak_rss": peak_rss_bytes(),
+            "rss": rss_bytes(),
+            "rss_base": self.rss_base,
+            "links": [len(n.links) for n in self.nodes],
+            "transitions": transitions,
+            "pid": os.getpid(),
+        }
+
+    async def cmd_saturate(
+        self,
+        senders: list[str],
+        window: int,
+        total: int,
+        seconds: float,
+        size: int,
+        first_seq: int,
+        profile: str | None = None,
+    ) -> dict[str, Any]:
+        """Keep ``window`` messages in flight (a message is done when all others showed it)."""
+        import random
+
+        rng = random.Random(first_seq)
+        need = len(self.nodes) - 1
+        rec = self.rec
+        rec.reset(1 << 62)
+        rec.counts = {}
+        rec.need = need
+        slots = asyncio.Semaphore(window)
+        all_done = asyncio.Event()
+        state = {"outstanding": 0, "stopped": False}
+        tasks: set[asyncio.Task[int]] = set()
+
+        def complete(text: str) -> None:
+            slots.release()
+            state["outstanding"] -= 1
+            if state["stopped"] and state["outstanding"] == 0:
+                all_done.set()
+
+        rec.on_complete = complete
+        before = self._counters()
+        cpu0 = cpu_seconds()
+        prof = cProfile.Profile() if profile else None
+        if prof is not None:
+            prof.enable()
+        t0 = time.perf_counter()
+        wall0 = time.time()
+        sent = 0
+        while sent < total and time.perf_counter() - t0 < seconds:
+            await slots.acquire()
+            state["outstanding"] += 1
+            text = message_text(first_seq + sent, size)
+            task = asyncio.ensure_future(self.by_name[rng.choice(senders)].say(ROOM, text))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent += 1
+        state["stopped"] = True
+        if state["outstanding"] == 0:
+            all_done.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_done.wait(), 10.0)
+        elapsed = time.perf_counter() - t0
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(profile)  # type: ignore[arg-type]
+        cpu1 = cpu_seconds()
+        after = self._counters()
+        complete_msgs = sum(1 for c in rec.counts.values() if c == need)
+        lat = [now - ts for _, _, ts, now in rec.recs]
+        rec.counts = None
+        rec.on_complete = None
+        return {
+            "sent": sent,
+            "complete": complete_msgs,
+            "deliveries": len(rec.recs),
+            "elapsed": elapsed,
+            "wall0": wall0,
+            "latencies": lat,
+            "counters": [
+                tuple(a - b for a, b in zip(x, y, strict=True))
+                for x, y in zip(after, before, strict=True)
+            ],
+            "cpu_user": cpu1[0] - cpu0[0],
+            "cpu_sys": cpu1[1] - cpu0[1],
+        }
+
+    async def cmd_stop(self) -> dict[str, Any]:
+        await asyncio.gather(*(n.close() for n in self.nodes), return_exceptions=True)
+        self.nodes.clear()
+        self.by_name.clear()
+        return {}
+
+
+# ---------------------------------------------------------------- transports
+
+
+class InlineWorker:
+    """A worker in the caller's own event loop (and process)."""
+
+    def __init__(self) -> None:
+        self.worker = Worker()
+        self.pid = os.getpid()
+
+    async def call(self, cmd: str, **arg: Any) -> Any:
+        return await self.worker.handle(cmd, arg)
+
+    def kill(self) -> None:
+        raise RuntimeError("an inline worker cannot be killed")
+
+    async def close(self) -> None:
+        return None
+
+
+def _serve(conn: multiprocessing.connection.Connection) -> None:
+    raise_nofile()
+
+    async def main() -> None:
+        worker = Worker()
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                cmd, arg = await loop.run_in_executor(None, conn.recv)
+            except EOFError:
+                return
+            try:
+                result = ("ok", await worker.handle(cmd, arg))
+            except Exception:
+                result = ("error", traceback.format_exc())
+            conn.send(result)
+            if cmd == "stop":
+                return
+
+    asyncio.run(main())
+
+
+class ProcessWorker:
+    """A worker in a process of its own, started with the ``spawn`` method."""
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child,), daemon=True)
+        self.proc.start()
+        child.close()
+        self.pid = self.proc.pid or 0
+
+    async def call(self, cmd: str, **arg: Any) -> Any:
+        loop = asyncio.get_running_loop()
+
+        def roundtrip() -> Any:
+            self._conn.send((cmd, arg))
+            return self._conn.recv()
+
+        status, payload = await loop.run_in_executor(None, roundtrip)
+        if status != "ok":
+            raise RuntimeError(f"worker {self.pid} failed on {cmd}:\n{payload}")
+        return payload
+
+    def kill(self) -> None:
+        """SIGKILL: the peers die abruptly, the kernel resets their connections."""
+        self.proc.kill()
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.proc.join, 10.0)
+        if self.proc.is_alive():
+            self.proc.kill()
+            await loop.run_in_executor(None, self.proc.join, 5.0)
+        self._conn.close()
+
+
+AnyWorker = InlineWorker | ProcessWorker

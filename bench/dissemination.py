@@ -1,0 +1,438 @@
+"""Room dissemination: flooding over the bounded mesh against the naive send-to-every-member.
+
+    .venv/bin/python -m bench.dissemination                  # full run, ~6 minutes
+    .venv/bin/python -m bench.dissemination --quick          # smoke run, a few seconds
+
+For each room size N and process count P, a fresh registry (this process) and N peers (real
+``PeerNode``s, or the naive baseline of ``bench/naive.py``) spread round-robin over P worker
+processes. After the mesh is built, M messages are sent at a fixed total rate from members drawn
+from a pool of senders, ``--repeat`` times; every figure is the median over the repeats. With
+P = 1 a saturation run follows: a window of messages kept in flight, to find the deliveries per
+second the room sustains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import pstats
+import random
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench._worker import SEQ_DIGITS, AnyWorker, InlineWorker, ProcessWorker, message_text
+from bench.common import (
+    RESULTS_DIR,
+    ROOM,
+    command_line,
+    cpu_seconds,
+    header,
+    median,
+    percentile,
+    raise_nofile,
+    save_results,
+    start_registry,
+    table,
+    usernames,
+)
+from p2pchat.protocol.messages import LIST_LIMIT
+
+MODULE = "bench.dissemination"
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"python -m {MODULE}",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--sizes", type=_ints, default=[10, 50, 100, 200], help="room sizes N")
+    p.add_argument(
+        "--procs",
+        type=_ints,
+        default=[1, 4],
+        help="worker processes the peers are spread over (1 = all in one process)",
+    )
+    p.add_argument(
+        "--designs",
+        default="flood,naive",
+        help="flood (the real PeerNode) and/or naive (the baseline)",
+    )
+    p.add_argument("--messages", type=int, default=200, help="messages M per run")
+    p.add_argument("--rate", type=float, default=100.0, help="messages per second, in total")
+    p.add_argument("--repeat", type=int, default=3, help="runs per configuration (median)")
+    p.add_argument("--size", type=int, default=100, help="bytes of text per message")
+    p.add_argument(
+        "--senders",
+        type=int,
+        default=10,
+        help="messages come from a random pool of this many members (the naive "
+        "design keeps a connection from each to every member)",
+    )
+    p.add_argument("--max-links", type=int, default=6)
+    p.add_argument("--window", type=int, default=16, help="saturation: messages in flight")
+    p.add_argument(
+        "--saturate-seconds", type=float, default=3.0, help="saturation run length (0: none)"
+    )
+    p.add_argument(
+        "--inline",
+        action="store_true",
+        help="run the peers in this very process (P = 1 only; for the smoke test)",
+    )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="cProfile the saturation run of the largest flood room (P = 1) into "
+        "this file and print the top functions",
+    )
+    p.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() the workers once the mesh is built (all peers' long-lived state "
+        "out of the collector's full passes), to see what garbage collection costs",
+    )
+    p.add_argument("--profile-size", type=int, default=100, help="room size to profile")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results JSON (default bench/results/dissemination.json; "
+        "--quick: not written unless given)",
+    )
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: N=10, 1 process, 20 messages, 1 repeat"
+    )
+    return p
+
+
+QUICK = {
+    "sizes": [10],
+    "procs": [1],
+    "messages": 20,
+    "rate": 50.0,
+    "repeat": 1,
+    "saturate_seconds": 0.5,
+}
+"""``--quick`` changes these defaults; options given explicitly still win."""
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
+    return args
+
+
+async def _configuration(
+    args: argparse.Namespace, n: int, procs: int, design: str, rng: random.Random, seq: list[int]
+) -> dict[str, Any]:
+    users = usernames(n)
+    registry = await start_registry(users, {ROOM: users})
+    workers: list[AnyWorker] = []
+    try:
+        workers = [InlineWorker() if args.inline else ProcessWorker() for _ in range(procs)]
+        parts = [users[i::procs] for i in range(procs)]
+        owner = {u: k for k, part in enumerate(parts) for u in part}
+        setups = await asyncio.gather(
+            *(
+                w.call(
+                    "setup",
+                    registry_port=registry.port,
+                    users=part,
+                    mode=design,
+                    max_links=args.max_links,
+                )
+                for w, part in zip(workers, parts, strict=True)
+            )
+        )
+        pool = rng.sample(users, min(args.senders, n))
+        if design == "naive":
+            await asyncio.gather(*(w.call("warm", senders=pool) for w in workers))
+        conv = await asyncio.gather(
+            *(
+                w.call("converge", online=users, timeout=30.0, tidy=8.0, gc_freeze=args.gc_freeze)
+                for w in workers
+            )
+        )
+        links = [x for c in conv for x in c["links"]]
+        row: dict[str, Any] = {
+            "n": n,
+            "procs": procs,
+            "design": design,
+            "login_s": max(s["login_s"] for s in setups),
+            "converged": all(c["converged"] for c in conv),
+            "converge_s": max(c["seconds"] for c in conv),
+        }
+        runs = []
+        for _ in range(args.repeat):
+            sends = []
+            for i in range(args.messages):
+                sends.append((i / args.rate, rng.choice(pool), message_text(seq[0], args.size)))
+                seq[0] += 1
+            per_worker: list[list[tuple[float, str, str]]] = [[] for _ in workers]
+            expected = [0] * procs
+            for s in sends:
+                per_worker[owner[s[1]]].append(s)
+                for k in range(procs):
+                    expected[k] += len(parts[k]) - (1 if owner[s[1]] == k else 0)
+            t0 = time.time() + 0.3
+            cpu0 = cpu_seconds()
+            results = await asyncio.gather(
+                *(
+                    w.call("run", sends=per_worker[k], t0=t0, expected=expected[k])
+                    for k, w in enumerate(workers)
+                )
+            )
+            cpu1 = cpu_seconds()
+            runs.append(
+                _run_stats(design, n, parts, sends, t0, results, registry_cpu=sum(cpu1) - sum(cpu0))
+            )
+        for key in runs[0]:
+            row[key] = median(r[key] for r in runs)
+        row["repeats"] = [{k: round(v, 4) for k, v in r.items()} for r in runs]
+        row["links_after_converge"] = sum(links) / len(links)
+        if procs == 1 and args.saturate_seconds > 0:
+            row.update(await _saturate(args, workers[0], n, design, pool, seq))
+        return row
+    finally:
+        for w in workers:
+            try:
+                await w.call("stop")
+            except Exception as exc:  # keep going: a broken worker must not hide the others
+                print(f"worker stop failed: {exc}", file=sys.stderr)
+            await w.close()
+        await registry.close()
+        registry.core.store.close()
+
+
+def _run_stats(
+    design: str,
+    n: int,
+    parts: list[list[str]],
+    sends: list[tuple[float, str, str]],
+    t0: float,
+    results: list[dict[str, Any]],
+    registry_cpu: float,
+) -> dict[str, float]:
+    sender_of = {text[:SEQ_DIGITS]: s for _, s, text in sends}
+    seen: Counter[tuple[str, str]] = Counter()
+    lat: list[float] = []
+    last = t0
+    for part, res in zip(parts, results, strict=True):
+        for index, text, ts, now in res["recs"]:
+            key = text[:SEQ_DIGITS]
+            if key in sender_of:
+                seen[part[index], key] += 1
+                lat.append((now - ts) * 1000.0)
+                last = max(last, now)
+    expected = len(sends) * (n - 1)
+    unique = len(seen)
+    counters = [c for res in results for c in res["counters"]]
+    frames = sum(c[0] for c in counters)
+    dups = sum(c[1] for c in counters)
+    delivered = sum(c[2] for c in counters)
+    fanouts = [f for res in results for f in res["fanouts"]]
+    cpu_user = sum(r["cpu_user"] for r in results)
+    cpu_sys = sum(r["cpu_sys"] for r in results)
+    peak = sum(r["peak_rss"] - r["rss_base"] for r in results)
+    lags = [x * 1000.0 for r in results for x in r["lags"]]
+    conns = [x for r in results for x in r["links"]]
+    return {
+        "delivery": unique / expected if expected else 1.0,
+        "shown_twice": float(sum(seen.values()) - unique),
+        "p50_ms": percentile(lat, 50),
+        "p99_ms": percentile(lat, 99),
+        "max_ms": max(lat, default=float("nan")),
+        "msgs_per_s": len(sends) / (last - t0) if last > t0 else float("nan"),
+        "frames_per_delivery": frames / delivered if delivered else float("nan"),
+        "dups_per_delivery": dups / delivered if delivered else float("nan"),
+        "fanout": sum(fanouts) / len(fanouts) if fanouts else float("nan"),
+        "registry_req_per_msg": float(math.ceil(n / LIST_LIMIT)) if design == "naive" else 0.0,
+        "cpu_us_per_delivery": (cpu_user + cpu_sys) / unique * 1e6 if unique else float("nan"),
+        "cpu_sys_share": cpu_sys / (cpu_user + cpu_sys) if cpu_user + cpu_sys else float("nan"),
+        "registry_cpu_s": registry_cpu,
+        "peak_kib_per_peer": peak / n / 1024,
+        "send_lag_p99_ms": percentile(lags, 99),
+        "links_mean": sum(conns) / len(conns) if conns else 0.0,
+        "links_max": float(max(conns, default=0)),
+    }
+
+
+async def _saturate(
+    args: argparse.Namespace,
+    worker: AnyWorker,
+    n: int,
+    design: str,
+    pool: list[str],
+    seq: list[int],
+) -> dict[str, Any]:
+    profile = None
+    if args.profile is not None and design == "flood" and n == args.profile_size:
+        profile = str(args.profile)
+    res = await worker.call(
+        "saturate",
+        senders=pool,
+        window=args.window,
+        total=1_000_000,
+        seconds=args.saturate_seconds,
+        size=args.size,
+        first_seq=seq[0],
+        profile=profile,
+    )
+    seq[0] += res["sent"]
+    counters = res["counters"]
+    delivered = sum(c[2] for c in counters)
+    frames = sum(c[0] for c in counters)
+    cpu = res["cpu_user"] + res["cpu_sys"]
+    out = {
+        "sat_deliveries_per_s": res["deliveries"] / res["elapsed"],
+        "sat_msgs_per_s": res["complete"] / res["elapsed"],
+        "sat_complete": res["complete"] / res["sent"] if res["sent"] else float("nan"),
+        "sat_p99_ms": percentile([x * 1000 for x in res["latencies"]], 99),
+        "sat_frames_per_delivery": frames / delivered if delivered else float("nan"),
+        "sat_cpu_share": cpu / res["elapsed"],
+        "sat_sys_share": res["cpu_sys"] / cpu if cpu else float("nan"),
+    }
+    if profile:
+        print(f"\nprofile of the N={n} saturation run ({profile}), top 30 by own time:")
+        stats = pstats.Stats(profile)
+        stats.sort_stats("tottime").print_stats(30)
+    return out
+
+
+COLUMNS = [
+    ("N", "n"),
+    ("P", "procs"),
+    ("design", "design"),
+    ("deliv", "delivery"),
+    ("p50 ms", "p50_ms"),
+    ("p99 ms", "p99_ms"),
+    ("max ms", "max_ms"),
+    ("msg/s", "msgs_per_s"),
+    ("frames/dlv", "frames_per_delivery"),
+    ("dups/dlv", "dups_per_delivery"),
+    ("fan-out", "fanout"),
+    ("reg req/msg", "registry_req_per_msg"),
+    ("links", "links_mean"),
+    ("KiB/peer", "peak_kib_per_peer"),
+    ("CPU us/dlv", "cpu_us_per_delivery"),
+    ("sat dlv/s", "sat_deliveries_per_s"),
+    ("sat p99 ms", "sat_p99_ms"),
+]
+RATIOS = [
+    ("p50", "p50_ms"),
+    ("p99", "p99_ms"),
+    ("max", "max_ms"),
+    ("frames/dlv", "frames_per_delivery"),
+    ("fan-out", "fanout"),
+    ("CPU us/dlv", "cpu_us_per_delivery"),
+    ("sat dlv/s", "sat_deliveries_per_s"),
+]
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    cells = []
+    for r in rows:
+        line = []
+        for _, key in COLUMNS:
+            v = r.get(key, float("nan"))
+            line.append(f"{v * 100:.1f}%" if key == "delivery" else v)
+        cells.append(line)
+    out = table([c for c, _ in COLUMNS], cells)
+    pairs = []
+    by = {(r["n"], r["procs"], r["design"]): r for r in rows}
+    for (n, procs, design), r in by.items():
+        other = by.get((n, procs, "flood"))
+        if design == "naive" and other is not None:
+            pairs.append([n, procs] + [_ratio(r.get(k), other.get(k)) for _, k in RATIOS])
+    if pairs:
+        out += "\n\nnaive / flood, same run:\n" + table(["N", "P", *[c for c, _ in RATIOS]], pairs)
+    return out
+
+
+def _ratio(a: Any, b: Any) -> float:
+    try:
+        return float(a) / float(b)
+    except (TypeError, ZeroDivisionError, ValueError):
+        return float("nan")
+
+
+async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
+    raise_nofile()
+    rng = random.Random(args.seed)
+    seq = [0]
+    rows = []
+    designs = [d.strip() for d in args.designs.split(",") if d.strip()]
+    for n in args.sizes:
+        for procs in args.procs:
+            if args.inline and procs != 1:
+                continue
+            for design in designs:
+                t = time.perf_counter()
+                row = await _configuration(args, n, procs, design, rng, seq)
+                row["wall_s"] = time.perf_counter() - t
+                rows.append(row)
+                print(
+                    f"  N={n} P={procs} {design}: delivery {row['delivery'] * 100:.1f}%, "
+                    f"p99 {row['p99_ms']:.1f} ms ({row['wall_s']:.0f} s)",
+                    flush=True,
+                )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    command = (
+        command_line(MODULE)
+        if argv is None
+        else " ".join([".venv/bin/python", "-m", MODULE, *argv])
+    )
+    print(
+        header("room dissemination: flooding over the mesh vs. sending to every member", command),
+        flush=True,
+    )
+    print(
+        f"M={args.messages} messages at {args.rate:g}/s from a pool of {args.senders} senders, "
+        f"{args.size} B each; median of {args.repeat} runs\n",
+        flush=True,
+    )
+    rows = asyncio.run(main_async(args))
+    print()
+    print(render(rows))
+    out = (
+        args.out
+        if args.out is not None
+        else (None if args.quick else RESULTS_DIR / "dissemination.json")
+    )
+    if out is not None:
+        for r in rows:
+            r.pop("repeats_raw", None)
+        path = save_results(
+            "dissemination",
+            command,
+            rows,
+            {
+                "settings": {
+                    k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                }
+            },
+            out,
+        )
+        print(f"\nresults: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

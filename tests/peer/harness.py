@@ -1,0 +1,148 @@
+"""Many PeerNodes in one event loop on 127.0.0.1, and ways to wait on them without sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from p2pchat.peer.events import DirectText, Notice, PeerEvent, RoomText
+from p2pchat.peer.mesh import mesh_graph
+from p2pchat.peer.node import PeerConfig, PeerNode
+
+PW = "secret-pw"
+WAIT = 10.0
+
+
+class Changes:
+    """Wakes waiters whenever any peer emits an event, so tests wait on conditions."""
+
+    def __init__(self) -> None:
+        self._cond = asyncio.Condition()
+        self._pending = False
+        self._task: asyncio.Future[None] | None = None
+
+    def poke(self) -> None:
+        if not self._pending:
+            self._pending = True
+            asyncio.get_running_loop().call_soon(self._notify)
+
+    def _notify(self) -> None:
+        self._pending = False
+        self._task = asyncio.ensure_future(self._notify_all())
+
+    async def _notify_all(self) -> None:
+        async with self._cond:
+            self._cond.notify_all()
+
+    async def until(self, predicate: Callable[[], bool], timeout: float = WAIT) -> None:
+        """Wait until ``predicate()`` holds, re-checking on every event (and at least every
+        0.2 s, for state changes that emit none, like a neighbour's mesh announcement)."""
+
+        async def wait() -> None:
+            async with self._cond:
+                while not predicate():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._cond.wait(), 0.2)
+
+        await asyncio.wait_for(wait(), timeout)
+
+
+@dataclass
+class Peer:
+    name: str
+    node: PeerNode
+    events: list[PeerEvent] = field(default_factory=list)
+
+    def room_texts(self, room: str | None = None) -> list[RoomText]:
+        return [
+            e
+            for e in self.events
+            if isinstance(e, RoomText) and not e.mine and (room is None or e.room == room)
+        ]
+
+    def directs(self) -> list[DirectText]:
+        return [e for e in self.events if isinstance(e, DirectText) and not e.mine]
+
+    def notices(self) -> list[str]:
+        return [e.text for e in self.events if isinstance(e, Notice)]
+
+    def got(self, room: str, sender: str, text: str) -> int:
+        return sum(1 for e in self.room_texts(room) if e.sender == sender and e.text == text)
+
+
+class Swarm:
+    """Creates peers against one registry and checks the mesh they build."""
+
+    def __init__(self, registry_port: int, max_links: int = 6) -> None:
+        self.registry_port = registry_port
+        self.max_links = max_links
+        self.changes = Changes()
+        self.peers: dict[str, Peer] = {}
+
+    async def add(self, name: str, *, login: bool = True, register: bool = True) -> Peer:
+        events: list[PeerEvent] = []
+
+        def on_event(event: PeerEvent) -> None:
+            events.append(event)
+            self.changes.poke()
+
+        node = PeerNode(
+            PeerConfig(
+                registry_port=self.registry_port,
+                listen_host="127.0.0.1",
+                max_links=self.max_links,
+                dial_timeout=1.0,
+            ),
+            on_event=on_event,
+        )
+        await node.start()
+        peer = Peer(name, node, events)
+        self.peers[name] = peer
+        if register:
+            await node.register(name, PW)
+        if login:
+            await node.login(name, PW)
+        return peer
+
+    def online(self, room: str, names: Iterable[str]) -> list[Peer]:
+        return [self.peers[n] for n in names if self.peers[n].node.username is not None]
+
+    def mesh_ready(self, room: str, names: Iterable[str]) -> bool:
+        """Every edge of the room's mesh graph is a link both ends hold for the room."""
+        names = list(names)
+        graph = mesh_graph(names, self.max_links)
+        for name in names:
+            node = self.peers[name].node
+            if room not in node.rooms:
+                return False
+            for neighbour in graph[name]:
+                link = node.links.get(neighbour)
+                if link is None or room not in link.view.mine:
+                    return False
+        return True
+
+    async def wait_mesh(self, room: str, names: Iterable[str], timeout: float = WAIT) -> None:
+        names = list(names)
+        await self.changes.until(lambda: self.mesh_ready(room, names), timeout)
+
+    async def wait_delivered(
+        self, room: str, sender: str, text: str, receivers: Iterable[str], timeout: float = WAIT
+    ) -> None:
+        receivers = list(receivers)
+        await self.changes.until(
+            lambda: all(self.peers[r].got(room, sender, text) >= 1 for r in receivers), timeout
+        )
+
+    def counts(self, room: str) -> dict[str, Counter[tuple[str, str]]]:
+        return {
+            name: Counter((e.sender, e.text) for e in peer.room_texts(room))
+            for name, peer in self.peers.items()
+        }
+
+    async def close(self) -> None:
+        for peer in self.peers.values():
+            with contextlib.suppress(Exception):
+                await peer.node.close()

@@ -1,0 +1,102 @@
+"""Line mode: command parsing, event formatting and the target prompt, without a network."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from p2pchat.peer.events import CommandError, DirectText, Notice, RoomsChanged, RoomText, Status
+from p2pchat.ui import commands
+from p2pchat.ui.line import NO_TARGET, LineUI, clean, format_event
+
+
+@pytest.mark.parametrize(
+    ("line", "name", "args", "text"),
+    [
+        ("/login alice pw123456", "login", ["alice", "pw123456"], ""),
+        ("/say lobby hello  there ", "say", ["lobby"], "hello  there"),
+        ("/msg bob a b c", "msg", ["bob"], "a b c"),
+        ("/create den private", "create", ["den", "private"], ""),
+        ("/CREATE den", "create", ["den"], ""),
+        ("  /rooms  ", "rooms", [], ""),
+        ("/to @bob", "to", ["@bob"], ""),
+    ],
+)
+def test_parse(line: str, name: str, args: list[str], text: str) -> None:
+    command = commands.parse(line)
+    assert (command.name, command.args, command.text) == (name, args, text)
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ("/nope", "unknown command /nope; /help lists them"),
+        ("/login alice", "usage: /login USER PASSWORD"),
+        ("/login a b c", "usage: /login USER PASSWORD"),
+        ("/say lobby", "usage: /say ROOM TEXT"),
+        ("/say lobby    ", "usage: /say ROOM TEXT"),
+        ("/msg", "usage: /msg USER TEXT"),
+        ("/create den public", "usage: /create ROOM [private]"),
+        ("/users now", "usage: /users"),
+    ],
+)
+def test_parse_errors_give_the_usage(line: str, error: str) -> None:
+    with pytest.raises(CommandError) as caught:
+        commands.parse(line)
+    assert str(caught.value) == error
+
+
+def test_every_command_has_usage_help_and_a_handler() -> None:
+    assert set(commands.USAGE) == set(commands.HANDLERS)
+    for name in commands.USAGE:
+        assert f"/{name}" in commands.HELP
+
+
+def test_event_formats() -> None:
+    assert (
+        format_event(RoomText("lobby", "alice", "text of the message", 0.0))
+        == "Message from alice at lobby: text of the message"
+    )
+    assert (
+        format_event(DirectText("alice", "text", 0.0, peer="alice")) == "Message from alice: text"
+    )
+    assert format_event(Notice("bob joined lobby")) == "* bob joined lobby"
+    assert format_event(RoomText("lobby", "me", "mine", 0.0, mine=True)) is None
+    assert format_event(RoomsChanged()) is None
+    assert format_event(Status(True, "me", 3)) is None
+
+
+def test_control_characters_from_peers_cannot_break_lines() -> None:
+    line = format_event(RoomText("lobby", "eve", "two\nlines\x1b[31m and\ttab", 0.0))
+    assert line is not None and "\n" not in line and "\x1b" not in line and "\t" in line
+    assert clean("a\rb") == "a\ufffdb"
+
+
+class _FakeNode:
+    def __init__(self) -> None:
+        self.rooms = {"lobby": object()}
+
+    def room_name(self, room: str) -> str:
+        return "lobby" if room.lower() == "lobby" else room
+
+
+async def test_plain_line_without_target_in_a_script_is_an_error() -> None:
+    out = io.StringIO()
+    ui = LineUI(out, interactive=False)
+    ui.node = _FakeNode()  # type: ignore[assignment]
+    assert await ui.handle("hello") is True
+    assert out.getvalue() == f"error: {NO_TARGET}\n"
+
+
+async def test_plain_line_without_target_on_a_terminal_asks_where() -> None:
+    out = io.StringIO()
+    ui = LineUI(out, interactive=True)
+    ui.node = _FakeNode()  # type: ignore[assignment]
+    await ui.handle("hello")
+    assert out.getvalue() == "Send to a room or to a peer? Type a room name, or @user for a peer:\n"
+    await ui.handle("kitchen")
+    assert out.getvalue().splitlines()[-1] == (
+        "error: you are not a member of kitchen; message not sent"
+    )
+    assert ui.target is None
