@@ -120,3 +120,17 @@ def test_blank_lines_and_crlf() -> None:
     assert framer.feed(b":3}\n") == [b'{"c":3}']
     # Only a "\r" right before the "\n" is line ending; others are content.
     assert framer.feed(b"a\rb\r\r\n") == [b"a\rb\r"]
+
+
+@given(
+    frames=st.lists(frames_st, min_size=1, max_size=5),
+    cut=st.integers(min_value=0, max_value=3),
+)
+@SETTINGS
+def test_frames_before_an_oversized_one_come_with_the_error(frames: list[bytes], cut: int) -> None:
+    framer = LineFramer(max_frame=SMALL)
+    good = b"".join(f + b"\n" for f in frames)
+    chunk = good + b"y" * (SMALL + 2) + (b"\n" if cut % 2 else b"")
+    with pytest.raises(FrameTooLarge) as caught:
+        framer.feed(chunk)
+    assert caught.value.frames == frames

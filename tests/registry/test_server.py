@@ -240,7 +240,10 @@ async def test_an_oversized_frame_closes_only_that_session(
 ) -> None:
     bystander = await user(connect, "alice")
     reader, writer = await raw(registry)
-    writer.write(b'{"type":"hello","id":1,"version":1,"agent":"' + b"x" * (MAX_FRAME + 10))
+    hello = b'{"type":"hello","id":1,"version":1}\n'
+    writer.write(hello + b'{"type":"hello","id":2,"agent":"' + b"x" * (MAX_FRAME + 10))
+    welcome = json.loads(await asyncio.wait_for(reader.readline(), WAIT))
+    assert welcome["type"] == "welcome"  # what came before the oversized frame is answered
     reply = json.loads(await asyncio.wait_for(reader.readline(), WAIT))
     assert reply["code"] == "frame_too_large"
     assert await asyncio.wait_for(reader.read(), WAIT) == b""  # closed

@@ -142,8 +142,8 @@ class _Link(asyncio.Protocol):
             frames = self.framer.feed(data)
         except FrameTooLarge as exc:
             log.warning("closing link to %s: %s", self.peer or "?", exc)
-            self.abort()
-            return
+            frames = exc.frames  # what came before it is handled, then the link is cut
+            self.node._loop.call_soon(self.abort)
         node = self.node
         for frame in frames:
             if self.transport is None or self.transport.is_closing():

@@ -11,7 +11,15 @@ MAX_FRAME = 64 * 1024
 
 
 class FrameTooLarge(Exception):
-    """A frame (or an unterminated run of bytes) exceeded the bound; the stream is unusable."""
+    """A frame (or an unterminated run of bytes) exceeded the bound; the stream is unusable.
+
+    ``frames`` holds the complete frames that came before the oversized one in the same
+    ``feed``: they were sent in good faith and deserve an answer before the stream is closed.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.frames: list[bytes] = []
 
 
 class LineFramer:
@@ -39,6 +47,13 @@ class LineFramer:
             lines.pop()
             return lines if all(lines) else [line for line in lines if line]
         frames: list[bytes] = []
+        try:
+            return self._feed_slow(buf, data, frames)
+        except FrameTooLarge as exc:
+            exc.frames = frames
+            raise
+
+    def _feed_slow(self, buf: bytearray, data: bytes, frames: list[bytes]) -> list[bytes]:
         if buf:
             pos = data.find(b"\n")
             if pos == -1:

@@ -160,7 +160,9 @@ class RegistryClient:
             while data := await self._reader.read(65536):
                 for frame in framer.feed(data):
                     self._dispatch(frame)
-        except FrameTooLarge:
+        except FrameTooLarge as exc:
+            for frame in exc.frames:
+                self._dispatch(frame)
             reason = "the registry sent an oversized frame"
         except (ConnectionError, OSError) as exc:
             reason = f"connection to the registry lost: {exc}"

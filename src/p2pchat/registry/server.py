@@ -65,6 +65,8 @@ class _TcpSession(asyncio.Protocol):
         try:
             frames = self.framer.feed(data)
         except FrameTooLarge as exc:
+            for frame in exc.frames:  # answer what came before it, then close
+                self.server.receive(self, frame)
             self.server.reject(
                 self, Error(id=None, code=ErrorCode.FRAME_TOO_LARGE, reason=str(exc))
             )
