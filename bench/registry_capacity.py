@@ -3,16 +3,16 @@
     .venv/bin/python -m bench.registry_capacity               # K = 1,000 5,000 10,000; ~4 min
     .venv/bin/python -m bench.registry_capacity --quick       # K = 200, a few seconds
 
-The registry runs in a process of its own (``bench/_registry_proc.py``: the real
-``RegistryServer`` and SQLite store, database file pre-filled with K accounts and K/20 public
-rooms of 20 members). This process is the load generator: K ``RegistryClient`` sessions, logged
-in, each sending its UDP heartbeat every 20 s with the phases spread evenly (one socket for all).
-Then, for ``--seconds``, requests arrive open-loop at ``--rate`` per second from random
-sessions: searches, member listings, and room joins/leaves (``--mix``); latency counts from the
-moment each request was due, so a stalled generator or registry shows. A closed-loop run with
-``--concurrency`` requests in flight follows, to find the ceiling. CPU share is the registry
-process's user+system time over wall time (1.0 = one core); memory per session is its RSS
-growth from empty to K sessions, over K.
+The registry runs in a process of its own: the ``p2pchat registry`` command as shipped (the real
+``RegistryServer`` and SQLite store), its database file pre-filled with K accounts and K/20
+public rooms of 20 members. This process is the load generator: K ``RegistryClient`` sessions,
+logged in, each sending its UDP heartbeat every 20 s with the phases spread evenly (one socket
+for all). Then, for ``--seconds``, requests arrive open-loop at ``--rate`` per second from
+random sessions: searches, member listings, and room joins/leaves (``--mix``); latency counts
+from the moment each request was due, so a stalled generator or registry shows. A closed-loop
+run with ``--concurrency`` requests in flight follows, to find the ceiling. CPU share is the
+registry process's user+system time over wall time (1.0 = one core); memory per session is its
+RSS growth from empty to K sessions, over K.
 
 Login cost is measured apart (``--logins``): the default Argon2id profile (RFC 9106 low-memory,
 t=3, 64 MiB), one login at a time and then all at once.
@@ -36,6 +36,7 @@ from typing import Any
 from bench.common import (
     PASSWORD,
     RESULTS_DIR,
+    bench_registry_config,
     command_line,
     cpu_seconds,
     header,
@@ -90,29 +91,56 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Registry:
-    """The registry subprocess."""
+    """The registry subprocess: the ``p2pchat registry`` command itself, on 127.0.0.1, with
+    the registration rate limit out of reach (see ``common.bench_registry_config``) and info
+    logging off (one line per login). Its open-files limit is inherited from this process,
+    which raises it to the hard limit first."""
 
     def __init__(self, db: Path, profile: str = "cheapest") -> None:
+        cfg = bench_registry_config()
         self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "bench._registry_proc",
+                "p2pchat",
+                "registry",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--udp-port",
+                "0",
                 "--db",
                 str(db),
                 "--password-hash",
                 profile,
+                "--max-connections",
+                "20000",
+                "--heartbeat-interval",
+                f"{cfg.heartbeat_interval:g}",
+                "--timeout",
+                f"{cfg.timeout:g}",
+                "--register-rate",
+                f"{cfg.register_rate:g}",
+                "--register-burst",
+                str(cfg.register_burst),
+                "--log-level",
+                "warning",
             ],
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         assert self.proc.stdout is not None
-        words = self.proc.stdout.readline().split()
-        if len(words) != 4:
+        line = self.proc.stdout.readline()
+        # "registry listening on 127.0.0.1 tcp PORT udp PORT (database FILE)"
+        words = line.split()
+        try:
+            self.port = int(words[words.index("tcp") + 1])
+            self.udp_port = int(words[words.index("udp") + 1])
+        except (ValueError, IndexError):
             self.stop()
-            raise RuntimeError(f"registry did not start: {words}")
-        self.port, self.udp_port = int(words[1]), int(words[3])
+            raise RuntimeError(f"registry did not start: {line!r}") from None
         self.pid = self.proc.pid
 
     def stop(self) -> None:

@@ -318,3 +318,25 @@ async def test_a_non_member_cannot_pull_room_messages_by_announcing_the_room(
     assert "mallory" not in ann.node.mesh_links(ROOM)
     assert "ben" in ann.node.mesh_links(ROOM)
     writer.close()
+
+
+async def test_a_message_sent_right_after_login_waits_for_the_mesh(swarm: Swarm) -> None:
+    names = ["ann", "ben", "cat", "dan", "eve", "fay"]
+    await room_of(swarm, names)
+    late = await swarm.add("gus", login=False)
+    await swarm.peers["ann"].node.add_member(ROOM, "gus")
+    # gus's own dials are held back until a timer opens the gate, and nobody can dial gus
+    gate = asyncio.Event()
+    real_dial = late.node._dial_member
+
+    async def held_dial(peer: str) -> object:
+        await gate.wait()
+        return await real_dial(peer)
+
+    late.node._dial_member = held_dial  # type: ignore[assignment,method-assign]
+    late.node.can_accept = lambda: False  # type: ignore[method-assign]
+    await late.node.login("gus", PW)
+    assert not late.node.mesh_links(ROOM)
+    asyncio.get_running_loop().call_later(0.3, gate.set)
+    assert await late.node.say(ROOM, "first words") >= 1  # sent once the mesh was there
+    await swarm.wait_delivered(ROOM, "gus", "first words", names, timeout=3)

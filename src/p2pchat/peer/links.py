@@ -35,6 +35,8 @@ class LinkPlan:
     """Established links whose announced room set must change, with the new set."""
     close: list[str] = field(default_factory=list)
     """Links neither side holds for any room, and not pinned."""
+    waiting: frozenset[str] = frozenset()
+    """Rooms that want a link we do not have yet: their mesh is still being built."""
 
 
 def wanted_links(
@@ -79,6 +81,7 @@ def plan_links(
             plan.announce[peer] = rooms
         if not rooms and not link.theirs and not link.pinned:
             plan.close.append(peer)
+    plan.waiting = frozenset(waiting)
     return plan
 
 

@@ -221,6 +221,8 @@ class PeerNode:
         self._reconnecting: asyncio.Task[None] | None = None
         self._closing = False
         self._connecting = asyncio.Lock()
+        self._building: frozenset[str] = frozenset()  # rooms whose mesh waits for a dial
+        self._mesh_changed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self.port = 0
 
@@ -531,7 +533,8 @@ class PeerNode:
             _apply(room, event)
         elif buffered is None:
             return
-        self._notice(_describe(event), event.room)
+        if event.by != me:  # our own /add or /remove was answered with ok: already
+            self._notice(_describe(event), event.room)
         self._replan()
         self._emit(RoomsChanged(event.room))
 
@@ -569,6 +572,7 @@ class PeerNode:
             link.view.pinned = link.pinned_until > now
             views[peer] = link.view
         plan = plan_links(me, online, views, self.config.max_links)
+        self._building = plan.waiting
         for peer in plan.dial:
             if peer not in self._dialing:
                 self._dialing[peer] = asyncio.create_task(self._dial_member(peer))
@@ -585,6 +589,19 @@ class PeerNode:
         """The peers a message in ``room`` is flooded to (links either side holds for it)."""
         return [link.peer or "" for link in self._forward.get(self.room_name(room), ())]
 
+    async def _mesh_ready(self, room: str, timeout: float) -> None:
+        """Wait, briefly, while the room's mesh is still being dialed (just after a login or a
+        join), so that a message sent at once reaches everyone the mesh is about to link."""
+        loop = self._loop
+        deadline = loop.time() + timeout
+        while room in self._building and any(self._dialing.values()):
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._mesh_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._mesh_changed.wait(), left)
+
     def _rebuild_forwarding(self) -> None:
         rooms = self.rooms
         for peer, link in self.links.items():
@@ -592,6 +609,7 @@ class PeerNode:
             link.view.theirs = frozenset(
                 r for r in link.declared if r in rooms and _online(rooms[r], peer)
             )
+        self._mesh_changed.set()
         table = forwarding_table({p: link.view for p, link in self.links.items()})
         self._forward = {room: [self.links[p] for p in peers] for room, peers in table.items()}
         self._forward_names = table
@@ -618,6 +636,7 @@ class PeerNode:
             return link
         finally:
             self._dialing.pop(peer, None)
+            self._mesh_changed.set()
 
     def _failed(self, peer: str) -> None:
         """A member we could not reach is left out of our mesh until a retry succeeds."""
@@ -812,6 +831,7 @@ class PeerNode:
         name = self.room_name(room)
         if name not in self.rooms:
             raise CommandError(f"you are not a member of {room}; /join {room} first")
+        await self._mesh_ready(name, self.config.dial_timeout)
         assert self.router is not None
         targets = self._forward.get(name, [])
         forward = self.router.originate(
