@@ -223,6 +223,7 @@ class PeerNode:
         self._connecting = asyncio.Lock()
         self._building: frozenset[str] = frozenset()  # rooms whose mesh waits for a dial
         self._mesh_changed = asyncio.Event()
+        self._wake = float("inf")  # when a backoff or a pin runs out: the next replan is due
         self._loop = asyncio.get_running_loop()
         self.port = 0
 
@@ -240,8 +241,7 @@ class PeerNode:
     async def close(self) -> None:
         """Log out, close every link after flushing what was queued, stop listening."""
         self._closing = True
-        if self._reconnecting is not None:
-            self._reconnecting.cancel()
+        self._cancel_tasks()
         if self.registry is not None:
             if self.username is not None and not self.registry.closed.is_set():
                 with contextlib.suppress(RegistryError, ConnectionError, TimeoutError):
@@ -249,10 +249,6 @@ class PeerNode:
             await self.registry.close()
         if self._server is not None:
             self._server.close()
-        for task in [*self._tasks, *self._dialing.values()]:
-            task.cancel()
-        if self._ticker is not None:
-            self._ticker.cancel()
         lost = [link.lost for link in self._all_links]
         for link in list(self._all_links):
             link.close()  # flushes queued frames first
@@ -267,15 +263,18 @@ class PeerNode:
         Benchmarks and tests of churn use it; a user's peer always uses ``close()``.
         """
         self._closing = True
-        for task in [*self._tasks, *self._dialing.values(), self._ticker, self._reconnecting]:
-            if task is not None:
-                task.cancel()
+        self._cancel_tasks()
         if self.registry is not None:
             self.registry.abort()
         if self._server is not None:
             self._server.close()
         for link in list(self._all_links):
             link.abort()
+
+    def _cancel_tasks(self) -> None:
+        for task in [*self._tasks, *self._dialing.values(), self._ticker, self._reconnecting]:
+            if task is not None:
+                task.cancel()
 
     def _track(self, link: _Link) -> _Link:
         self._all_links.add(link)
@@ -400,10 +399,14 @@ class PeerNode:
         mine = [info.room for info in infos if info.member]
         for room in mine:
             self._loading.setdefault(room.casefold(), [])  # buffer their events from now on
-        for room in mine:
-            view = await self._room_view(room)
-            if view is not None:
-                self.rooms[view.name] = view
+        try:
+            for room in mine:
+                view = await self._room_view(room)
+                if view is not None:
+                    self.rooms[view.name] = view
+        finally:  # if the registry went away midway, stop buffering for the rooms not loaded
+            for room in mine:
+                self._loading.pop(room.casefold(), None)
         for name in set(self.rooms) - set(mine):
             del self.rooms[name]
         self._replan()
@@ -445,6 +448,8 @@ class PeerNode:
         self.username = None
         self._password = None
         self.rooms = {}
+        for task in self._dialing.values():
+            task.cancel()
         for link in list(self._all_links):
             link.close()
         self._emit(RoomsChanged())
@@ -566,11 +571,15 @@ class PeerNode:
             ]
             for name, room in self.rooms.items()
         }
-        self._rebuild_forwarding()  # brings view.theirs up to date with membership
+        self._refresh_theirs()
         views = {}
+        wake = [retry for retry, _ in self._backoff.values() if retry > now]
         for peer, link in self.links.items():
             link.view.pinned = link.pinned_until > now
+            if link.view.pinned:
+                wake.append(link.pinned_until)
             views[peer] = link.view
+        self._wake = min(wake, default=float("inf"))
         plan = plan_links(me, online, views, self.config.max_links)
         self._building = plan.waiting
         for peer in plan.dial:
@@ -602,13 +611,15 @@ class PeerNode:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._mesh_changed.wait(), left)
 
-    def _rebuild_forwarding(self) -> None:
+    def _refresh_theirs(self) -> None:
+        """A non-member's announcement must not pull our room's messages its way."""
         rooms = self.rooms
         for peer, link in self.links.items():
-            # a non-member's announcement must not pull our room's messages its way
             link.view.theirs = frozenset(
                 r for r in link.declared if r in rooms and _online(rooms[r], peer)
             )
+
+    def _rebuild_forwarding(self) -> None:
         self._mesh_changed.set()
         table = forwarding_table({p: link.view for p, link in self.links.items()})
         self._forward = {room: [self.links[p] for p in peers] for room, peers in table.items()}
@@ -668,7 +679,7 @@ class PeerNode:
         """Retries dials whose backoff ran out, and lets pinned links expire."""
         while True:
             await asyncio.sleep(0.5)
-            if self.username is not None:
+            if self.username is not None and self._loop.time() >= self._wake:
                 self._replan()
 
     # ------------------------------------------------------------------ links
@@ -693,6 +704,7 @@ class PeerNode:
             self._settle(link, msg.id, None)
         elif isinstance(msg, MeshRooms):
             link.declared = frozenset(msg.rooms[:1000])
+            self._refresh_theirs()
             self._rebuild_forwarding()
         elif isinstance(msg, PeerError):
             log.info("peer %s reports %s: %s", link.peer, msg.code, msg.reason)
