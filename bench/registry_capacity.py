@@ -334,6 +334,10 @@ async def capacity_run(k: int, args: argparse.Namespace, rng: random.Random) -> 
             setup_s = time.perf_counter() - t
             gc.collect()
             gc.freeze()  # the generator's 10,000 clients: keep its full collections short
+            # and none at all while measuring: with gc.callbacks timing, the generator's own
+            # collections (a 22-38 ms gen1 pass once per 10 s window at K = 10,000) showed up
+            # as the slowest requests; the registry's collections are what is measured
+            gc.disable()
             await asyncio.sleep(1.0)
             rss1 = rss_bytes(registry.pid)
             cpu0, w0, sent0 = sum(cpu_seconds(registry.pid)), time.perf_counter(), sent[0]
@@ -378,6 +382,7 @@ async def capacity_run(k: int, args: argparse.Namespace, rng: random.Random) -> 
                         await c.close()
             with contextlib.suppress(Exception):
                 await beat
+            gc.enable()
             gc.unfreeze()
     return row
 
