@@ -97,7 +97,7 @@ class Bot:
 
     def _on_event(self, event: PeerEvent) -> None:
         if isinstance(event, DirectText) and not event.mine:
-            if event.sender not in BOTS:
+            if event.sender not in self.demo.bot_names:
                 self.demo.spawn(self._echo(event.sender, event.text))
         elif self is not self.demo.bots[0]:
             return
@@ -127,7 +127,7 @@ class Demo:
         pace: tuple[float, float] = (3.0, 7.0),
         bots: tuple[str, ...] = BOTS,
     ) -> None:
-        self.username = pick_username(user)
+        self.username = pick_username(user, taken=bots)
         self.password = secrets.token_urlsafe(12)
         self.rng = random.Random(seed)
         self.pace = pace
@@ -137,6 +137,7 @@ class Demo:
         self.server: RegistryServer | None = None
         self.bots: list[Bot] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
         self.user_linked = asyncio.Event()
         """Set once the first bot has a link with the user: a greeting would now arrive."""
 
@@ -176,6 +177,9 @@ class Demo:
         self.spawn(self._chatter())
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        if self._stopping:  # a bot heard something while closing: no task outlives stop()
+            coro.close()
+            return
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -225,6 +229,7 @@ class Demo:
 
     async def stop(self) -> None:
         """Bots log out, the registry closes, the temporary folder goes."""
+        self._stopping = True
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -247,7 +252,7 @@ def _peer_config(port: int) -> PeerConfig:
     )
 
 
-def pick_username(wanted: str | None = None) -> str:
+def pick_username(wanted: str | None = None, taken: tuple[str, ...] = BOTS) -> str:
     """``--user``, else the login name made valid, else ``you``; never a bot's name."""
     name = wanted
     if name is None:
@@ -256,7 +261,7 @@ def pick_username(wanted: str | None = None) -> str:
     name = re.sub(r"[^A-Za-z0-9_.\-]", "", name or "")[:30]
     if not name or name == "root":
         name = "you"
-    if name.casefold() in BOTS:
+    if name.casefold() in (t.casefold() for t in taken):
         name += "_"
     return name
 
@@ -272,8 +277,7 @@ async def run_demo(
         handler = functools.partial(_hung_up, demo) if tui and sig == signal.SIGHUP else stop.set
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, handler)
-    if duration is not None:
-        loop.call_later(duration, stop.set)
+    timer = loop.call_later(duration, stop.set) if duration is not None else None
     try:
         try:
             await demo.start()
@@ -288,6 +292,8 @@ async def run_demo(
         else:
             code = await _line_mode(demo, stop, stop_on_eof=duration is None)
     finally:
+        if timer is not None:
+            timer.cancel()
         await demo.stop()
         for sig in _SIGNALS:
             with contextlib.suppress(NotImplementedError, RuntimeError):

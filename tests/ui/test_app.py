@@ -6,11 +6,14 @@ import asyncio
 import json
 from pathlib import Path
 
-from textual.widgets import Input
+from textual.widgets import Input, Static
 
 from p2pchat.peer.events import DirectText, RoomsChanged, RoomText
+from p2pchat.peer.node import PeerConfig
+from p2pchat.registry.passwords import Passwords
 from p2pchat.registry.server import RegistryServer
 from p2pchat.ui import commands
+from p2pchat.ui.tui import AutoLogin, ChatApp
 from p2pchat.ui.tui.screens import LoginScreen, TargetScreen
 from p2pchat.ui.tui.state import HOME
 from p2pchat.ui.tui.widgets import ChatInput
@@ -55,8 +58,9 @@ async def test_register_and_log_in_from_the_login_screen(
         assert screen.query_one("#username", Input).value == "alice"
         assert screen.focused is screen.query_one("#password", Input)
         await write(pilot, "wrong-password")
-        await settle(pilot, lambda: "password" in str(screen_text(again)).lower())
-        await settle(pilot, lambda: not getattr(screen, "busy", True))
+        error = screen.query_one("#login-error", Static)
+        await settle(pilot, lambda: "wrong password" in str(error.render()))
+        assert not getattr(screen, "busy", True)
         assert isinstance(again.screen, LoginScreen)
         assert again.node is not None and again.node.username is None
 
@@ -82,6 +86,9 @@ async def test_join_a_room_and_send(registry: RegistryServer, peer: PeerFactory)
         text = screen_text(app)
         assert "#lobby" in text and "alice: hello bob" in text
         assert "● bob" in text  # the member list shows who is online
+        await write(pilot, "/leave lobby")  # the room in view: the answer shows at home
+        await settle(pilot, lambda: app.convs.current == HOME and "-- left lobby" in app.lines())
+        assert "lobby" not in app.convs.by_key
 
 
 async def test_messages_arrive_while_typing(registry: RegistryServer, peer: PeerFactory) -> None:
@@ -153,20 +160,22 @@ async def test_a_plain_line_from_home_asks_where(
         assert app.node is not None
         await bob.until(lambda: linked(bob.node, app.node, "lobby"))  # type: ignore[arg-type]
         await pilot.press("alt+1")
-        await write(pilot, "where does this go")
+        text = "where does [/]this[b] go"  # brackets are text, not markup
+        await write(pilot, text)
         await settle(pilot, lambda: isinstance(app.screen, TargetScreen))
         assert "Send to a room or to a peer?" in screen_text(app)
+        assert text in screen_text(app)
         await pilot.press("escape")
-        await settle(pilot, lambda: app.query_one(ChatInput).value == "where does this go")
+        await settle(pilot, lambda: app.query_one(ChatInput).value == text)
         await pilot.press("enter")
         await settle(pilot, lambda: isinstance(app.screen, TargetScreen))
+        await write(pilot, "[nope]")
+        await settle(pilot, lambda: "not a member of [nope]" in screen_text(app))
+        await pilot.press("ctrl+u")
         await write(pilot, "lobby")
-        await bob.until(
-            lambda: any(
-                isinstance(e, RoomText) and e.text == "where does this go" for e in bob.events
-            )
-        )
+        await bob.until(lambda: any(isinstance(e, RoomText) and e.text == text for e in bob.events))
         await settle(pilot, lambda: app.convs.current == "lobby")
+        assert f"12:00 alice: {text}" in app.lines("lobby")
 
 
 async def test_help_completion_and_history(registry: RegistryServer, peer: PeerFactory) -> None:
@@ -202,7 +211,9 @@ async def test_help_completion_and_history(registry: RegistryServer, peer: PeerF
         assert "already logged in" in "\n".join(app.lines())
 
 
-async def test_the_registry_going_away(registry: RegistryServer, peer: PeerFactory) -> None:
+async def test_the_registry_going_away_and_coming_back(
+    registry: RegistryServer, peer: PeerFactory
+) -> None:
     bob = await peer("bob", room="lobby", create=True)
     app = make_app(registry, autologin=auto("alice"))
     async with running(app) as pilot:
@@ -218,6 +229,89 @@ async def test_the_registry_going_away(registry: RegistryServer, peer: PeerFacto
         assert any("registry unreachable" in line for line in app.lines("lobby"))
         await bob.node.say("lobby", "still here")  # linked peers chat on
         await settle(pilot, lambda: "12:00 bob: still here" in app.lines("lobby"))
+        # restarted on the same ports with the same accounts: the node logs in again
+        again = RegistryServer(
+            registry.core.store,
+            host="127.0.0.1",
+            port=registry.port,
+            udp_port=registry.udp_port,
+            config=registry.core.config,
+            passwords=Passwords("cheapest"),
+        )
+        await again.start()
+        try:
+            # the status line may turn green a moment before the login again is answered
+            await settle(pilot, lambda: any("registry is back" in s for s in app.lines("lobby")))
+            await settle(pilot, lambda: not app.query_one("#banner").has_class("shown"))
+            assert "● registry" in screen_text(app).splitlines()[-2]
+        finally:
+            await again.close()
+
+
+async def test_logging_out_without_the_registry(
+    registry: RegistryServer, peer: PeerFactory
+) -> None:
+    await peer("bob", room="lobby", create=True)
+    app = make_app(registry, autologin=auto("alice"))
+    async with running(app) as pilot:
+        await logged_in(pilot, app)
+        await registry.close()
+        await settle(pilot, lambda: app.query_one("#banner").has_class("shown"))
+        await write(pilot, "/logout")  # the registry cannot hear it, but we are logged out
+        await settle(pilot, lambda: isinstance(app.screen, LoginScreen))
+        assert app.node is not None and app.node.username is None
+        await settle(pilot, lambda: not app.query_one("#banner").has_class("shown"))
+
+
+async def test_a_refused_hello_shows_on_the_login_screen() -> None:
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hello = json.loads(await reader.readline())
+        refusal = {"type": "error", "id": hello["id"], "code": "unsupported_version"}
+        writer.write(json.dumps({**refusal, "reason": "speaks version 99"}).encode() + b"\n")
+        await reader.read()  # until the client hangs up
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = PeerConfig(registry_port=port, listen_host="127.0.0.1")
+    app = ChatApp(config, autologin=AutoLogin("alice", PASSWORD))
+    try:
+        async with running(app) as pilot:
+            await settle(pilot, lambda: isinstance(app.screen, LoginScreen))
+            screen = app.screen
+            error = screen.query_one("#login-error", Static)
+            await settle(pilot, lambda: "speaks version 99" in str(error.render()))
+            screen.query_one("#registry", Input).value = "host:[/]"  # not markup, just text
+            screen.query_one("#password", Input).value = PASSWORD
+            screen.query_one("#password", Input).focus()
+            await pilot.press("enter")
+            await settle(pilot, lambda: "not a port number: '[/]'" in str(error.render()))
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_line_goes_where_it_was_typed(registry: RegistryServer, peer: PeerFactory) -> None:
+    bob = await peer("bob", room="lobby", create=True)
+    app = make_app(registry, autologin=auto("alice"))
+    async with running(app) as pilot:
+        await logged_in(pilot, app)
+        assert app.node is not None
+        await bob.until(lambda: linked(bob.node, app.node, "lobby"))  # type: ignore[arg-type]
+        gate = asyncio.Event()
+
+        async def slow() -> None:  # a command ahead of the line, still running
+            await gate.wait()
+
+        app.submit(slow)
+        await write(pilot, "typed in lobby")
+        await settle(pilot, lambda: app.pending == 2)  # queued behind the slow one
+        await pilot.press("alt+1")  # home is in view when the line's turn comes
+        gate.set()
+        await bob.until(
+            lambda: any(isinstance(e, RoomText) and e.text == "typed in lobby" for e in bob.events)
+        )
+        assert not isinstance(app.screen, TargetScreen)
 
 
 async def test_quit_logs_out(registry: RegistryServer, peer: PeerFactory) -> None:

@@ -23,8 +23,8 @@ async def test_demo_in_the_terminal_ui() -> None:
         async with running(app) as pilot:
             await settle(pilot, lambda: app.convs.current == LOBBY)
             await settle(pilot, lambda: any("ada: welcome, newcomer" in s for s in app.lines()))
-            await write(pilot, "hi grace")
-            await settle(pilot, lambda: any(s.startswith("12:00 grace: ") for s in app.lines()))
+            await write(pilot, "hi grace")  # named, grace answers (small talk never names us)
+            await settle(pilot, lambda: any(_from("grace", "newcomer", s) for s in app.lines()))
             await write(pilot, "/msg ada ping")
             await settle(pilot, lambda: "12:00 ada: echo: ping" in app.lines("@ada"))
             await pilot.press("ctrl+q")
@@ -35,32 +35,47 @@ async def test_demo_in_the_terminal_ui() -> None:
     assert all(bot.node.registry is None or bot.node.registry.closed.is_set() for bot in demo.bots)
 
 
+def _from(sender: str, mentioning: str, line: str) -> bool:
+    return line.startswith(f"12:00 {sender}: ") and mentioning in line
+
+
 async def test_demo_command_in_line_mode() -> None:
+    """The real command: it starts, the welcome flows, /quit stops everything."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "p2pchat",
         "demo",
         "--no-tui",
-        "--duration",
-        "3",
         "--user",
         "tester",
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    assert proc.stdin is not None and proc.stdout is not None
+    seen: list[str] = []
+
+    async def until_welcome() -> None:
+        assert proc.stdout is not None
+        while line := (await proc.stdout.readline()).decode():
+            seen.append(line)
+            if line.startswith("Message from ada at lobby: welcome, tester!"):
+                return
+        raise AssertionError(f"the demo ended first: {seen}")
+
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), WAIT + 10)
+        await asyncio.wait_for(until_welcome(), WAIT + 10)
+        proc.stdin.write(b"/quit\n")
+        out, err = await asyncio.wait_for(proc.communicate(), WAIT)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    text = out.decode()
+    text = "".join(seen) + out.decode()
     assert proc.returncode == 0, err.decode()
     assert "* demo: registry on 127.0.0.1:" in text
-    assert "Message from ada at lobby: welcome, tester!" in text
     assert text.rstrip().endswith("temporary folder removed")
 
 

@@ -91,6 +91,12 @@ def test_a_user_keeps_one_colour(name: str) -> None:
     assert user_colour(name) == user_colour(name) == user_colour(name.upper().lower())
 
 
+def test_colours_are_the_same_on_every_run() -> None:
+    # pinned: a salted ``hash()`` would pass the test above but change between runs
+    assert user_colour("alice") == user_colour("ALICE") == "steel_blue1"
+    assert user_colour("bob") == "medium_purple1"
+
+
 def test_colours_differ_between_users() -> None:
     assert len({user_colour(n) for n in ["ada", "grace", "linus", "bob", "alice"]}) >= 3
 

@@ -38,6 +38,7 @@ from p2pchat.peer.events import (
     Status,
 )
 from p2pchat.peer.node import PeerConfig, PeerNode
+from p2pchat.registry.client import RegistryError
 from p2pchat.ui import commands
 from p2pchat.ui.line import clean
 from p2pchat.ui.tui import memory
@@ -254,8 +255,12 @@ class ChatApp(App[int]):
             default.registry_port,
         )
         registry = remembered.registry if remembered.registry and is_default else configured
-        username = (self.node.username if self.node else None) or remembered.username or ""
+        username = (self.autologin.username if self.autologin else remembered.username) or ""
         return LoginScreen(registry, username, self.login)
+
+    def _show_login(self) -> None:
+        if not isinstance(self.screen, LoginScreen):
+            self.push_screen(self._login_screen())
 
     # ------------------------------------------------------------------ logging in and out
 
@@ -276,6 +281,8 @@ class ChatApp(App[int]):
             await node.login(username, password)
         except CommandError as exc:
             return str(exc)
+        except RegistryError as exc:  # PeerNode lets a refused hello through as is
+            return exc.reason
         except OSError as exc:
             return f"cannot listen for peers: {exc}"
         if self.autologin is None:
@@ -285,6 +292,8 @@ class ChatApp(App[int]):
 
     async def _node_for(self, host: str, port: int) -> PeerNode:
         """The node for this registry; a fresh one if the address changed before logging in."""
+        if self._quitting:
+            raise CommandError("quitting")
         node = self.node
         if node is not None:
             cfg = node.config
@@ -319,7 +328,7 @@ class ChatApp(App[int]):
             except CommandError as exc:
                 self._error(f"could not join {with_room}: {exc}", HOME)
             self._sync_rooms()
-        rooms = sorted(node.rooms, key=str.casefold)
+        rooms = self._my_rooms()
         self._system(
             f"logged in as {node.username}, listening on port {node.port}; "
             f"rooms: {', '.join(rooms) or 'none yet (/rooms, /join ROOM, /create ROOM)'}",
@@ -366,14 +375,16 @@ class ChatApp(App[int]):
 
     @on(PeerEventPosted)
     def _on_peer_event(self, message: PeerEventPosted) -> None:
-        self.handle_event(message.event)
+        if self.is_running:  # not while shutting down: the widgets are going away
+            self.handle_event(message.event)
 
     @on(LogPosted)
     def _on_log(self, message: LogPosted) -> None:
-        self._system(message.text, HOME)
+        if self.is_running:
+            self._system(message.text, HOME)
 
     def handle_event(self, event: PeerEvent) -> None:
-        me = self.node.username if self.node else None
+        me = self._me()
         if isinstance(event, RoomText):
             room = self.convs.find(event.room) or event.room
             mention = not event.mine and _mentions(event.text, me)
@@ -383,7 +394,6 @@ class ChatApp(App[int]):
                 self._add(HOME, self._home_line(event.ts, event.sender, event.text, event.room))
         elif isinstance(event, DirectText):
             key = self.convs.ensure(dm_key(event.peer)).key
-            self.known_users.add(event.peer)
             line = self._chat_line(event.ts, event.sender, event.text, not event.mine)
             self._add(key, line, unread=not event.mine, mention=not event.mine)
             if not event.mine:
@@ -429,10 +439,15 @@ class ChatApp(App[int]):
         return line
 
     def _system(self, text: str, key: str | None = None, style: str = "") -> None:
-        self._add(key or self.convs.current, Text(text, style=style or "cyan"))
+        self._add(self._here(key), Text(clean(text), style=style or "cyan"))
 
     def _error(self, text: str, key: str | None = None) -> None:
-        self._add(key or self.convs.current, Text("! " + text, style="bold red"))
+        self._add(self._here(key), Text("! " + clean(text), style="bold red"))
+
+    def _here(self, key: str | None) -> str:
+        """``key`` if that conversation still exists (a room may have been left meanwhile),
+        else the one in view."""
+        return (self.convs.find(key) if key else None) or self.convs.current
 
     def _add(
         self,
@@ -489,17 +504,16 @@ class ChatApp(App[int]):
     def _refresh_members(self) -> None:
         head = self.query_one("#members-head", Static)
         body = self.query_one("#members", Static)
-        node, key = self.node, self.convs.current
-        me = node.username if node else None
+        key = self.convs.current
+        me = self._me()
         text = Text()
-        if node is not None and key in node.rooms:
-            members = node.rooms[key].members
-            online = sum(m.online for m in members.values())
-            head.update(f"members {online}/{len(members)}")
-            ordered = sorted(members.items(), key=lambda kv: (not kv[1].online, kv[0].casefold()))
-            for name, m in ordered:
-                text.append("● " if m.online else "○ ", style="green" if m.online else "dim")
-                style = f"bold {user_colour(name)}" if m.online else "dim"
+        if key in self._my_rooms():
+            roster = self._roster(key)
+            head.update(f"members {sum(roster.values())}/{len(roster)}")
+            ordered = sorted(roster.items(), key=lambda kv: (not kv[1], kv[0].casefold()))
+            for name, online in ordered:
+                text.append("● " if online else "○ ", style="green" if online else "dim")
+                style = f"bold {user_colour(name)}" if online else "dim"
                 if name == me:
                     style += " underline"
                 text.append(name, style=style)
@@ -509,12 +523,35 @@ class ChatApp(App[int]):
             text.append(key[1:], style=f"bold {user_colour(key[1:])}")
         else:
             head.update("your rooms")
-            for room in sorted(node.rooms if node else (), key=str.casefold):
-                members = node.rooms[room].members if node else {}
-                online = sum(m.online for m in members.values())
+            for room in self._my_rooms():
+                roster = self._roster(room)
                 text.append(f"#{room} ", style="bold")
-                text.append(f"{online}/{len(members)}\n", style="dim")
+                text.append(f"{sum(roster.values())}/{len(roster)}\n", style="dim")
         body.update(text)
+
+    def _my_rooms(self) -> list[str]:
+        return sorted(self.node.rooms if self.node else (), key=str.casefold)
+
+    def _roster(self, room: str) -> dict[str, bool]:
+        """A room's members and whether each is online. The one place that reads the node's
+        room views: ``PeerNode`` has no public accessor for them yet."""
+        view = self.node.rooms.get(room) if self.node else None
+        return {name: m.online for name, m in view.members.items()} if view else {}
+
+    def _people(self, *, online_only: bool) -> list[str]:
+        """Users of our rooms (only those online, if asked) and of our direct chats; not us."""
+        people = {
+            user
+            for room in self._my_rooms()
+            for user, online in self._roster(room).items()
+            if online or not online_only
+        }
+        people.update(k[1:] for k in self.convs.by_key if is_dm(k))
+        people.discard(self._me() or "")
+        return sorted(people, key=str.casefold)
+
+    def _me(self) -> str | None:
+        return self.node.username if self.node else None
 
     def _refresh_status(self) -> None:
         node = self.node
@@ -549,14 +586,8 @@ class ChatApp(App[int]):
         banner.set_class(st.username is not None and not st.registry, "shown")
 
     def _sync_rooms(self) -> None:
-        node = self.node
-        rooms = list(node.rooms) if node is not None else []
         before = self.convs.current
-        self.known_rooms.update(rooms)
-        if node is not None:
-            for room in node.rooms.values():
-                self.known_users.update(room.members)
-        if self.convs.sync_rooms(rooms) and self.convs.current != before:
+        if self.convs.sync_rooms(self._my_rooms()) and self.convs.current != before:
             self._show(self.convs.current)
             return
         self._refresh_sidebar()
@@ -604,7 +635,8 @@ class ChatApp(App[int]):
         if not line.strip():
             return
         entry.remember(mask_secret(line.strip()) if line.lstrip().startswith("/") else line)
-        self.submit(partial(self._execute, line))
+        # the conversation in view now, not when the job's turn comes (switching meanwhile)
+        self.submit(partial(self._execute, line, self.convs.current))
 
     def submit(self, job: Job) -> None:
         self.pending += 1
@@ -623,42 +655,51 @@ class ChatApp(App[int]):
             finally:
                 self.pending -= 1
 
-    async def _execute(self, line: str) -> None:
-        node = self.node
-        body = line.strip()
-        if body.startswith("/"):
-            self._system(f"» {mask_secret(body)}", style="dim")
-            command = commands.parse(body)
-            if command.name == "quit":
-                await self.action_quit()
-                return
-            if command.name == "help":
-                self._add(self.convs.current, help_block())
-                return
-            if node is None:
-                raise CommandError("log in first: /login USER PASSWORD")
-            result = await commands.run(node, command)
-            for row in result.rows:
-                self._system(row, style="default")
-            self._system(f"-- {result.summary}")
-            await self._after_command(command, result)
-        elif self.convs.current == HOME:
-            self._ask_target(line)
-        elif node is None:
+    def _require_node(self) -> PeerNode:
+        if self.node is None:
             raise CommandError("log in first")
-        else:
-            await commands.send_plain(node, self.convs.current, line)
+        return self.node
+
+    async def _execute(self, line: str, where: str) -> None:
+        """One line typed while ``where`` was in view; what it prints goes there."""
+        body = line.strip()
+        try:
+            if not body.startswith("/"):
+                if where == HOME:
+                    self._ask_target(line)
+                else:
+                    await commands.send_plain(self._require_node(), where, line)
+                return
+            self._system(f"» {mask_secret(body)}", where, style="dim")
+            await self._command(commands.parse(body), where)
+        except CommandError as exc:
+            self._error(str(exc), where)
+
+    async def _command(self, command: commands.Command, where: str) -> None:
+        if command.name == "quit":
+            await self.action_quit()
+            return
+        if command.name == "help":
+            self._add(self._here(where), help_block())
+            return
+        node = self._require_node()
+        try:
+            result = await commands.run(node, command)
+        finally:
+            if command.name == "logout" and node.username is None:
+                self._show_login()  # logged out here even if the registry did not answer
+        for row in result.rows:
+            self._system(row, where, style="default")
+        self._system(f"-- {result.summary}", where)
+        await self._after_command(command, result)
+        if self.convs.find(where) is None:  # /leave of the room in view: say it where we are
+            self._system(f"-- {result.summary}")
 
     async def _after_command(self, command: commands.Command, result: commands.Result) -> None:
-        node = self.node
-        assert node is not None
+        node = self._require_node()
         name = command.name
         if name == "login":
             await self._after_login()
-        elif name == "logout":
-            self._sync_rooms()
-            self._refresh_status()
-            self.push_screen(self._login_screen())
         elif name in ("join", "create"):
             self._sync_rooms()
             room = node.room_name(command.args[0])
@@ -676,19 +717,7 @@ class ChatApp(App[int]):
             self.known_users.update(row.split()[0] for row in result.rows if row.strip())
 
     def _ask_target(self, text: str) -> None:
-        node = self.node
-        if node is None:
-            raise CommandError("log in first")
-        rooms = sorted(node.rooms, key=str.casefold)
-        me = node.username
-        online = {
-            user
-            for room in node.rooms.values()
-            for user, m in room.members.items()
-            if m.online and user != me
-        }
-        online.update(k[1:] for k in self.convs.by_key if is_dm(k))
-        users = sorted(online, key=str.casefold)
+        self._require_node()
 
         def chosen(target: str | None) -> None:
             if target is None:
@@ -700,31 +729,18 @@ class ChatApp(App[int]):
                 return
             self.submit(partial(self._send_to, target, text))
 
-        self.push_screen(TargetScreen(text, rooms, users), chosen)
+        screen = TargetScreen(text, self._my_rooms(), self._people(online_only=True))
+        self.push_screen(screen, chosen)
 
     async def _send_to(self, target: str, text: str) -> None:
-        node = self.node
-        assert node is not None
-        if not target.startswith("@"):
-            target = node.room_name(target)
-        if target.startswith("@"):
-            await commands.send_plain(node, target, text)
-            key = dm_key(target[1:])
-            self._show(self.convs.find(key) or key)
-        else:
-            self._show(target)
-            await commands.send_plain(node, target, text)
+        """The answer to "send where?" (a room of ours, or ``@user``): send, then go there."""
+        await commands.send_plain(self._require_node(), target, text)
+        self._show(dm_key(target[1:]) if target.startswith("@") else target)
 
     def _completions(self) -> tuple[list[str], list[str]]:
-        node = self.node
-        rooms = set(self.known_rooms)
-        users = set(self.known_users)
-        if node is not None:
-            rooms.update(node.rooms)
-            for room in node.rooms.values():
-                users.update(room.members)
-            users.discard(node.username or "")
-        users.update(k[1:] for k in self.convs.by_key if is_dm(k))
+        rooms = self.known_rooms.union(self._my_rooms())
+        users = self.known_users.union(self._people(online_only=False))
+        users.discard(self._me() or "")
         return sorted(rooms), sorted(users)
 
 

@@ -63,7 +63,7 @@ class LoginScreen(Screen[None]):
             with Horizontal(id="login-buttons"):
                 yield Button("Log in", id="login", variant="primary", compact=True)
                 yield Button("Register", id="register", compact=True)
-            yield Static("", id="login-error")
+            yield Static("", id="login-error", markup=False)  # reasons may hold brackets
             yield Static(
                 f"New here? Pick a name and a password ({PASSWORD_MIN}+ characters) "
                 "and press Register.\n"
@@ -148,7 +148,7 @@ class TargetScreen(ModalScreen[str | None]):
         box.border_title = "Send to a room or to a peer?"
         shown = self.text if len(self.text) <= 48 else self.text[:47] + "…"
         with box:
-            yield Label(f"“{shown}”")
+            yield Label(f"“{shown}”", markup=False)  # the user's own text, brackets and all
             options = [Option(f"#{r}", id=r) for r in self.rooms]
             options += [Option(f"@{u}", id=f"@{u}") for u in self.users]
             options_list = OptionList(*options, id="target-options")
@@ -160,7 +160,7 @@ class TargetScreen(ModalScreen[str | None]):
                 id="target-answer",
                 compact=True,
             )
-            yield Static("", id="target-error")
+            yield Static("", id="target-error", markup=False)
             yield Static(
                 "Up/Down and Enter pick; or type a name. Esc: don't send.", id="target-help"
             )
