@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from p2pchat import __version__
+from p2pchat.protocol.messages import valid_host
 
 DEFAULT_TCP_PORT = 15600
 DEFAULT_UDP_PORT = 15500
@@ -222,7 +223,10 @@ def parse_address(text: str, default_port: int) -> tuple[str, int]:
         host, port = text.split(":")
     else:
         host, port = text, str(default_port)
-    return host or "127.0.0.1", _port(port)
+    host = host or "127.0.0.1"
+    if not valid_host(host):
+        raise argparse.ArgumentTypeError(f"not a host name or address: {host!r}")
+    return host, _port(port)
 
 
 def _setup_logging(level: str) -> None:

@@ -22,7 +22,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -103,7 +102,7 @@ class Bot:
             return
         elif isinstance(event, RoomText) and not event.mine:
             self.demo.heard(event)
-        elif isinstance(event, Status) and self.demo.username in self.node.links:
+        elif isinstance(event, Status) and self.demo.username in self.node.linked_peers():
             self.demo.user_linked.set()
 
     async def _echo(self, user: str, text: str) -> None:
@@ -314,13 +313,9 @@ def _hung_up(demo: Demo) -> None:
 
 async def _line_mode(demo: Demo, stop: asyncio.Event, *, stop_on_eof: bool) -> int:
     """The line mode, already logged in and in lobby, for scripts and tests."""
-    from p2pchat.ui.line import LineUI
+    from p2pchat.ui.line import LineUI, run_line_mode
 
-    ui = LineUI(sys.stdout, interactive=sys.stdin.isatty())
-    node = PeerNode(demo.user_config, on_event=ui.on_event)
-    ui.node = node
-    try:
-        await node.start()
+    async def setup(node: PeerNode, ui: LineUI) -> None:
         await node.login(demo.username, demo.password)
         await node.join_room(LOBBY)
         ui.target = LOBBY
@@ -330,40 +325,5 @@ async def _line_mode(demo: Demo, stop: asyncio.Event, *, stop_on_eof: bool) -> i
             f"{', '.join(demo.bot_names)} in {LOBBY}; you are {demo.username}; "
             f"plain lines go to {LOBBY}; /help, /quit"
         )
-        lines = _stdin_lines(asyncio.get_running_loop())
-        while True:
-            line = await _next_line(lines, stop)
-            if line is None:
-                if stop.is_set() or stop_on_eof:
-                    break
-                await stop.wait()  # input ended, but --duration says how long to run
-                break
-            if not await ui.handle(line):
-                break
-    finally:
-        await node.close()
-    return 0
 
-
-def _stdin_lines(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
-    queue: asyncio.Queue[str | None] = asyncio.Queue()
-
-    def pump() -> None:
-        with contextlib.suppress(ValueError, OSError):
-            for line in sys.stdin:
-                loop.call_soon_threadsafe(queue.put_nowait, line)
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(queue.put_nowait, None)
-
-    threading.Thread(target=pump, name="stdin", daemon=True).start()
-    return queue
-
-
-async def _next_line(lines: asyncio.Queue[str | None], stop: asyncio.Event) -> str | None:
-    get = asyncio.ensure_future(lines.get())
-    halt = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait({get, halt}, return_when=asyncio.FIRST_COMPLETED)
-    for task in (get, halt):
-        if task not in done:
-            task.cancel()
-    return get.result() if get in done else None
+    return await run_line_mode(demo.user_config, stop, setup=setup, stop_on_eof=stop_on_eof)

@@ -112,6 +112,9 @@ async def test_a_crashed_relay_is_routed_around(swarm: Swarm) -> None:
         counts = swarm.counts(ROOM)[name]
         assert all(n == 1 for n in counts.values()), (name, counts)
     assert any("r05" in text for text in swarm.peers["r04"].notices())
+    await swarm.changes.until(
+        lambda: "mesh of lobby repaired" in swarm.peers["r04"].notices(), timeout=3
+    )
 
 
 async def test_a_member_who_comes_online_or_is_added_gets_later_messages(swarm: Swarm) -> None:

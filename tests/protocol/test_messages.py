@@ -232,3 +232,11 @@ def test_valid_password(length: int, ok: bool) -> None:
 def test_text_size_is_counted_in_utf8_bytes(text: str, ok: bool) -> None:
     assert text_size_ok(text) is ok
     assert text_size_ok("é" * 2049) is False
+
+
+@pytest.mark.parametrize(
+    ("host", "ok"),
+    [("127.0.0.1", True), ("::1", True), ("peer.example.org", True), ("", False), ("a b", False)],
+)
+def test_valid_host(host: str, ok: bool) -> None:
+    assert m.valid_host(host) is ok

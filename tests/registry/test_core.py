@@ -43,7 +43,6 @@ from p2pchat.registry.core import (
     RegistryCore,
     Send,
     VerifyPassword,
-    valid_host,
 )
 from p2pchat.registry.passwords import Passwords
 from p2pchat.store import SqliteStore
@@ -492,14 +491,6 @@ def test_members_are_paged(h: Harness) -> None:
     assert isinstance(rest, MemberList) and not rest.more
     names = [m.username for m in page.members + rest.members]
     assert names == ["alice", "m0", "m1", "m2", "m3", "m4"]
-
-
-@pytest.mark.parametrize(
-    ("host", "ok"),
-    [("127.0.0.1", True), ("::1", True), ("peer.example.org", True), ("", False), ("a b", False)],
-)
-def test_valid_host(host: str, ok: bool) -> None:
-    assert valid_host(host) is ok
 
 
 def test_sessions_that_never_log_in_are_closed_when_idle(h: Harness) -> None:

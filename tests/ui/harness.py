@@ -116,10 +116,8 @@ def linked(a: PeerNode, b: PeerNode, room: str) -> bool:
     """Both ends hold a link and each sees the other online in ``room``: messages flow."""
 
     def sees(x: PeerNode, y: PeerNode) -> bool:
-        if y.username not in x.links or room not in x.rooms:
-            return False
-        member = x.rooms[room].members.get(y.username or "")
-        return member is not None and member.online
+        name = y.username or ""
+        return name in x.linked_peers() and x.roster(room).get(name, False)
 
     return sees(a, b) and sees(b, a)
 

@@ -320,10 +320,10 @@ async def test_quit_logs_out(registry: RegistryServer, peer: PeerFactory) -> Non
     async with running(app) as pilot:
         await logged_in(pilot, app)
         assert app.node is not None
-        await bob.until(lambda: bob.node.rooms["lobby"].members["alice"].online)
+        await bob.until(lambda: bob.node.roster("lobby").get("alice", False))
         await pilot.press("ctrl+q")
     assert app.return_code == 0
-    await bob.until(lambda: not bob.node.rooms["lobby"].members["alice"].online)
+    await bob.until(lambda: not bob.node.roster("lobby").get("alice", False))
     assert any(isinstance(e, RoomsChanged) for e in bob.events)
 
 

@@ -74,8 +74,8 @@ def test_control_characters_from_peers_cannot_break_lines() -> None:
 
 
 class _FakeNode:
-    def __init__(self) -> None:
-        self.rooms = {"lobby": object()}
+    def my_rooms(self) -> list[str]:
+        return ["lobby"]
 
     def room_name(self, room: str) -> str:
         return "lobby" if room.lower() == "lobby" else room

@@ -68,6 +68,6 @@ async def test_main_screen(registry: RegistryServer, peer: PeerFactory) -> None:
         await bob.node.send_direct("alice", "psst, a direct message")
         await settle(pilot, lambda: app.convs.by_key.get("@bob") is not None)
         await write(pilot, "typing while messages arrive", enter=False)
-        await settle(pilot, lambda: app.node is not None and len(app.node.links) == 2)
+        await settle(pilot, lambda: app.node is not None and len(app.node.linked_peers()) == 2)
         check("main_80x24", screen_text(app), registry)
         assert PASSWORD not in screen_text(app)

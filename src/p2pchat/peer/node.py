@@ -222,6 +222,7 @@ class PeerNode:
         self._closing = False
         self._connecting = asyncio.Lock()
         self._building: frozenset[str] = frozenset()  # rooms whose mesh waits for a dial
+        self._repairing: set[str] = set()  # rooms that lost a link, until whole again
         self._mesh_changed = asyncio.Event()
         self._wake = float("inf")  # when a backoff or a pin runs out: the next replan is due
         self._loop = asyncio.get_running_loop()
@@ -296,7 +297,13 @@ class PeerNode:
         self._emit(Notice(text, room))
 
     def status(self) -> Status:
-        registry = self.registry is not None and not self.registry.closed.is_set()
+        """Registry is reported up when connected and, if we are logged in, logged in there."""
+        client = self.registry
+        registry = (
+            client is not None
+            and not client.closed.is_set()
+            and (self.username is None or client.session is not None)
+        )
         beat = self.registry.last_heartbeat if self.registry else None
         return Status(registry, self.username, len(self.links), beat)
 
@@ -319,6 +326,8 @@ class PeerNode:
                     timeout=5.0,
                     on_event=self._on_registry_event,
                 )
+            except RegistryError as exc:  # it answered the hello with an error
+                raise CommandError(f"the registry refused us: {exc.reason}") from None
             except (OSError, TimeoutError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 raise CommandError(
@@ -354,6 +363,7 @@ class PeerNode:
 
     async def _reconnect(self) -> None:
         delay = 0.5
+        refused = ""
         while not self._closing and self.username and self._password:
             await asyncio.sleep(delay)
             try:
@@ -361,6 +371,10 @@ class PeerNode:
             except CommandError as exc:
                 log.info("registry reconnect failed: %s", exc)
                 delay = min(delay * 2, self.config.reconnect_max)
+                reachable = self.registry is not None and not self.registry.closed.is_set()
+                if reachable and str(exc) != refused:  # say so once per reason, not per try
+                    refused = str(exc)
+                    self._notice(f"the registry is back but refuses our login: {exc}; retrying")
                 continue
             self._notice(f"registry is back; logged in again as {self.username}")
             return
@@ -439,8 +453,12 @@ class PeerNode:
     async def logout(self) -> None:
         if self.username is None:
             raise CommandError("not logged in")
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
         try:
-            await self._call(lambda c: c.logout())
+            if self.registry is not None and not self.registry.closed.is_set():
+                await self._call(lambda c: c.logout())
+            # else: the registry already dropped our session; logging out here is enough
         finally:
             self._logged_out()
 
@@ -582,6 +600,11 @@ class PeerNode:
         self._wake = min(wake, default=float("inf"))
         plan = plan_links(me, online, views, self.config.max_links)
         self._building = plan.waiting
+        if self._repairing:
+            for room in sorted(self._repairing - plan.waiting):
+                self._repairing.discard(room)
+                if room in self.rooms:
+                    self._notice(f"mesh of {room} repaired", room)
         for peer in plan.dial:
             if peer not in self._dialing:
                 self._dialing[peer] = asyncio.create_task(self._dial_member(peer))
@@ -593,6 +616,19 @@ class PeerNode:
             log.debug("closing unneeded link to %s", peer)
             self.links[peer].close()
         self._rebuild_forwarding()
+
+    def my_rooms(self) -> list[str]:
+        """The rooms we are a member of, as the registry spells them."""
+        return sorted(self.rooms, key=str.casefold)
+
+    def roster(self, room: str) -> dict[str, bool]:
+        """A room's members (in our view, kept current by the registry's events) -> online."""
+        view = self.rooms.get(self.room_name(room))
+        return {user: m.online for user, m in view.members.items()} if view else {}
+
+    def linked_peers(self) -> frozenset[str]:
+        """The users we hold an established link with."""
+        return frozenset(self.links)
 
     def mesh_links(self, room: str) -> list[str]:
         """The peers a message in ``room`` is flooded to (links either side holds for it)."""
@@ -789,6 +825,7 @@ class PeerNode:
         rooms = sorted(link.view.mine | link.view.theirs)
         if rooms and self.username is not None:
             self._notice(f"link to {peer} lost; repairing the mesh of {', '.join(rooms)}")
+            self._repairing.update(rooms)
         self._replan()
         self._emit(self.status())
 

@@ -7,6 +7,7 @@ a frame is a single pass. ``docs/protocol.md`` describes each of them for other 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 from typing import Any, Literal
 
@@ -25,6 +26,20 @@ MAX_TEXT = 4096
 def valid_name(name: str) -> bool:
     """True if ``name`` is a well-formed username or room id."""
     return NAME_RE.fullmatch(name) is not None and name.isascii()
+
+
+def valid_host(host: str) -> bool:
+    """An address a peer may advertise: an IP literal or a DNS name."""
+    if not host or len(host) > 64:
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        labels = host.rstrip(".").split(".")
+        return all(
+            0 < len(lb) <= 63 and lb.replace("-", "").isalnum() and lb.isascii() for lb in labels
+        )
 
 
 def valid_password(password: str) -> bool:

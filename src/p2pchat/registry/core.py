@@ -14,7 +14,6 @@ requests may have been served in between.
 from __future__ import annotations
 
 import heapq
-import ipaddress
 import logging
 import secrets
 from collections.abc import Callable
@@ -55,6 +54,7 @@ from p2pchat.protocol.messages import (
     UserAddr,
     UserList,
     Welcome,
+    valid_host,
     valid_name,
     valid_password,
 )
@@ -198,20 +198,6 @@ class TokenBucket:
 
 def _err(req_id: int | None, code: ErrorCode, reason: str, **extra: Any) -> Error:
     return Error(id=req_id, code=code, reason=reason, **extra)
-
-
-def valid_host(host: str) -> bool:
-    """An address a peer may advertise: an IP literal or a DNS name."""
-    if not host or len(host) > 64:
-        return False
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        labels = host.rstrip(".").split(".")
-        return all(
-            0 < len(lb) <= 63 and lb.replace("-", "").isalnum() and lb.isascii() for lb in labels
-        )
 
 
 class RegistryCore:

@@ -125,7 +125,7 @@ async def _register(node: PeerNode, c: Command) -> Result:
 
 async def _login(node: PeerNode, c: Command) -> Result:
     name = await node.login(c.args[0], c.args[1])
-    rooms = ", ".join(sorted(node.rooms)) or "none yet"
+    rooms = ", ".join(node.my_rooms()) or "none yet"
     return Result(f"logged in as {name}, listening on port {node.port}; rooms: {rooms}")
 
 
@@ -167,8 +167,9 @@ async def _join(node: PeerNode, c: Command) -> Result:
 
 
 async def _leave(node: PeerNode, c: Command) -> Result:
-    await node.leave_room(c.args[0])
-    return Result(f"left {c.args[0]}")
+    room = node.room_name(c.args[0])
+    await node.leave_room(room)
+    return Result(f"left {room}")
 
 
 async def _add(node: PeerNode, c: Command) -> Result:
@@ -223,7 +224,7 @@ async def _to(node: PeerNode, c: Command) -> Result:
             raise CommandError(f"usage: {USAGE['to']}")
         return Result(f"plain lines now go to {target[1:]}", target=target)
     name = node.room_name(target)
-    if name not in node.rooms:
+    if name not in node.my_rooms():
         raise CommandError(f"you are not a member of {target}")
     return Result(f"plain lines now go to {name}", target=name)
 

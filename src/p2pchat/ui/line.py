@@ -8,8 +8,10 @@ other unrequested line starts with ``* ``. No prompt, no colour, a flush after e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from typing import TextIO
 
 from p2pchat.peer.events import CommandError, DirectText, Notice, PeerEvent, RoomText
@@ -98,26 +100,54 @@ class LineUI:
         if answer.startswith("/to "):
             answer = answer[4:].strip()
         target = answer if answer.startswith("@") else self.node.room_name(answer)
-        if not target.startswith("@") and target not in self.node.rooms:
+        if not target.startswith("@") and target not in self.node.my_rooms():
             raise CommandError(f"you are not a member of {answer}; message not sent")
         self.target = target
         return await commands.send_plain(self.node, target, text)
 
 
-def _stdin_lines(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
-    """Standard input, read by a thread so that pipes, files and terminals all work."""
+def stdin_lines(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
+    """Standard input, read by a thread so that pipes, files and terminals all work.
+
+    None marks the end of input. The thread may outlive the loop at exit: it then stops
+    quietly instead of failing on a closed loop.
+    """
     queue: asyncio.Queue[str | None] = asyncio.Queue()
 
     def pump() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(queue.put_nowait, line)
-        loop.call_soon_threadsafe(queue.put_nowait, None)
+        with contextlib.suppress(ValueError, OSError, RuntimeError):
+            for line in sys.stdin:
+                loop.call_soon_threadsafe(queue.put_nowait, line)
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(queue.put_nowait, None)
 
     threading.Thread(target=pump, name="stdin", daemon=True).start()
     return queue
 
 
-async def run_line_mode(config: PeerConfig, stop: asyncio.Event | None = None) -> int:
+async def next_line(lines: asyncio.Queue[str | None], stop: asyncio.Event) -> str | None:
+    """The next input line, or None at the end of input or once ``stop`` is set."""
+    get = asyncio.ensure_future(lines.get())
+    halt = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({get, halt}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (get, halt):
+        if task not in done:
+            task.cancel()
+    return get.result() if get in done else None
+
+
+Setup = Callable[[PeerNode, "LineUI"], Awaitable[None]]
+
+
+async def run_line_mode(
+    config: PeerConfig,
+    stop: asyncio.Event | None = None,
+    *,
+    setup: Setup | None = None,
+    stop_on_eof: bool = True,
+) -> int:
+    """Run the line mode until /quit, the end of input (unless ``stop_on_eof`` is off: then
+    until ``stop``), or ``stop``. ``setup`` runs first (the demo logs in with it)."""
     ui = LineUI(sys.stdout, interactive=sys.stdin.isatty())
     node = PeerNode(config, on_event=ui.on_event)
     ui.node = node
@@ -126,25 +156,19 @@ async def run_line_mode(config: PeerConfig, stop: asyncio.Event | None = None) -
     except OSError as exc:
         print(f"error: cannot listen on {config.listen_host}:{config.listen_port}: {exc}")
         return 2
-    lines = _stdin_lines(asyncio.get_running_loop())
     stopped = stop or asyncio.Event()
     try:
+        if setup is not None:
+            await setup(node, ui)
+        lines = stdin_lines(asyncio.get_running_loop())
         while True:
-            line = await _next(lines, stopped)
+            line = await next_line(lines, stopped)
             if line is None:  # end of input, or a signal: same as /quit
+                if not stop_on_eof and not stopped.is_set():
+                    await stopped.wait()
                 break
             if not await ui.handle(line):
                 break
     finally:
         await node.close()
     return 0
-
-
-async def _next(lines: asyncio.Queue[str | None], stop: asyncio.Event) -> str | None:
-    get = asyncio.ensure_future(lines.get())
-    halt = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait({get, halt}, return_when=asyncio.FIRST_COMPLETED)
-    for task in (get, halt):
-        if task not in done:
-            task.cancel()
-    return get.result() if get in done else None

@@ -322,7 +322,7 @@ class ChatApp(App[int]):
         assert node is not None and node.username is not None
         self._sync_rooms()
         with_room = self.autologin.room if self.autologin else None
-        if with_room is not None and node.room_name(with_room) not in node.rooms:
+        if with_room is not None and node.room_name(with_room) not in node.my_rooms():
             try:
                 await node.join_room(with_room)
             except CommandError as exc:
@@ -336,7 +336,7 @@ class ChatApp(App[int]):
         )
         if isinstance(self.screen, LoginScreen):
             self.pop_screen()
-        if with_room is not None and node.room_name(with_room) in node.rooms:
+        if with_room is not None and node.room_name(with_room) in node.my_rooms():
             self._show(node.room_name(with_room))
         elif rooms:
             self._show(rooms[0])
@@ -530,13 +530,11 @@ class ChatApp(App[int]):
         body.update(text)
 
     def _my_rooms(self) -> list[str]:
-        return sorted(self.node.rooms if self.node else (), key=str.casefold)
+        return self.node.my_rooms() if self.node else []
 
     def _roster(self, room: str) -> dict[str, bool]:
-        """A room's members and whether each is online. The one place that reads the node's
-        room views: ``PeerNode`` has no public accessor for them yet."""
-        view = self.node.rooms.get(room) if self.node else None
-        return {name: m.online for name, m in view.members.items()} if view else {}
+        """A room's members and whether each is online."""
+        return self.node.roster(room) if self.node else {}
 
     def _people(self, *, online_only: bool) -> list[str]:
         """Users of our rooms (only those online, if asked) and of our direct chats; not us."""
@@ -703,7 +701,7 @@ class ChatApp(App[int]):
         elif name in ("join", "create"):
             self._sync_rooms()
             room = node.room_name(command.args[0])
-            if room in node.rooms:
+            if room in node.my_rooms():
                 self._show(room)
                 self._system(f"-- {result.summary}; plain lines now go to {label(room)}")
         elif name == "leave":
