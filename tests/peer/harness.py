@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -11,9 +12,27 @@ from dataclasses import dataclass, field
 from p2pchat.peer.events import DirectText, Notice, PeerEvent, RoomText
 from p2pchat.peer.mesh import mesh_graph
 from p2pchat.peer.node import PeerConfig, PeerNode
+from p2pchat.protocol.messages import PeerHello, PeerProof, encode, link_proof
 
 PW = "secret-pw"
 WAIT = 10.0
+
+
+async def raw_link(
+    target: PeerNode, as_peer: PeerNode
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A hand-driven link to ``target``, authenticated as ``as_peer`` (which must be logged in):
+    for tests that send a peer frames no well-behaved peer would."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
+    me = as_peer.username or ""
+    writer.write(encode(PeerHello(version=1, username=me, nonce="ab" * 16)))
+    welcome = json.loads(await asyncio.wait_for(reader.readline(), WAIT))
+    assert welcome["type"] == "peer_welcome", welcome
+    assert as_peer.registry is not None and as_peer.registry.session is not None
+    token = as_peer.registry.session.token
+    proof = link_proof(token, welcome["nonce"], me, target.username or "")
+    writer.write(encode(PeerProof(proof=proof)))
+    return reader, writer
 
 
 class Changes:

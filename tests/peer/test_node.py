@@ -16,6 +16,7 @@ from p2pchat.protocol.messages import (
     MemberInfo,
     MeshRooms,
     PeerHello,
+    PeerProof,
     RoomMessage,
     encode,
 )
@@ -23,7 +24,7 @@ from p2pchat.registry.core import RegistryConfig
 from p2pchat.registry.passwords import Passwords
 from p2pchat.registry.server import RegistryServer
 from p2pchat.store import SqliteStore
-from tests.peer.harness import PW, Swarm
+from tests.peer.harness import PW, Swarm, raw_link
 
 ROOM = "lobby"
 
@@ -224,12 +225,9 @@ async def test_messages_from_non_members_are_dropped(
     swarm: Swarm, registry: RegistryServer
 ) -> None:
     await room_of(swarm, ["ann", "ben"])
-    await swarm.add("mallory")
+    mallory = await swarm.add("mallory")
     ann = swarm.peers["ann"]
-    reader, writer = await asyncio.open_connection("127.0.0.1", ann.node.port)
-    writer.write(encode(PeerHello(version=1, username="mallory")))
-    welcome = json.loads(await asyncio.wait_for(reader.readline(), 5))
-    assert welcome["type"] == "peer_welcome"
+    _, writer = await raw_link(ann.node, mallory.node)
     forged = RoomMessage(id="f" * 32, room=ROOM, origin="mallory", text="spam", ts=0.0, hops=5)
     as_member = RoomMessage(id="e" * 32, room=ROOM, origin="ben", text="forged", ts=0.0, hops=5)
     writer.write(encode(forged) + encode(as_member))
@@ -253,9 +251,7 @@ async def test_messages_from_non_members_are_dropped(
 async def test_bad_frames_from_a_peer_never_reach_the_screen(swarm: Swarm, junk: bytes) -> None:
     await room_of(swarm, ["ann", "ben"])
     ann = swarm.peers["ann"]
-    reader, writer = await asyncio.open_connection("127.0.0.1", ann.node.port)
-    writer.write(encode(PeerHello(version=1, username="ben2")))
-    await asyncio.wait_for(reader.readline(), 5)
+    _, writer = await raw_link(ann.node, (await swarm.add("dan")).node)
     writer.write(junk)
     await writer.drain()
     await swarm.peers["ben"].node.say(ROOM, "after junk")
@@ -309,11 +305,9 @@ async def test_a_non_member_cannot_pull_room_messages_by_announcing_the_room(
     swarm: Swarm,
 ) -> None:
     await room_of(swarm, ["ann", "ben"])
-    await swarm.add("mallory")
+    mallory = await swarm.add("mallory")
     ann = swarm.peers["ann"]
-    reader, writer = await asyncio.open_connection("127.0.0.1", ann.node.port)
-    writer.write(encode(PeerHello(version=1, username="mallory")))
-    await asyncio.wait_for(reader.readline(), 5)
+    reader, writer = await raw_link(ann.node, mallory.node)
     writer.write(encode(MeshRooms(rooms=[ROOM])))
     writer.write(encode(DirectMessage(id="d1", sender="mallory", text="hi", ts=0.0)))
     while json.loads(await asyncio.wait_for(reader.readline(), 5))["type"] != "dm_ack":
@@ -343,3 +337,26 @@ async def test_a_message_sent_right_after_login_waits_for_the_mesh(swarm: Swarm)
     asyncio.get_running_loop().call_later(0.3, gate.set)
     assert await late.node.say(ROOM, "first words") >= 1  # sent once the mesh was there
     await swarm.wait_delivered(ROOM, "gus", "first words", names, timeout=3)
+
+
+@pytest.mark.parametrize("claim", ["ben", "nobody"])
+async def test_a_peer_cannot_claim_a_name_whose_session_it_does_not_hold(
+    swarm: Swarm, claim: str
+) -> None:
+    await room_of(swarm, ["ann", "ben"])
+    ann = swarm.peers["ann"]
+    reader, writer = await asyncio.open_connection("127.0.0.1", ann.node.port)
+    writer.write(encode(PeerHello(version=1, username=claim, nonce="cd" * 16)))
+    welcome = json.loads(await asyncio.wait_for(reader.readline(), 5))
+    assert welcome["type"] == "peer_welcome"
+    # a made-up proof, then frames that must never be acted on
+    writer.write(encode(PeerProof(proof="00" * 32)))
+    writer.write(encode(RoomMessage(id="f" * 32, room=ROOM, origin="ben", text="x", ts=0, hops=3)))
+    writer.write(encode(MeshRooms(rooms=[ROOM])))
+    refusal = json.loads(await asyncio.wait_for(reader.readline(), 5))
+    assert (refusal["type"], refusal["code"]) == ("peer_error", "not_vouched")
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert not ann.room_texts()
+    assert "ben" in ann.node.linked_peers()  # the real ben's link is untouched
+    await swarm.peers["ben"].node.say(ROOM, "still me")
+    await swarm.wait_delivered(ROOM, "ben", "still me", ["ann"])

@@ -48,6 +48,7 @@ EXAMPLES: list[Message] = [
     m.ListRooms(id=16, after="den", limit=5),
     m.ListMembers(id=17, room="den"),
     m.ListMembers(id=17, room="den", after="alice", limit=2),
+    m.Vouch(id=18, username="bob", peer="alice", nonce="ab" * 16, proof="cd" * 32),
     # registry -> client
     m.Welcome(id=1, version=1, server="reg", udp_port=9001, heartbeat_interval=5.0, timeout=15.5),
     m.Ok(id=2),
@@ -88,8 +89,9 @@ EXAMPLES: list[Message] = [
     m.RoomEvent(room="den", username="carol", change="added", by="alice"),
     m.Bye(code=ErrorCode.INTERNAL, reason="shutting down"),
     # peer <-> peer
-    m.PeerHello(version=1, username="alice"),
-    m.PeerWelcome(version=1, username="bob"),
+    m.PeerHello(version=1, username="alice", nonce="ab" * 16),
+    m.PeerWelcome(version=1, username="bob", nonce="cd" * 16, proof="ef" * 32),
+    m.PeerProof(proof="01" * 32),
     m.MeshRooms(rooms=["den", "lobby"]),
     m.MeshRooms(rooms=[]),
     m.DirectMessage(id="a" * 32, sender="alice", text="hi\nthere", ts=1.7e9),
@@ -240,3 +242,15 @@ def test_text_size_is_counted_in_utf8_bytes(text: str, ok: bool) -> None:
 )
 def test_valid_host(host: str, ok: bool) -> None:
     assert m.valid_host(host) is ok
+
+
+def test_link_proofs_bind_the_token_the_nonce_and_both_names() -> None:
+    proof = m.link_proof("token", "n1", "alice", "bob")
+    assert len(proof) == 64 and proof == m.link_proof("token", "n1", "alice", "bob")
+    for other in (
+        m.link_proof("other", "n1", "alice", "bob"),
+        m.link_proof("token", "n2", "alice", "bob"),
+        m.link_proof("token", "n1", "bob", "alice"),
+        m.link_proof("token", "n1", "alice", "carol"),
+    ):
+        assert other != proof

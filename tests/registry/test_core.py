@@ -33,7 +33,9 @@ from p2pchat.protocol.messages import (
     Search,
     SearchResult,
     UserList,
+    Vouch,
     Welcome,
+    link_proof,
 )
 from p2pchat.registry.core import (
     Action,
@@ -572,3 +574,24 @@ def test_successful_logins_never_lock_their_address(h: Harness) -> None:
     for i in range(15):
         session = h.connect(host="10.3.3.3")
         assert isinstance(h.req(session, _login(f"s{i}", PW)), LoggedIn), i
+
+
+def test_vouch_checks_a_link_proof_against_the_live_session(h: Harness) -> None:
+    alice, bob = h.user("alice"), h.user("bob")
+    good = link_proof("tok1", "nonce", "alice", "bob")  # alice's session token is tok1
+    assert isinstance(
+        h.req(bob, Vouch(id=1, username="alice", peer="bob", nonce="nonce", proof=good)), Ok
+    )
+    for req in (
+        Vouch(id=2, username="alice", peer="bob", nonce="other", proof=good),  # another nonce
+        Vouch(id=3, username="alice", peer="bob", nonce="nonce", proof="0" * 64),  # forged
+        Vouch(id=4, username="alice", peer="carol", nonce="nonce", proof=good),  # not for bob
+    ):
+        assert code(h.req(bob, req)) == "not_vouched"
+    h.req(alice, Logout(id=h.id()))  # a proof dies with the session it was made from
+    assert code(
+        h.req(bob, Vouch(id=5, username="alice", peer="bob", nonce="nonce", proof=good))
+    ) == ("not_vouched")
+    assert code(h.req(h.connect(), Vouch(id=6, username="x", peer="y", nonce="n", proof="p"))) == (
+        "not_logged_in"
+    )

@@ -43,6 +43,7 @@ from p2pchat.protocol.messages import (
     Message,
     PeerError,
     PeerHello,
+    PeerProof,
     PeerWelcome,
     RoomEvent,
     RoomInfo,
@@ -50,6 +51,7 @@ from p2pchat.protocol.messages import (
     SearchResult,
     UserAddr,
     encode,
+    link_proof,
     peer_decoder,
     text_size_ok,
     valid_name,
@@ -124,6 +126,12 @@ class _Link(asyncio.Protocol):
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.bad_frames = 0
+        self.nonce = os.urandom(16).hex()
+        """What the other side must prove its session for (see ``link_proof``)."""
+        self.claimed: str | None = None
+        """The name the other side gave in the handshake, before it is vouched for."""
+        self.backlog: list[bytes] | None = None
+        """Frames held, in order, while the registry checks a proof."""
         self._pending: list[bytes] | None = None
         """Frames sent during this turn of the event loop, written together at its end."""
 
@@ -132,7 +140,10 @@ class _Link(asyncio.Protocol):
         self.transport = transport
         _keepalive(transport.get_extra_info("socket"))
         if self.dialed:
-            self.send(self.node.hello_frame())
+            username = self.node.username or ""
+            self.send(
+                encode(PeerHello(version=PROTOCOL_VERSION, username=username, nonce=self.nonce))
+            )
         elif not self.node.can_accept():
             self.send(encode(PeerError(code="too_many_connections", reason="peer is full")))
             self.close()
@@ -283,9 +294,6 @@ class PeerNode:
 
     def can_accept(self) -> bool:
         return len(self._all_links) <= self.config.max_connections
-
-    def hello_frame(self) -> bytes:
-        return encode(PeerHello(version=PROTOCOL_VERSION, username=self.username or ""))
 
     def _emit(self, event: PeerEvent) -> None:
         try:
@@ -721,6 +729,11 @@ class PeerNode:
     # ------------------------------------------------------------------ links
 
     def on_frame(self, link: _Link, frame: bytes) -> None:
+        if link.backlog is not None:  # a proof is being checked: hold what follows, in order
+            link.backlog.append(frame)
+            if len(link.backlog) > 1000:
+                link.abort()
+            return
         try:
             msg = peer_decoder.decode(frame)
         except msgspec.MsgspecError as exc:
@@ -751,9 +764,14 @@ class PeerNode:
             link.abort()
 
     def _handshake(self, link: _Link, msg: Message) -> None:
+        """hello -> welcome (with the acceptor's proof) -> proof (the dialer's); each proof is
+        checked with the registry before the link opens, so a peer cannot claim a name whose
+        session it does not hold."""
+        me, token = self.username, self._token()
         if link.dialed:
             if (
-                not isinstance(msg, PeerWelcome)
+                link.claimed is not None
+                or not isinstance(msg, PeerWelcome)
                 or msg.version != PROTOCOL_VERSION
                 or msg.username != link.expect
             ):
@@ -762,22 +780,68 @@ class PeerNode:
                 )
                 link.abort()
                 return
-            peer = msg.username
-        else:
-            if not isinstance(msg, PeerHello) or msg.version != PROTOCOL_VERSION:
-                link.send(encode(PeerError(code="bad_request", reason="expected peer_hello v1")))
-                link.close()
+            link.claimed = msg.username
+            link.backlog = []
+            self._spawn(self._check_proof(link, msg.proof, answer=msg.nonce))
+            return
+        if link.claimed is not None:  # the dialer's proof is due
+            if not isinstance(msg, PeerProof):
+                link.abort()
                 return
-            if (
-                self.username is None
-                or not valid_name(msg.username)
-                or msg.username.casefold() == self.username.casefold()
-            ):
-                link.send(encode(PeerError(code="bad_request", reason="not accepting this link")))
-                link.close()
+            link.backlog = []
+            self._spawn(self._check_proof(link, msg.proof, answer=None))
+            return
+        if not isinstance(msg, PeerHello) or msg.version != PROTOCOL_VERSION:
+            link.send(encode(PeerError(code="bad_request", reason="expected peer_hello v1")))
+            link.close()
+            return
+        if (
+            me is None
+            or token is None
+            or not valid_name(msg.username)
+            or msg.username.casefold() == me.casefold()
+        ):
+            link.send(encode(PeerError(code="bad_request", reason="not accepting this link")))
+            link.close()
+            return
+        link.claimed = msg.username
+        proof = link_proof(token, msg.nonce, me, msg.username)
+        link.send(
+            encode(
+                PeerWelcome(version=PROTOCOL_VERSION, username=me, nonce=link.nonce, proof=proof)
+            )
+        )
+
+    def _token(self) -> str | None:
+        session = self.registry.session if self.registry is not None else None
+        return session.token if session is not None else None
+
+    async def _check_proof(self, link: _Link, proof: str, answer: str | None) -> None:
+        """Have the registry vouch for the other side; then (dialer) prove ourselves, open."""
+        claimed = link.claimed or ""
+        try:
+            await self._call(lambda c: c.vouch(claimed, link.nonce, proof))
+        except CommandError as exc:
+            log.warning("refused a link claiming to be %s: %s", claimed, exc)
+            link.send(encode(PeerError(code="not_vouched", reason=str(exc))))
+            link.close()
+            return
+        if link.transport is None or link.transport.is_closing() or self.username is None:
+            return
+        if answer is not None:
+            token = self._token()
+            if token is None:
+                link.abort()
                 return
-            peer = msg.username
-            link.send(encode(PeerWelcome(version=PROTOCOL_VERSION, username=self.username)))
+            link.send(encode(PeerProof(proof=link_proof(token, answer, self.username, claimed))))
+        backlog, link.backlog = link.backlog or [], None
+        self._open(link, claimed)
+        for frame in backlog:
+            if link.transport is None or link.transport.is_closing():
+                break
+            self.on_frame(link, frame)
+
+    def _open(self, link: _Link, peer: str) -> None:
         link.peer = peer
         old = self.links.get(peer)
         if old is not None and old is not link:

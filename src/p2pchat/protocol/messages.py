@@ -7,6 +7,8 @@ a frame is a single pass. ``docs/protocol.md`` describes each of them for other 
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 import ipaddress
 import re
 from typing import Any, Literal
@@ -77,6 +79,7 @@ class ErrorCode(enum.StrEnum):
     NOT_OWNER = "not_owner"
     TOO_MANY_CONNECTIONS = "too_many_connections"
     INTERNAL = "internal"
+    NOT_VOUCHED = "not_vouched"
     # peer-to-peer
     TEXT_TOO_LONG = "text_too_long"
 
@@ -174,6 +177,21 @@ class ListRooms(Message, tag="rooms"):
     limit: int = LIST_LIMIT
 
 
+class Vouch(Message, tag="vouch"):
+    """Ask the registry whether ``proof`` shows that ``username`` is who a peer link claims.
+
+    ``proof`` must be ``link_proof(token of username's session, nonce, username, peer)``, and
+    ``peer`` must be the asker itself, so a proof made for one peer cannot be replayed to
+    another.
+    """
+
+    id: int
+    username: str
+    peer: str
+    nonce: str
+    proof: str
+
+
 class ListMembers(Message, tag="members"):
     id: int
     room: str
@@ -196,6 +214,7 @@ RegistryRequest = (
     | RemoveMember
     | ListRooms
     | ListMembers
+    | Vouch
 )
 
 # ---------------------------------------------------------------- registry -> client (TCP)
@@ -325,15 +344,26 @@ RegistryReply = (
 
 
 class PeerHello(Message, tag="peer_hello"):
-    """First frame of a link, from the dialing peer."""
+    """First frame of a link, from the dialing peer. ``nonce``: what the acceptor must prove."""
 
     version: int
     username: str
+    nonce: str
 
 
 class PeerWelcome(Message, tag="peer_welcome"):
+    """The acceptor's answer: its proof for the dialer's nonce, and a nonce of its own."""
+
     version: int
     username: str
+    nonce: str
+    proof: str
+
+
+class PeerProof(Message, tag="peer_proof"):
+    """The dialer's proof for the acceptor's nonce; the link is open once it is vouched for."""
+
+    proof: str
 
 
 class MeshRooms(Message, tag="mesh"):
@@ -374,8 +404,26 @@ class PeerError(Message, tag="peer_error"):
 
 
 PeerFrame = (
-    PeerHello | PeerWelcome | MeshRooms | DirectMessage | DirectAck | RoomMessage | PeerError
+    PeerHello
+    | PeerWelcome
+    | PeerProof
+    | MeshRooms
+    | DirectMessage
+    | DirectAck
+    | RoomMessage
+    | PeerError
 )
+
+
+def link_proof(token: str, nonce: str, prover: str, verifier: str) -> str:
+    """What a peer sends to show it holds ``prover``'s registry session, for one link.
+
+    An HMAC of the verifier's nonce and both names, keyed with the session token that only the
+    prover and the registry know; the verifier asks the registry to check it (``vouch``).
+    """
+    msg = f"p2pchat-link\0{nonce}\0{prover}\0{verifier}".encode()
+    return hmac.new(token.encode(), msg, hashlib.sha256).hexdigest()
+
 
 # ---------------------------------------------------------------- codec
 

@@ -46,6 +46,7 @@ from p2pchat.protocol.messages import (
     SearchResult,
     UserAddr,
     UserList,
+    Vouch,
     Welcome,
     encode,
     reply_decoder,
@@ -299,6 +300,13 @@ class RegistryClient:
         """Every online user (all pages)."""
         pages = await self._pages(lambda i, after: ListUsers(id=i, after=after), UserList)
         return [user for page in pages for user in page.users]
+
+    async def vouch(self, username: str, nonce: str, proof: str) -> None:
+        """Raises RegistryError (``not_vouched``) unless ``proof`` is ``username``'s, for us."""
+        me = self.session.username if self.session else ""
+        await self._call(
+            Vouch(id=self._next_id(), username=username, peer=me, nonce=nonce, proof=proof), Ok
+        )
 
     async def create_room(self, room: str, private: bool = False) -> None:
         await self._call(CreateRoom(id=self._next_id(), room=room, private=private), Ok)

@@ -14,6 +14,7 @@ requests may have been served in between.
 from __future__ import annotations
 
 import heapq
+import hmac
 import logging
 import secrets
 from collections.abc import Callable
@@ -53,7 +54,9 @@ from p2pchat.protocol.messages import (
     SearchResult,
     UserAddr,
     UserList,
+    Vouch,
     Welcome,
+    link_proof,
     valid_host,
     valid_name,
     valid_password,
@@ -237,6 +240,7 @@ class RegistryCore:
             RemoveMember: self._remove_member,
             ListRooms: self._rooms,
             ListMembers: self._members,
+            Vouch: self._vouch,
         }
 
     # ------------------------------------------------------------------ session lifecycle
@@ -703,6 +707,21 @@ class RegistryCore:
                 MemberList(id=req.id, room=room.room, members=infos, more=len(names) > limit),
             )
         ]
+
+    def _vouch(self, s: Session, user: str, req: Vouch, now: float) -> list[Action]:
+        """Tell a peer whether the one on the other end of a link holds the claimed session."""
+        target = self.online.get(req.username.casefold())
+        if req.peer.casefold() != user.casefold():
+            reason = "a proof can only be checked by the peer it was made for"
+        elif target is None or target.user is None:
+            reason = f"{_q(req.username)} is not online"
+        elif not hmac.compare_digest(
+            link_proof(target.token, req.nonce, target.user, user), req.proof
+        ):
+            reason = f"the proof does not match {target.user}'s session"
+        else:
+            return [Send(s.conn, Ok(id=req.id))]
+        return [Send(s.conn, _err(req.id, ErrorCode.NOT_VOUCHED, reason))]
 
     # ------------------------------------------------------------------ helpers
 
