@@ -35,6 +35,7 @@ from bench.common import (
     percentile,
     raise_nofile,
     save_results,
+    shown,
     start_registry,
     table,
     usernames,
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out if args.out is not None else (None if args.quick else RESULTS_DIR / "churn.json")
     if out is not None:
         path = save_results("churn", command, [row], {"runs": runs}, out)
-        print(f"\nresults: {path}")
+        print(f"\nresults: {shown(path)}")
     return 0
 
 

@@ -245,3 +245,11 @@ def save_results(
 
 def header(title: str, command: str) -> str:
     return f"{title}\n{machine_line()}\ncommand: {command}\n"
+
+
+def shown(path: Path) -> str:
+    """A results path as printed: relative to the project when it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(RESULTS_DIR.resolve().parent.parent))
+    except ValueError:
+        return str(path)

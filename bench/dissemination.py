@@ -35,6 +35,7 @@ from bench.common import (
     percentile,
     raise_nofile,
     save_results,
+    shown,
     start_registry,
     table,
     usernames,
@@ -430,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             out,
         )
-        print(f"\nresults: {path}")
+        print(f"\nresults: {shown(path)}")
     return 0
 
 

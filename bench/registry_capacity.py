@@ -46,6 +46,7 @@ from bench.common import (
     raise_nofile,
     rss_bytes,
     save_results,
+    shown,
     table,
     usernames,
 )
@@ -523,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if out is not None:
         path = save_results("registry_capacity", command, rows, {"logins": logins}, out)
-        print(f"\nresults: {path}")
+        print(f"\nresults: {shown(path)}")
     return 0
 
 
