@@ -764,9 +764,9 @@ class PeerNode:
             link.abort()
 
     def _handshake(self, link: _Link, msg: Message) -> None:
-        """hello -> welcome (with the acceptor's proof) -> proof (the dialer's); each proof is
-        checked with the registry before the link opens, so a peer cannot claim a name whose
-        session it does not hold."""
+        """hello -> welcome (with the acceptor's proof) -> proof (the dialer's); each side has
+        the registry check the other's proof before the link opens, so a peer cannot claim a
+        name whose session it does not hold."""
         me, token = self.username, self._token()
         if link.dialed:
             if (
@@ -775,21 +775,30 @@ class PeerNode:
                 or msg.version != PROTOCOL_VERSION
                 or msg.username != link.expect
             ):
-                log.warning(
-                    "%s answered as %r; closing", link.expect, getattr(msg, "username", None)
-                )
+                if isinstance(msg, PeerError):  # refused: full, logging out, not vouched...
+                    log.info("%s refused our link: %s", link.expect, msg.reason)
+                else:
+                    log.warning(
+                        "%s answered as %r; closing", link.expect, getattr(msg, "username", None)
+                    )
+                link.abort()
+                return
+            if me is None or token is None:
                 link.abort()
                 return
             link.claimed = msg.username
             link.backlog = []
-            self._spawn(self._check_proof(link, msg.proof, answer=msg.nonce))
+            # our proof goes out at once, checked while we check theirs: one registry round
+            # trip instead of two before the link opens
+            link.send(encode(PeerProof(proof=link_proof(token, msg.nonce, me, msg.username))))
+            self._spawn(self._check_proof(link, msg.proof))
             return
         if link.claimed is not None:  # the dialer's proof is due
             if not isinstance(msg, PeerProof):
                 link.abort()
                 return
             link.backlog = []
-            self._spawn(self._check_proof(link, msg.proof, answer=None))
+            self._spawn(self._check_proof(link, msg.proof))
             return
         if not isinstance(msg, PeerHello) or msg.version != PROTOCOL_VERSION:
             link.send(encode(PeerError(code="bad_request", reason="expected peer_hello v1")))
@@ -816,24 +825,19 @@ class PeerNode:
         session = self.registry.session if self.registry is not None else None
         return session.token if session is not None else None
 
-    async def _check_proof(self, link: _Link, proof: str, answer: str | None) -> None:
-        """Have the registry vouch for the other side; then (dialer) prove ourselves, open."""
+    async def _check_proof(self, link: _Link, proof: str) -> None:
+        """Have the registry vouch for the other side, then open the link."""
         claimed = link.claimed or ""
         try:
             await self._call(lambda c: c.vouch(claimed, link.nonce, proof))
         except CommandError as exc:
-            log.warning("refused a link claiming to be %s: %s", claimed, exc)
+            # usually churn (the other side logged out meanwhile); an impostor looks the same
+            log.info("refused a link claiming to be %s: %s", claimed, exc)
             link.send(encode(PeerError(code="not_vouched", reason=str(exc))))
             link.close()
             return
         if link.transport is None or link.transport.is_closing() or self.username is None:
             return
-        if answer is not None:
-            token = self._token()
-            if token is None:
-                link.abort()
-                return
-            link.send(encode(PeerProof(proof=link_proof(token, answer, self.username, claimed))))
         backlog, link.backlog = link.backlog or [], None
         self._open(link, claimed)
         for frame in backlog:
