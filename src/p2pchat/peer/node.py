@@ -695,6 +695,8 @@ class PeerNode:
 
     def _failed(self, peer: str) -> None:
         """A member we could not reach is left out of our mesh until a retry succeeds."""
+        if peer in self.links:  # it reached us meanwhile: nothing to back off from
+            return
         _, delay = self._backoff.get(peer, (0.0, 0.25))
         delay = min(delay * 2, 8.0)
         self._backoff[peer] = (self._loop.time() + delay, delay)
