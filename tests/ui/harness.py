@@ -84,6 +84,20 @@ async def running(app: ChatApp) -> AsyncIterator[Pilot[int]]:
         await app.close_node()
 
 
+@asynccontextmanager
+async def alice_with_bob(
+    registry: RegistryServer, peer: PeerFactory
+) -> AsyncIterator[tuple[Peer, ChatApp, Pilot[int]]]:
+    """alice in the UI and bob as a plain peer, both in lobby and linked to each other."""
+    bob = await peer("bob", room="lobby", create=True)
+    app = make_app(registry, autologin=auto("alice"))
+    async with running(app) as pilot:
+        await logged_in(pilot, app)
+        assert app.node is not None
+        await bob.until(lambda: linked(bob.node, app.node, "lobby"))  # type: ignore[arg-type]
+        yield bob, app, pilot
+
+
 async def settle(pilot: Pilot[int], predicate: Callable[[], bool], timeout: float = WAIT) -> None:
     """Let the UI run until ``predicate`` holds; fail clearly after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()

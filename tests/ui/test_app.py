@@ -20,6 +20,7 @@ from p2pchat.ui.tui.widgets import ChatInput
 from tests.ui.harness import (
     PASSWORD,
     PeerFactory,
+    alice_with_bob,
     auto,
     linked,
     logged_in,
@@ -92,12 +93,7 @@ async def test_join_a_room_and_send(registry: RegistryServer, peer: PeerFactory)
 
 
 async def test_messages_arrive_while_typing(registry: RegistryServer, peer: PeerFactory) -> None:
-    bob = await peer("bob", room="lobby", create=True)
-    app = make_app(registry, autologin=auto("alice"))
-    async with running(app) as pilot:
-        await logged_in(pilot, app)
-        assert app.node is not None
-        await bob.until(lambda: linked(bob.node, app.node, "lobby"))  # type: ignore[arg-type]
+    async with alice_with_bob(registry, peer) as (bob, app, pilot):
         await pilot.press(*"half a thou")  # real key presses, as a person types
         entry = app.query_one(ChatInput)
         await bob.node.say("lobby", "news from bob")
@@ -116,12 +112,7 @@ async def test_messages_arrive_while_typing(registry: RegistryServer, peer: Peer
 async def test_switching_conversations_and_unread_counts(
     registry: RegistryServer, peer: PeerFactory
 ) -> None:
-    bob = await peer("bob", room="lobby", create=True)
-    app = make_app(registry, autologin=auto("alice"))
-    async with running(app) as pilot:
-        await logged_in(pilot, app)
-        assert app.node is not None
-        await bob.until(lambda: linked(bob.node, app.node, "lobby"))  # type: ignore[arg-type]
+    async with alice_with_bob(registry, peer) as (bob, app, pilot):
         await pilot.press("alt+1")
         assert app.convs.current == HOME
         await bob.node.say("lobby", "one")
@@ -153,12 +144,7 @@ async def test_switching_conversations_and_unread_counts(
 async def test_a_plain_line_from_home_asks_where(
     registry: RegistryServer, peer: PeerFactory
 ) -> None:
-    bob = await peer("bob", room="lobby", create=True)
-    app = make_app(registry, autologin=auto("alice"))
-    async with running(app) as pilot:
-        await logged_in(pilot, app)
-        assert app.node is not None
-        await bob.until(lambda: linked(bob.node, app.node, "lobby"))  # type: ignore[arg-type]
+    async with alice_with_bob(registry, peer) as (bob, app, pilot):
         await pilot.press("alt+1")
         text = "where does [/]this[b] go"  # brackets are text, not markup
         await write(pilot, text)
@@ -214,12 +200,7 @@ async def test_help_completion_and_history(registry: RegistryServer, peer: PeerF
 async def test_the_registry_going_away_and_coming_back(
     registry: RegistryServer, peer: PeerFactory
 ) -> None:
-    bob = await peer("bob", room="lobby", create=True)
-    app = make_app(registry, autologin=auto("alice"))
-    async with running(app) as pilot:
-        await logged_in(pilot, app)
-        assert app.node is not None
-        await bob.until(lambda: linked(bob.node, app.node, "lobby"))  # type: ignore[arg-type]
+    async with alice_with_bob(registry, peer) as (bob, app, pilot):
         assert not app.query_one("#banner").has_class("shown")
         await registry.close()
         await settle(pilot, lambda: app.query_one("#banner").has_class("shown"))
@@ -292,12 +273,7 @@ async def test_a_refused_hello_shows_on_the_login_screen() -> None:
 
 
 async def test_a_line_goes_where_it_was_typed(registry: RegistryServer, peer: PeerFactory) -> None:
-    bob = await peer("bob", room="lobby", create=True)
-    app = make_app(registry, autologin=auto("alice"))
-    async with running(app) as pilot:
-        await logged_in(pilot, app)
-        assert app.node is not None
-        await bob.until(lambda: linked(bob.node, app.node, "lobby"))  # type: ignore[arg-type]
+    async with alice_with_bob(registry, peer) as (bob, app, pilot):
         gate = asyncio.Event()
 
         async def slow() -> None:  # a command ahead of the line, still running
