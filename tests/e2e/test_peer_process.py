@@ -174,3 +174,14 @@ def test_bad_flags_get_clear_errors() -> None:
             [*P2PCHAT, "peer", *args], capture_output=True, text=True, timeout=30
         )
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+
+
+async def test_bytes_that_are_not_utf8_get_an_error_not_the_end(registry: Registry) -> None:
+    peer = await start_peer(registry.port)
+    assert peer.proc.stdin is not None
+    peer.proc.stdin.write(b"\xff\xfe not text\n")
+    result = await peer.expect(r"^(ok|error): ")
+    assert result.startswith("error: no conversation chosen")
+    rows, result = await peer.command("/help")  # still reading commands
+    assert result.startswith("ok: ") and rows
+    assert await peer.quit() == 0

@@ -109,7 +109,7 @@ def _keepalive(sock: socket.socket | None) -> None:
 
 
 class _Link(asyncio.Protocol):
-    """One TCP connection with another peer; established once the hellos are exchanged."""
+    """One TCP connection with another peer; open once the registry vouched for both ends."""
 
     def __init__(self, node: PeerNode, dialed: bool, expect: str | None = None) -> None:
         self.node = node
@@ -120,7 +120,7 @@ class _Link(asyncio.Protocol):
         self.pinned_until = 0.0
         self.established = 0.0
         self.declared: frozenset[str] = frozenset()
-        """Rooms the other side announced; only those it is a member of count (``view.theirs``)."""
+        """Rooms the other side announced; those it is an online member of count (``view.theirs``)."""
         self.transport: asyncio.Transport | None = None
         self.framer = LineFramer()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import sys
 import threading
 from collections.abc import Awaitable, Callable
@@ -114,9 +115,12 @@ def stdin_lines(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
     """
     queue: asyncio.Queue[str | None] = asyncio.Queue()
 
+    # bytes that are not UTF-8 become U+FFFD instead of ending the input
+    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
+
     def pump() -> None:
         with contextlib.suppress(ValueError, OSError, RuntimeError):
-            for line in sys.stdin:
+            for line in stdin:
                 loop.call_soon_threadsafe(queue.put_nowait, line)
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(queue.put_nowait, None)
