@@ -115,12 +115,14 @@ def stdin_lines(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
     """
     queue: asyncio.Queue[str | None] = asyncio.Queue()
 
-    # bytes that are not UTF-8 become U+FFFD instead of ending the input
-    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
+    # bytes that are not UTF-8 become U+FFFD instead of ending the input (the same stream
+    # object: a second wrapper on its buffer would be closed at exit under the reading thread)
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        sys.stdin.reconfigure(errors="replace")
 
     def pump() -> None:
         with contextlib.suppress(ValueError, OSError, RuntimeError):
-            for line in stdin:
+            for line in sys.stdin:
                 loop.call_soon_threadsafe(queue.put_nowait, line)
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(queue.put_nowait, None)
