@@ -30,7 +30,7 @@ async def raw_link(
     assert welcome["type"] == "peer_welcome", welcome
     assert as_peer.registry is not None and as_peer.registry.session is not None
     token = as_peer.registry.session.token
-    proof = link_proof(token, welcome["nonce"], me, target.username or "")
+    proof = link_proof(token, "dial", welcome["nonce"], me, target.username or "")
     writer.write(encode(PeerProof(proof=proof)))
     return reader, writer
 

@@ -231,10 +231,13 @@ async def test_messages_from_non_members_are_dropped(
     forged = RoomMessage(id="f" * 32, room=ROOM, origin="mallory", text="spam", ts=0.0, hops=5)
     as_member = RoomMessage(id="e" * 32, room=ROOM, origin="ben", text="forged", ts=0.0, hops=5)
     writer.write(encode(forged) + encode(as_member))
+    router = ann.node.router
+    assert router is not None
+    await swarm.changes.until(lambda: router.dropped == 2)  # once mallory's proof is vouched
     await swarm.peers["ben"].node.say(ROOM, "real")
     await swarm.wait_delivered(ROOM, "ben", "real", ["ann"])
     assert ann.room_texts() == [t for t in ann.room_texts() if t.text == "real"]
-    assert ann.node.router is not None and ann.node.router.dropped == 2
+    assert router.dropped == 2
     writer.close()
 
 
@@ -360,3 +363,23 @@ async def test_a_peer_cannot_claim_a_name_whose_session_it_does_not_hold(
     assert "ben" in ann.node.linked_peers()  # the real ben's link is untouched
     await swarm.peers["ben"].node.say(ROOM, "still me")
     await swarm.wait_delivered(ROOM, "ben", "still me", ["ann"])
+
+
+async def test_a_proof_cannot_be_relayed_from_one_peer_to_another(swarm: Swarm) -> None:
+    """mallory, with no session, dials bob as alice and alice as bob, passing bob's nonce to
+    alice: alice's answer is an acceptor's proof, which bob must not take for a dialer's."""
+    await room_of(swarm, ["alice", "bob"])
+    alice, bob = swarm.peers["alice"].node, swarm.peers["bob"].node
+    to_bob_r, to_bob_w = await asyncio.open_connection("127.0.0.1", bob.port)
+    to_bob_w.write(encode(PeerHello(version=1, username="alice", nonce="11" * 16)))
+    bob_welcome = json.loads(await asyncio.wait_for(to_bob_r.readline(), 5))
+    to_alice_r, to_alice_w = await asyncio.open_connection("127.0.0.1", alice.port)
+    to_alice_w.write(encode(PeerHello(version=1, username="bob", nonce=bob_welcome["nonce"])))
+    alice_welcome = json.loads(await asyncio.wait_for(to_alice_r.readline(), 5))
+    to_bob_w.write(encode(PeerProof(proof=alice_welcome["proof"])))  # the relayed proof
+    to_bob_w.write(encode(DirectMessage(id="r1", sender="alice", text="it is me", ts=0.0)))
+    refusal = json.loads(await asyncio.wait_for(to_bob_r.readline(), 5))
+    assert (refusal["type"], refusal["code"]) == ("peer_error", "not_vouched")
+    assert not swarm.peers["bob"].directs()
+    to_bob_w.close()
+    to_alice_w.close()

@@ -48,7 +48,7 @@ EXAMPLES: list[Message] = [
     m.ListRooms(id=16, after="den", limit=5),
     m.ListMembers(id=17, room="den"),
     m.ListMembers(id=17, room="den", after="alice", limit=2),
-    m.Vouch(id=18, username="bob", peer="alice", nonce="ab" * 16, proof="cd" * 32),
+    m.Vouch(id=18, username="bob", peer="alice", role="dial", nonce="ab" * 16, proof="cd" * 32),
     # registry -> client
     m.Welcome(id=1, version=1, server="reg", udp_port=9001, heartbeat_interval=5.0, timeout=15.5),
     m.Ok(id=2),
@@ -244,13 +244,14 @@ def test_valid_host(host: str, ok: bool) -> None:
     assert m.valid_host(host) is ok
 
 
-def test_link_proofs_bind_the_token_the_nonce_and_both_names() -> None:
-    proof = m.link_proof("token", "n1", "alice", "bob")
-    assert len(proof) == 64 and proof == m.link_proof("token", "n1", "alice", "bob")
+def test_link_proofs_bind_the_token_the_role_the_nonce_and_both_names() -> None:
+    proof = m.link_proof("token", "dial", "n1", "alice", "bob")
+    assert len(proof) == 64 and proof == m.link_proof("token", "dial", "n1", "alice", "bob")
     for other in (
-        m.link_proof("other", "n1", "alice", "bob"),
-        m.link_proof("token", "n2", "alice", "bob"),
-        m.link_proof("token", "n1", "bob", "alice"),
-        m.link_proof("token", "n1", "alice", "carol"),
+        m.link_proof("other", "dial", "n1", "alice", "bob"),
+        m.link_proof("token", "accept", "n1", "alice", "bob"),
+        m.link_proof("token", "dial", "n2", "alice", "bob"),
+        m.link_proof("token", "dial", "n1", "bob", "alice"),
+        m.link_proof("token", "dial", "n1", "alice", "carol"),
     ):
         assert other != proof

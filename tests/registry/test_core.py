@@ -578,20 +578,28 @@ def test_successful_logins_never_lock_their_address(h: Harness) -> None:
 
 def test_vouch_checks_a_link_proof_against_the_live_session(h: Harness) -> None:
     alice, bob = h.user("alice"), h.user("bob")
-    good = link_proof("tok1", "nonce", "alice", "bob")  # alice's session token is tok1
-    assert isinstance(
-        h.req(bob, Vouch(id=1, username="alice", peer="bob", nonce="nonce", proof=good)), Ok
-    )
-    for req in (
-        Vouch(id=2, username="alice", peer="bob", nonce="other", proof=good),  # another nonce
-        Vouch(id=3, username="alice", peer="bob", nonce="nonce", proof="0" * 64),  # forged
-        Vouch(id=4, username="alice", peer="carol", nonce="nonce", proof=good),  # not for bob
-    ):
-        assert code(h.req(bob, req)) == "not_vouched"
+    good = link_proof("tok1", "dial", "nonce", "alice", "bob")  # alice's session token: tok1
+
+    def vouch(req_id: int, **kw: str) -> Message:
+        fields = {
+            "username": "alice",
+            "peer": "bob",
+            "role": "dial",
+            "nonce": "nonce",
+            "proof": good,
+        }
+        fields.update(kw)
+        return h.req(bob, Vouch(id=req_id, **fields))  # type: ignore[arg-type]
+
+    assert isinstance(vouch(1), Ok)
+    assert code(vouch(2, nonce="other")) == "not_vouched"
+    assert code(vouch(3, proof="0" * 64)) == "not_vouched"
+    assert code(vouch(4, role="accept")) == "not_vouched"  # an acceptor's proof is not a dialer's
+    assert code(vouch(5, peer="carol")) == "not_vouched"  # only bob may check a proof for bob
+    assert code(vouch(6, username="ALICE")) == "not_vouched"  # the exact spelling
+    assert code(vouch(7, proof="é" * 64)) == "not_vouched"  # not hex: refused, no error
     h.req(alice, Logout(id=h.id()))  # a proof dies with the session it was made from
+    assert code(vouch(8)) == "not_vouched"
     assert code(
-        h.req(bob, Vouch(id=5, username="alice", peer="bob", nonce="nonce", proof=good))
-    ) == ("not_vouched")
-    assert code(h.req(h.connect(), Vouch(id=6, username="x", peer="y", nonce="n", proof="p"))) == (
-        "not_logged_in"
-    )
+        h.req(h.connect(), Vouch(id=9, username="x", peer="y", role="dial", nonce="n", proof="p"))
+    ) == ("not_logged_in")

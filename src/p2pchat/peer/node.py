@@ -38,6 +38,7 @@ from p2pchat.protocol.messages import (
     Bye,
     DirectAck,
     DirectMessage,
+    LinkRole,
     MemberInfo,
     MeshRooms,
     Message,
@@ -64,6 +65,10 @@ MAX_LINK_BUFFER = 4 << 20
 """A neighbour that lets this much pile up unsent is too slow for the mesh: its link is cut."""
 PIN_SECONDS = 300.0
 """A link used for direct messages is kept this long after the last one."""
+HANDSHAKE_SECONDS = 10.0
+"""An accepted connection must finish its handshake within this."""
+MAX_BACKLOG = 256 * 1024
+"""Bytes a link may send while its proof is being checked."""
 GRACE_SECONDS = 2.0
 """A new link is kept this long even if unneeded, so the other side's ``mesh`` frame can
 arrive (it may have dialed us for a room we have not heard of yet)."""
@@ -120,7 +125,8 @@ class _Link(asyncio.Protocol):
         self.pinned_until = 0.0
         self.established = 0.0
         self.declared: frozenset[str] = frozenset()
-        """Rooms the other side announced; those it is an online member of count (``view.theirs``)."""
+        """Rooms the other side announced; those it is an online member of count
+        (``view.theirs``)."""
         self.transport: asyncio.Transport | None = None
         self.framer = LineFramer()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -132,6 +138,9 @@ class _Link(asyncio.Protocol):
         """The name the other side gave in the handshake, before it is vouched for."""
         self.backlog: list[bytes] | None = None
         """Frames held, in order, while the registry checks a proof."""
+        self.backlog_bytes = 0
+        self.checking: asyncio.Task[None] | None = None
+        """The registry's check of the other side's proof, cancelled if the link goes."""
         self._pending: list[bytes] | None = None
         """Frames sent during this turn of the event loop, written together at its end."""
 
@@ -147,6 +156,13 @@ class _Link(asyncio.Protocol):
         elif not self.node.can_accept():
             self.send(encode(PeerError(code="too_many_connections", reason="peer is full")))
             self.close()
+        else:  # a connection that never finishes its handshake must not hold a slot
+            self.node._loop.call_later(HANDSHAKE_SECONDS, self._handshake_due)
+
+    def _handshake_due(self) -> None:
+        if self.peer is None and self.transport is not None and not self.transport.is_closing():
+            log.info("closing a connection that did not finish its handshake in time")
+            self.abort()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -162,6 +178,8 @@ class _Link(asyncio.Protocol):
             node.on_frame(self, frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.checking is not None:
+            self.checking.cancel()
         if not self.ready.done():
             self.ready.set_exception(ConnectionError("link closed during the handshake"))
             self.ready.exception()  # mark retrieved: nobody may be waiting
@@ -733,7 +751,8 @@ class PeerNode:
     def on_frame(self, link: _Link, frame: bytes) -> None:
         if link.backlog is not None:  # a proof is being checked: hold what follows, in order
             link.backlog.append(frame)
-            if len(link.backlog) > 1000:
+            link.backlog_bytes += len(frame)
+            if link.backlog_bytes > MAX_BACKLOG:
                 link.abort()
             return
         try:
@@ -792,15 +811,16 @@ class PeerNode:
             link.backlog = []
             # our proof goes out at once, checked while we check theirs: one registry round
             # trip instead of two before the link opens
-            link.send(encode(PeerProof(proof=link_proof(token, msg.nonce, me, msg.username))))
-            self._spawn(self._check_proof(link, msg.proof))
+            proof = link_proof(token, "dial", msg.nonce, me, msg.username)
+            link.send(encode(PeerProof(proof=proof)))
+            link.checking = asyncio.create_task(self._check_proof(link, "accept", msg.proof))
             return
         if link.claimed is not None:  # the dialer's proof is due
             if not isinstance(msg, PeerProof):
                 link.abort()
                 return
             link.backlog = []
-            self._spawn(self._check_proof(link, msg.proof))
+            link.checking = asyncio.create_task(self._check_proof(link, "dial", msg.proof))
             return
         if not isinstance(msg, PeerHello) or msg.version != PROTOCOL_VERSION:
             link.send(encode(PeerError(code="bad_request", reason="expected peer_hello v1")))
@@ -816,7 +836,7 @@ class PeerNode:
             link.close()
             return
         link.claimed = msg.username
-        proof = link_proof(token, msg.nonce, me, msg.username)
+        proof = link_proof(token, "accept", msg.nonce, me, msg.username)
         link.send(
             encode(
                 PeerWelcome(version=PROTOCOL_VERSION, username=me, nonce=link.nonce, proof=proof)
@@ -827,18 +847,31 @@ class PeerNode:
         session = self.registry.session if self.registry is not None else None
         return session.token if session is not None else None
 
-    async def _check_proof(self, link: _Link, proof: str) -> None:
-        """Have the registry vouch for the other side, then open the link."""
+    async def _check_proof(self, link: _Link, role: LinkRole, proof: str) -> None:
+        """Have the registry vouch for the other side, then open the link.
+
+        Only the session we are logged in with is asked, within the dial timeout: a link must
+        not wait for (or trigger) a reconnection to the registry.
+        """
         claimed = link.claimed or ""
+        client = self.registry
         try:
-            await self._call(lambda c: c.vouch(claimed, link.nonce, proof))
-        except CommandError as exc:
+            if client is None or client.closed.is_set() or client.session is None:
+                raise RegistryError("not_vouched", "the registry is unreachable just now")
+            await asyncio.wait_for(
+                client.vouch(claimed, role, link.nonce, proof), self.config.dial_timeout
+            )
+        except (RegistryError, ConnectionError, TimeoutError) as exc:
+            reason = exc.reason if isinstance(exc, RegistryError) else "no answer from the registry"
             # usually churn (the other side logged out meanwhile); an impostor looks the same
-            log.info("refused a link claiming to be %s: %s", claimed, exc)
-            link.send(encode(PeerError(code="not_vouched", reason=str(exc))))
+            log.info("refused a link claiming to be %s: %s", claimed, reason)
+            link.send(encode(PeerError(code="not_vouched", reason=reason)))
             link.close()
             return
-        if link.transport is None or link.transport.is_closing() or self.username is None:
+        if link.transport is None or link.transport.is_closing():
+            return
+        if self.username is None:
+            link.close()
             return
         backlog, link.backlog = link.backlog or [], None
         self._open(link, claimed)

@@ -180,17 +180,21 @@ class ListRooms(Message, tag="rooms"):
     limit: int = LIST_LIMIT
 
 
+LinkRole = Literal["dial", "accept"]
+
+
 class Vouch(Message, tag="vouch"):
     """Ask the registry whether ``proof`` shows that ``username`` is who a peer link claims.
 
-    ``proof`` must be ``link_proof(token of username's session, nonce, username, peer)``, and
-    ``peer`` must be the asker itself, so a proof made for one peer cannot be replayed to
-    another.
+    ``proof`` must be ``link_proof(token of username's session, role, nonce, username, peer)``
+    (``role``: how ``username`` came to the link, ``dial`` or ``accept``), and ``peer`` must be
+    the asker itself, so a proof made for one peer cannot be replayed to another.
     """
 
     id: int
     username: str
     peer: str
+    role: LinkRole
     nonce: str
     proof: str
 
@@ -418,13 +422,15 @@ PeerFrame = (
 )
 
 
-def link_proof(token: str, nonce: str, prover: str, verifier: str) -> str:
+def link_proof(token: str, role: LinkRole, nonce: str, prover: str, verifier: str) -> str:
     """What a peer sends to show it holds ``prover``'s registry session, for one link.
 
-    An HMAC of the verifier's nonce and both names, keyed with the session token that only the
-    prover and the registry know; the verifier asks the registry to check it (``vouch``).
+    An HMAC of the verifier's nonce, both names and the prover's role, keyed with the session
+    token that only the prover and the registry know; the verifier asks the registry to check
+    it (``vouch``). The role keeps an acceptor's proof (made for a nonce the dialer chose) from
+    being relayed as a dialer's proof to a third peer.
     """
-    msg = f"p2pchat-link\0{nonce}\0{prover}\0{verifier}".encode()
+    msg = f"p2pchat-link\0{role}\0{nonce}\0{prover}\0{verifier}".encode()
     return hmac.new(token.encode(), msg, hashlib.sha256).hexdigest()
 
 

@@ -26,6 +26,7 @@ from p2pchat.protocol.messages import (
     Hello,
     JoinRoom,
     LeaveRoom,
+    LinkRole,
     ListMembers,
     ListRooms,
     ListUsers,
@@ -301,12 +302,14 @@ class RegistryClient:
         pages = await self._pages(lambda i, after: ListUsers(id=i, after=after), UserList)
         return [user for page in pages for user in page.users]
 
-    async def vouch(self, username: str, nonce: str, proof: str) -> None:
-        """Raises RegistryError (``not_vouched``) unless ``proof`` is ``username``'s, for us."""
+    async def vouch(self, username: str, role: LinkRole, nonce: str, proof: str) -> None:
+        """Raises RegistryError (``not_vouched``) unless ``proof`` is ``username``'s, for us,
+        made in ``role`` (how ``username`` came to the link)."""
         me = self.session.username if self.session else ""
-        await self._call(
-            Vouch(id=self._next_id(), username=username, peer=me, nonce=nonce, proof=proof), Ok
+        request = Vouch(
+            id=self._next_id(), username=username, peer=me, role=role, nonce=nonce, proof=proof
         )
+        await self._call(request, Ok)
 
     async def create_room(self, room: str, private: bool = False) -> None:
         await self._call(CreateRoom(id=self._next_id(), room=room, private=private), Ok)

@@ -711,12 +711,13 @@ class RegistryCore:
     def _vouch(self, s: Session, user: str, req: Vouch, now: float) -> list[Action]:
         """Tell a peer whether the one on the other end of a link holds the claimed session."""
         target = self.online.get(req.username.casefold())
-        if req.peer.casefold() != user.casefold():
+        if req.peer != user:
             reason = "a proof can only be checked by the peer it was made for"
-        elif target is None or target.user is None:
+        elif target is None or target.user != req.username:  # the exact spelling, too
             reason = f"{_q(req.username)} is not online"
         elif not hmac.compare_digest(
-            link_proof(target.token, req.nonce, target.user, user), req.proof
+            link_proof(target.token, req.role, req.nonce, target.user, user).encode(),
+            req.proof.encode(),
         ):
             reason = f"the proof does not match {target.user}'s session"
         else:
