@@ -253,3 +253,8 @@ def shown(path: Path) -> str:
         return str(path.resolve().relative_to(RESULTS_DIR.resolve().parent.parent))
     except ValueError:
         return str(path)
+
+
+def int_list(text: str) -> list[int]:
+    """``10,50,100`` as a list, for flags that take several sizes."""
+    return [int(x) for x in text.split(",") if x.strip()]

@@ -31,6 +31,7 @@ from bench.common import (
     command_line,
     cpu_seconds,
     header,
+    int_list,
     median,
     percentile,
     raise_nofile,
@@ -45,20 +46,16 @@ from p2pchat.protocol.messages import LIST_LIMIT
 MODULE = "bench.dissemination"
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"python -m {MODULE}",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--sizes", type=_ints, default=[10, 50, 100, 200], help="room sizes N")
+    p.add_argument("--sizes", type=int_list, default=[10, 50, 100, 200], help="room sizes N")
     p.add_argument(
         "--procs",
-        type=_ints,
+        type=int_list,
         default=[1, 4],
         help="worker processes the peers are spread over (1 = all in one process)",
     )

@@ -40,6 +40,7 @@ from bench.common import (
     command_line,
     cpu_seconds,
     header,
+    int_list,
     median,
     percentile,
     populate,
@@ -59,17 +60,13 @@ HEARTBEAT = 20.0
 CONNECT_CONCURRENCY = 64
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"python -m {MODULE}",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--sessions", type=_ints, default=[1000, 5000, 10000])
+    p.add_argument("--sessions", type=int_list, default=[1000, 5000, 10000])
     p.add_argument("--rate", type=float, default=1000.0, help="requests per second (open loop)")
     p.add_argument("--seconds", type=float, default=10.0, help="length of the open-loop run")
     p.add_argument(
