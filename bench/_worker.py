@@ -39,8 +39,6 @@ def message_text(seq: int, size: int) -> str:
 
 class _Node(Protocol):
     username: str | None
-    links: Any
-    router: Any
 
     async def say(self, room: str, text: str) -> int: ...
 
@@ -153,7 +151,7 @@ class Worker:
                 expected = mesh_neighbours(online, me, self.max_links)
                 if key:
                     self._expected_cache[key, me] = expected
-            links = node.links
+            links = node.core.links
             for peer in expected:
                 link = links.get(peer)
                 if link is None or ROOM not in link.view.mine or ROOM not in link.view.theirs:
@@ -180,7 +178,7 @@ class Worker:
                 for n in self.nodes
             }
             while time.perf_counter() - t1 < tidy:
-                if all(len(n.links) <= want[n.username] for n in self.nodes):
+                if all(len(n.core.links) <= want[n.username] for n in self.nodes):
                     break
                 await asyncio.sleep(0.05)
         missing = [] if ok else self.missing(online)
@@ -191,7 +189,7 @@ class Worker:
         return {
             "converged": ok,
             "seconds": t_conv,
-            "links": [len(n.links) for n in self.nodes],
+            "links": [_link_count(n) for n in self.nodes],
             "rss": rss_bytes(),
             "missing": missing,
         }
@@ -202,7 +200,7 @@ class Worker:
         for node in self.nodes:
             me = node.username or ""
             for peer in sorted(mesh_neighbours(online, me, self.max_links)):
-                link = node.links.get(peer)
+                link = node.core.links.get(peer)
                 if link is None:
                     out.append(f"{me}->{peer}: no link")
                 elif ROOM not in link.view.mine or ROOM not in link.view.theirs:
@@ -217,7 +215,7 @@ class Worker:
     def _counters(self) -> list[tuple[int, int, int]]:
         out = []
         for node in self.nodes:
-            r = node.router
+            r = node.core.router if isinstance(node, PeerNode) else node.router  # type: ignore[attr-defined]
             out.append((r.frames_out, r.duplicates, r.delivered) if r is not None else (0, 0, 0))
         return out
 
@@ -290,7 +288,7 @@ class Worker:
             "peak_rss": peak_rss_bytes(),
             "rss": rss_bytes(),
             "rss_base": self.rss_base,
-            "links": [len(n.links) for n in self.nodes],
+            "links": [_link_count(n) for n in self.nodes],
             "transitions": transitions,
             "pid": os.getpid(),
         }
@@ -458,3 +456,8 @@ class ProcessWorker:
 
 
 AnyWorker = InlineWorker | ProcessWorker
+
+
+def _link_count(node: _Node) -> int:
+    """Links a peer holds: mesh links of a flooding peer, connections of a naive one."""
+    return len(node.core.links) if isinstance(node, PeerNode) else len(node.links)

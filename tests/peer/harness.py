@@ -28,8 +28,8 @@ async def raw_link(
     writer.write(encode(PeerHello(version=1, username=me, nonce="ab" * 16)))
     welcome = json.loads(await asyncio.wait_for(reader.readline(), WAIT))
     assert welcome["type"] == "peer_welcome", welcome
-    assert as_peer.registry is not None and as_peer.registry.session is not None
-    token = as_peer.registry.session.token
+    assert as_peer.core.session is not None
+    token = as_peer.core.session.token
     proof = link_proof(token, "dial", welcome["nonce"], me, target.username or "")
     writer.write(encode(PeerProof(proof=proof)))
     return reader, writer
@@ -134,11 +134,11 @@ class Swarm:
         names = list(names)
         graph = mesh_graph(names, self.max_links)
         for name in names:
-            node = self.peers[name].node
-            if room not in node.rooms:
+            core = self.peers[name].node.core
+            if room not in core.rooms:
                 return False
             for neighbour in graph[name]:
-                link = node.links.get(neighbour)
+                link = core.links.get(neighbour)
                 if link is None or room not in link.view.mine:
                     return False
         return True

@@ -75,11 +75,11 @@ async def test_every_online_member_gets_every_message_exactly_once(swarm: Swarm)
     for name in online:  # bounded mesh: the sender does not link to every member
         node = swarm.peers[name].node
         assert len(node.mesh_links(ROOM)) <= 3
-        assert node.router is not None
-        assert node.router.frames_out <= 3 * len(senders) + 3 * (len(online) - len(senders))
+        assert node.core.router is not None
+        assert node.core.router.frames_out <= 3 * len(senders) + 3 * (len(online) - len(senders))
     # links made while the room grew, and needed by neither end now, are closed soon after
     await swarm.changes.until(
-        lambda: all(len(swarm.peers[n].node.links) <= 3 for n in online), timeout=5
+        lambda: all(len(swarm.peers[n].node.core.links) <= 3 for n in online), timeout=5
     )
 
 
@@ -145,7 +145,7 @@ async def test_leaving_and_removal_stop_delivery(swarm: Swarm) -> None:
     await swarm.peers["dan"].node.leave_room(ROOM)
     await swarm.peers["ann"].node.remove_member(ROOM, "cat")
     await swarm.wait_mesh(ROOM, ["ann", "ben"])
-    await swarm.changes.until(lambda: ROOM not in swarm.peers["cat"].node.rooms)
+    await swarm.changes.until(lambda: ROOM not in swarm.peers["cat"].node.core.rooms)
     await swarm.peers["ann"].node.say(ROOM, "just us")
     await swarm.wait_delivered(ROOM, "ann", "just us", ["ben"])
     await swarm.peers["ben"].node.say(ROOM, "still just us")
@@ -163,7 +163,7 @@ async def test_direct_messages(swarm: Swarm) -> None:
     [dm] = bob.directs()
     assert (dm.sender, dm.text) == ("alice", "hello")
     assert await alice.node.send_direct("bob", "again") == "bob"  # reuses the link
-    assert len(alice.node.links) == 1
+    assert len(alice.node.core.links) == 1
     with pytest.raises(CommandError, match="offline"):
         await alice.node.send_direct("carol", "hi")
     with pytest.raises(CommandError, match="no user"):
@@ -205,7 +205,7 @@ async def test_room_and_direct_chat_go_on_while_the_registry_is_down(tmp_path: o
             ROOM, "cat", "registry is gone", [n for n in names if n != "cat"]
         )
         ann, ben = swarm.peers["ann"], swarm.peers["ben"]
-        if "ben" in ann.node.links:  # direct messages over an existing link need no registry
+        if "ben" in ann.node.core.links:  # direct messages over an existing link need no registry
             await ann.node.send_direct("ben", "still here")
             await swarm.changes.until(lambda: len(ben.directs()) == 1)
         registry = await start(registry.port, registry.udp_port)
@@ -231,7 +231,7 @@ async def test_messages_from_non_members_are_dropped(
     forged = RoomMessage(id="f" * 32, room=ROOM, origin="mallory", text="spam", ts=0.0, hops=5)
     as_member = RoomMessage(id="e" * 32, room=ROOM, origin="ben", text="forged", ts=0.0, hops=5)
     writer.write(encode(forged) + encode(as_member))
-    router = ann.node.router
+    router = ann.node.core.router
     assert router is not None
     await swarm.changes.until(lambda: router.dropped == 2)  # once mallory's proof is vouched
     await swarm.peers["ben"].node.say(ROOM, "real")
@@ -297,8 +297,8 @@ async def test_an_event_that_overtakes_a_member_list_reply_is_not_lost(swarm: Sw
     await ann.node.add_member(ROOM, "cat")
     await swarm.changes.until(lambda: any("added cat" in n for n in ben.notices()))
     gate.set()
-    await swarm.changes.until(lambda: ROOM in ben.node.rooms)
-    assert "cat" in ben.node.rooms[ROOM].members
+    await swarm.changes.until(lambda: ROOM in ben.node.core.rooms)
+    assert "cat" in ben.node.core.rooms[ROOM].members
     await swarm.wait_mesh(ROOM, ["ann", "ben", "cat"])
     await swarm.peers["cat"].node.say(ROOM, "from cat")
     await swarm.wait_delivered(ROOM, "cat", "from cat", ["ann", "ben"])

@@ -32,7 +32,7 @@ async def test_demo_in_the_terminal_ui() -> None:
     finally:
         await demo.stop()
     assert not demo.folder.exists()
-    assert all(bot.node.registry is None or bot.node.registry.closed.is_set() for bot in demo.bots)
+    assert not any(bot.node.status().registry for bot in demo.bots)
 
 
 def _from(sender: str, mentioning: str, line: str) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import os
 from collections import OrderedDict
-from collections.abc import Container, Iterable
+from collections.abc import Callable, Container, Iterable
 from typing import NamedTuple
 
 from msgspec.structs import replace as _replace
@@ -79,6 +79,7 @@ class FloodRouter:
     __slots__ = (
         "_hops",
         "_max_seen",
+        "_new_id",
         "_next_expiry",
         "_seen",
         "_ttl",
@@ -93,6 +94,7 @@ class FloodRouter:
         self,
         me: str,
         *,
+        new_id: Callable[[], str] = lambda: os.urandom(16).hex(),
         seen_ttl: float = 120.0,
         max_seen: int = 200_000,
         default_hops: int = 64,
@@ -104,6 +106,7 @@ class FloodRouter:
         if default_hops < 0:
             raise ValueError("default_hops must not be negative")
         self.me = me
+        self._new_id = new_id
         self._ttl = seen_ttl
         self._max_seen = max_seen
         self._hops = default_hops
@@ -141,7 +144,7 @@ class FloodRouter:
         with no neighbours the message is returned, for the caller to show locally.
         """
         msg = RoomMessage(
-            id=os.urandom(16).hex(),
+            id=self._new_id(),
             room=room,
             origin=self.me,
             text=text,

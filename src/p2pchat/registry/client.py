@@ -12,67 +12,40 @@ import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 
 from p2pchat.protocol.framing import FrameTooLarge, LineFramer
 from p2pchat.protocol.messages import (
     PROTOCOL_VERSION,
-    AddMember,
     Bye,
-    CreateRoom,
     Error,
-    Hello,
-    JoinRoom,
-    LeaveRoom,
     LinkRole,
-    ListMembers,
-    ListRooms,
-    ListUsers,
     LoggedIn,
-    Login,
-    Logout,
     MemberInfo,
-    MemberList,
-    Message,
     Ok,
     Ping,
-    Register,
-    RemoveMember,
+    RegistryReply,
+    RegistryRequest,
     RoomEvent,
     RoomInfo,
-    RoomList,
-    Search,
     SearchResult,
     UserAddr,
-    UserList,
-    Vouch,
     Welcome,
     encode,
     reply_decoder,
 )
+from p2pchat.registry import flows
+from p2pchat.registry.flows import RegistryClosed, RegistryError
+
+__all__ = ["Event", "RegistryClient", "RegistryClosed", "RegistryError"]
 
 log = logging.getLogger("p2pchat.registry.client")
 
 Event = RoomEvent | Bye
-R = TypeVar("R", bound=Message)
-P = TypeVar("P", UserList, RoomList, MemberList)
+T = TypeVar("T")
 EVENT_QUEUE = 10_000
-
-
-class RegistryError(Exception):
-    """The registry answered with an error; ``code`` is stable, ``reason`` is for people."""
-
-    def __init__(self, code: str, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(f"{code}: {reason}")
-        self.code = code
-        self.reason = reason
-        self.retry_after = retry_after
-
-
-class RegistryClosed(ConnectionError):
-    """The session with the registry is over."""
 
 
 class _Heartbeat(asyncio.DatagramProtocol):
@@ -96,7 +69,7 @@ class RegistryClient:
         self._on_event = on_event
         self._events: asyncio.Queue[Event | None] = asyncio.Queue(EVENT_QUEUE)
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._pending: dict[int, asyncio.Future[RegistryReply]] = {}
         self._read_task = asyncio.create_task(self._read_loop())
         self._heartbeat_task: asyncio.Task[None] | None = None
         self.welcome: Welcome | None = None
@@ -122,10 +95,7 @@ class RegistryClient:
         client = cls(reader, writer, host, on_event)
         try:
             client.welcome = await asyncio.wait_for(
-                client._call(
-                    Hello(id=client._next_id(), version=PROTOCOL_VERSION, agent=agent), Welcome
-                ),
-                timeout,
+                client._run(flows.hello(PROTOCOL_VERSION, agent)), timeout
             )
         except BaseException:
             await client.close()
@@ -137,23 +107,18 @@ class RegistryClient:
     def _next_id(self) -> int:
         return next(self._ids)
 
-    async def _call(self, request: Any, expect: type[R]) -> R:
+    async def _send(self, request: RegistryRequest) -> RegistryReply:
+        """Send one request (numbered here) and wait for the reply with its id."""
         if self.closed.is_set():
             raise RegistryClosed(self.close_reason or "not connected")
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._pending[request.id] = future
+        request = flows.numbered(request, self._next_id())
+        future: asyncio.Future[RegistryReply] = asyncio.get_running_loop().create_future()
+        self._pending[request.id] = future  # type: ignore[index]
         try:
             self._writer.write(encode(request))
-            reply = await future
+            return await future
         finally:
-            self._pending.pop(request.id, None)
-        if isinstance(reply, Error):
-            raise RegistryError(reply.code, reply.reason, reply.retry_after)
-        if not isinstance(reply, expect):
-            raise RegistryError(
-                "bad_reply", f"expected {expect.__name__}, got {type(reply).__name__}"
-            )
-        return reply
+            self._pending.pop(request.id, None)  # type: ignore[arg-type]
 
     async def _read_loop(self) -> None:
         framer = LineFramer()
@@ -230,8 +195,18 @@ class RegistryClient:
 
     # ------------------------------------------------------------------ operations
 
+    async def _run(self, flow: flows.Flow[T]) -> T:
+        """Drive a flow: send each request it yields, feed it the reply, until it returns."""
+        try:
+            request = next(flow)
+            while True:
+                reply = await self._send(request)
+                request = flow.send(reply)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
     async def register(self, username: str, password: str) -> None:
-        await self._call(Register(id=self._next_id(), username=username, password=password), Ok)
+        await self._run(flows.register(username, password))
 
     async def login(
         self,
@@ -246,10 +221,7 @@ class RegistryClient:
 
         ``heartbeat=0`` sends none (tests of expiry use it).
         """
-        request = Login(
-            id=self._next_id(), username=username, password=password, port=port, host=host
-        )
-        self.session = await self._call(request, LoggedIn)
+        self.session = await self._run(flows.login(username, password, port, host))
         interval = self.session.heartbeat_interval if heartbeat is None else heartbeat
         if interval > 0:
             self._heartbeat_task = asyncio.create_task(self._heartbeat(self.session, interval))
@@ -273,63 +245,46 @@ class RegistryClient:
         """The heartbeat over the TCP session, for networks that drop UDP."""
         if self.session is None:
             raise RegistryError("not_logged_in", "log in first")
-        await self._call(Ping(id=self._next_id(), token=self.session.token), Ok)
+        await self._run(flows.call(Ping(id=0, token=self.session.token), Ok))
 
     async def logout(self) -> None:
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             self._heartbeat_task = None
-        await self._call(Logout(id=self._next_id()), Ok)
+        await self._run(flows.logout())
         self.session = None
 
     async def search(self, username: str) -> SearchResult:
-        return await self._call(Search(id=self._next_id(), username=username), SearchResult)
-
-    async def _pages(self, request: Callable[[int, str | None], Any], expect: type[P]) -> list[P]:
-        """Every page of a listing: ask again ``after`` the last name until ``more`` is off."""
-        pages: list[P] = []
-        after: str | None = None
-        while True:
-            page = await self._call(request(self._next_id(), after), expect)
-            pages.append(page)
-            last = _last_name(page)
-            if not page.more or last is None:
-                return pages
-            after = last
+        return await self._run(flows.search(username))
 
     async def users(self) -> list[UserAddr]:
         """Every online user (all pages)."""
-        pages = await self._pages(lambda i, after: ListUsers(id=i, after=after), UserList)
-        return [user for page in pages for user in page.users]
+        return await self._run(flows.users())
 
     async def vouch(self, username: str, role: LinkRole, nonce: str, proof: str) -> None:
         """Raises RegistryError (``not_vouched``) unless ``proof`` is ``username``'s, for us,
         made in ``role`` (how ``username`` came to the link)."""
         me = self.session.username if self.session else ""
-        request = Vouch(
-            id=self._next_id(), username=username, peer=me, role=role, nonce=nonce, proof=proof
-        )
-        await self._call(request, Ok)
+        await self._run(flows.vouch(me, username, role, nonce, proof))
 
     async def create_room(self, room: str, private: bool = False) -> None:
-        await self._call(CreateRoom(id=self._next_id(), room=room, private=private), Ok)
+        await self._run(flows.create_room(room, private))
 
     async def join_room(self, room: str) -> None:
-        await self._call(JoinRoom(id=self._next_id(), room=room), Ok)
+        await self._run(flows.join_room(room))
 
     async def leave_room(self, room: str) -> None:
-        await self._call(LeaveRoom(id=self._next_id(), room=room), Ok)
+        await self._run(flows.leave_room(room))
 
     async def add_member(self, room: str, username: str) -> None:
-        await self._call(AddMember(id=self._next_id(), room=room, username=username), Ok)
+        await self._run(flows.add_member(room, username))
 
     async def remove_member(self, room: str, username: str) -> None:
-        await self._call(RemoveMember(id=self._next_id(), room=room, username=username), Ok)
+        await self._run(flows.remove_member(room, username))
 
     async def rooms(self) -> list[RoomInfo]:
         """Every room this session can see (all pages)."""
-        pages = await self._pages(lambda i, after: ListRooms(id=i, after=after), RoomList)
-        return [room for page in pages for room in page.rooms]
+        return await self._run(flows.rooms())
 
     async def members(self, room: str) -> list[MemberInfo]:
         """Every member of ``room`` with online state and address (all pages)."""
@@ -337,16 +292,4 @@ class RegistryClient:
 
     async def room_members(self, room: str) -> tuple[str, list[MemberInfo]]:
         """The room's name as the registry spells it, and all its members (all pages)."""
-        pages = await self._pages(
-            lambda i, after: ListMembers(id=i, room=room, after=after), MemberList
-        )
-        return pages[0].room, [member for page in pages for member in page.members]
-
-
-def _last_name(page: UserList | RoomList | MemberList) -> str | None:
-    """The name to continue a listing after, or None for an empty page."""
-    if isinstance(page, UserList):
-        return page.users[-1].username if page.users else None
-    if isinstance(page, RoomList):
-        return page.rooms[-1].room if page.rooms else None
-    return page.members[-1].username if page.members else None
+        return await self._run(flows.room_members(room))

@@ -1,0 +1,89 @@
+"""What the peer core asks its shell to do. Plain records: the shell only carries them out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from p2pchat.peer.events import CommandError, PeerEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Dial:
+    """Open a TCP connection to ``host:port`` for link ``link``; report ``link_connected``
+    or ``link_failed``."""
+
+    link: int
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendLink:
+    """Write ``data`` (whole frames) on link ``link``."""
+
+    link: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseLink:
+    """Close link ``link``: after flushing what was queued, or at once when ``abort``."""
+
+    link: int
+    abort: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRegistry:
+    """Open the registry connection; report ``registry_connected`` or ``registry_failed``."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendRegistry:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRegistry:
+    abort: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SendDatagram:
+    """A UDP datagram (the heartbeat) to ``host:port``."""
+
+    host: str
+    port: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Show:
+    """An event for the user interface."""
+
+    event: PeerEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """Command ``command`` finished: with ``value``, or failed with ``error``."""
+
+    command: int
+    value: object = None
+    error: CommandError | None = None
+
+
+Action = (
+    Dial
+    | SendLink
+    | CloseLink
+    | ConnectRegistry
+    | SendRegistry
+    | CloseRegistry
+    | SendDatagram
+    | Show
+    | Done
+)

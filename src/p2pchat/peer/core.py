@@ -1,0 +1,1388 @@
+"""The peer's protocol as pure decisions: ``PeerCore``.
+
+Fed what happened (a link connected, bytes arrived on link 3, the registry replied, the user
+typed ``/say``, a deadline passed), each with the time ``now``, it returns what to do
+(``actions.py``): write these bytes on link 3, dial that address, show this line, finish that
+command. It owns no socket, no clock and no global randomness (ids come from an injected
+``rand``), so the same code runs under asyncio (``node.py``), and many instances run on one
+virtual clock in the simulated network of the tests.
+
+The parts it wires together are pure too: the link state machine (``linkstate.py``), the mesh
+and the link planner (``mesh.py``, ``links.py``), the flood router (``router.py``) and the
+registry conversations (``registry/flows.py``, run here as generators: a flow yields a request
+and is resumed with its reply).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+
+from p2pchat.peer.actions import (
+    Action,
+    CloseLink,
+    CloseRegistry,
+    ConnectRegistry,
+    Dial,
+    Done,
+    SendDatagram,
+    SendLink,
+    SendRegistry,
+    Show,
+)
+from p2pchat.peer.events import (
+    CommandError,
+    DirectText,
+    Notice,
+    PeerEvent,
+    RoomsChanged,
+    RoomText,
+    Status,
+)
+from p2pchat.peer.links import LinkView, forwarding_table, plan_links
+from p2pchat.peer.linkstate import MAX_HELD, Link, LinkEvent, LinkProtocolError, LinkState
+from p2pchat.peer.roomview import RoomView, describe
+from p2pchat.peer.router import FloodRouter
+from p2pchat.peer.timers import Timer, Timers
+from p2pchat.protocol.framing import FrameTooLarge, LineFramer
+from p2pchat.protocol.messages import (
+    MAX_TEXT,
+    PROTOCOL_VERSION,
+    Bye,
+    DirectAck,
+    DirectMessage,
+    ErrorCode,
+    LinkRole,
+    LoggedIn,
+    MemberInfo,
+    MeshRooms,
+    Message,
+    PeerError,
+    PeerHello,
+    PeerProof,
+    PeerWelcome,
+    Ping,
+    RegistryReply,
+    RoomEvent,
+    RoomInfo,
+    RoomMessage,
+    SearchResult,
+    Welcome,
+    encode,
+    link_proof,
+    peer_decoder,
+    reply_decoder,
+    text_size_ok,
+    valid_name,
+)
+from p2pchat.registry import flows
+from p2pchat.registry.flows import Flow, RegistryClosed, RegistryError
+
+log = logging.getLogger("p2pchat.peer")
+
+T = TypeVar("T")
+
+PIN_SECONDS = 300.0
+"""A link used for direct messages is kept this long after the last one."""
+HANDSHAKE_SECONDS = 10.0
+"""An accepted connection must finish its handshake within this."""
+GRACE_SECONDS = 2.0
+"""A new link is kept this long even if unneeded, so the other side's ``mesh`` frame can
+arrive (it may have dialed us for a room we have not heard of yet)."""
+MAX_BAD_FRAMES = 10
+"""Undecodable frames a link may send before it is cut."""
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 8.0
+"""Dial retries to an unreachable member: 0.5 s, doubling up to this."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    registry_host: str = "127.0.0.1"
+    registry_port: int = 15600
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 0
+    advertise: str | None = None
+    heartbeat: float | None = None
+    """Seconds between heartbeats; None: the interval the registry asks for."""
+    max_links: int = 6
+    max_connections: int = 128
+    dial_timeout: float = 3.0
+    ack_timeout: float = 5.0
+    reconnect_max: float = 10.0
+    request_timeout: float = 15.0
+    """A registry that leaves a request unanswered this long is taken as gone."""
+    replan_delay: float = 0.02
+    """Membership changes within this are planned for together (a login storm is one replan)."""
+    agent: str = "p2pchat"
+
+
+# ---------------------------------------------------------------------------- bookkeeping
+
+
+@dataclass(slots=True, eq=False)
+class _FlowRun:
+    """A registry conversation in progress."""
+
+    flow: Flow[Any]
+    done: Callable[[Any], None]
+    failed: Callable[[Exception], None]
+    timer: Timer | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Say:
+    """A room message waiting (briefly) for its room's mesh to be dialed."""
+
+    command: int
+    room: str
+    text: str
+    timer: Timer | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Direct:
+    """A direct message waiting for a link to its recipient, then for the acknowledgement."""
+
+    command: int
+    peer: str
+    text: str
+    msg: DirectMessage | None = None
+    link: Link | None = None
+    timer: Timer | None = None
+
+
+@dataclass(slots=True)
+class _Backoff:
+    retry_at: float
+    delay: float
+
+
+@dataclass(slots=True)
+class _Registry:
+    """The connection to the registry, and the session on it."""
+
+    state: str = "off"  # off, connecting, greeting, ready
+    framer: LineFramer = field(default_factory=LineFramer)
+    welcome: Welcome | None = None
+    session: LoggedIn | None = None
+    close_reason: str = ""
+    flows: dict[int, _FlowRun] = field(default_factory=dict)
+    """Request id -> the flow waiting for its reply."""
+    waiting: list[_FlowRun] = field(default_factory=list)
+    """Flows to start once the connection is ready."""
+
+
+class PeerCore:
+    """One user's peer, as decisions. Every input method returns the actions to carry out."""
+
+    def __init__(
+        self,
+        config: PeerConfig,
+        *,
+        rand: Callable[[int], bytes] = os.urandom,
+        wall_offset: float = 0.0,
+    ) -> None:
+        self.config = config
+        self.port = 0
+        """Our listener's port; the shell sets it once listening."""
+        self._rand = rand
+        self._wall_offset = wall_offset
+        """Add to ``now`` for the wall-clock time shown on messages."""
+        self._now = 0.0
+        self._out: list[Action] = []
+        self._timers = Timers()
+        self._ids = itertools.count(1)
+        self.username: str | None = None
+        self._password: str | None = None
+        self._logging_in = False
+        self._closing = False
+        self.router: FloodRouter | None = None
+        self.rooms: dict[str, RoomView] = {}
+        self._loading: dict[str, list[RoomEvent]] = {}
+        """Casefolded room -> events that arrived while its member list was being loaded."""
+        self.links: dict[str, Link] = {}
+        """Open links by peer name."""
+        self._conns: dict[int, Link] = {}
+        """Every link in any state, by id."""
+        self._dialing: dict[str, Link] = {}
+        """Links we dialed that are not open yet, by the peer dialed."""
+        self._forward: dict[str, list[str]] = {}
+        """Room -> peers a room message goes to (links either side holds for the room)."""
+        self._backoff: dict[str, _Backoff] = {}
+        self._building: frozenset[str] = frozenset()
+        """Rooms whose mesh waits for a dial."""
+        self._repairing: set[str] = set()
+        """Rooms that lost a link, until whole again."""
+        self._replan_timer: Timer | None = None
+        self._wake_timer: Timer | None = None
+        self._says: list[_Say] = []
+        self._directs: list[_Direct] = []
+        self._registry = _Registry()
+        self._heartbeat_timer: Timer | None = None
+        self.last_heartbeat: float | None = None
+        self._reconnect_timer: Timer | None = None
+        self._reconnect_delay = BACKOFF_FIRST
+        self._refusal = ""
+
+    # ================================================================== plumbing
+
+    def _take(self) -> list[Action]:
+        out, self._out = self._out, []
+        return out
+
+    def _at(self, now: float) -> None:
+        self._now = now
+
+    def _show(self, event: PeerEvent) -> None:
+        self._out.append(Show(event))
+
+    def _notice(self, text: str, room: str | None = None) -> None:
+        self._show(Notice(text, room))
+
+    def _done(self, command: int, value: object = None) -> None:
+        self._out.append(Done(command, value))
+
+    def _fail(self, command: int, error: Exception | str) -> None:
+        self._out.append(Done(command, error=CommandError(str(error))))
+
+    def _send(self, link: Link, msg: Message) -> None:
+        self._out.append(SendLink(link.id, encode(msg)))
+
+    def _close(self, link: Link, abort: bool = False) -> None:
+        if link.state is not LinkState.CLOSED:
+            self._out.append(CloseLink(link.id, abort))
+
+    def next_deadline(self) -> float | None:
+        """When ``timer`` must next be called, if ever."""
+        return self._timers.next_deadline()
+
+    def timer(self, now: float) -> list[Action]:
+        self._at(now)
+        self._timers.fire(now)
+        return self._take()
+
+    @property
+    def session(self) -> LoggedIn | None:
+        """Our login at the registry, while it holds."""
+        return self._registry.session
+
+    def status(self) -> Status:
+        """Registry is reported up when connected and, if we are logged in, logged in there."""
+        reg = self._registry
+        up = reg.state == "ready" and (self.username is None or reg.session is not None)
+        return Status(up, self.username, len(self.links), self.last_heartbeat)
+
+    # ================================================================== registry connection
+
+    def _run(
+        self, flow: Flow[T], done: Callable[[T], None], failed: Callable[[Exception], None]
+    ) -> None:
+        """Start a registry conversation; connect first if need be."""
+        run = _FlowRun(flow, done, failed)
+        reg = self._registry
+        if reg.state == "ready":
+            self._step(run, None)
+            return
+        reg.waiting.append(run)
+        if reg.state == "off":
+            self._connect_registry()
+
+    def _connect_registry(self) -> None:
+        cfg = self.config
+        self._registry.state = "connecting"
+        self._out.append(ConnectRegistry(cfg.registry_host, cfg.registry_port))
+
+    def _step(self, run: _FlowRun, reply: RegistryReply | None) -> None:
+        """Resume ``run`` with ``reply`` (None to start it) and send what it asks next."""
+        try:
+            request = run.flow.send(reply)  # type: ignore[arg-type]
+        except StopIteration as finished:
+            run.done(finished.value)
+            return
+        except (RegistryError, RegistryClosed, CommandError) as exc:
+            run.failed(exc)
+            return
+        reg = self._registry
+        request_id = next(self._ids)
+        reg.flows[request_id] = run
+        run.timer = self._timers.at(
+            self._now + self.config.request_timeout, lambda now: self._unanswered(request_id)
+        )
+        self._out.append(SendRegistry(encode(flows.numbered(request, request_id))))
+
+    def _throw(self, run: _FlowRun, exc: Exception) -> None:
+        if run.timer is not None:
+            run.timer.cancel()
+        try:
+            run.flow.throw(exc)
+        except StopIteration as finished:  # the flow caught it and finished anyway
+            run.done(finished.value)
+        except (RegistryError, RegistryClosed, CommandError) as raised:
+            run.failed(raised)
+        else:  # a flow that asks for more after losing the registry is abandoned
+            run.flow.close()
+            run.failed(exc)
+
+    def _unanswered(self, request_id: int) -> None:
+        if request_id in self._registry.flows:
+            log.warning("the registry did not answer within %g s", self.config.request_timeout)
+            self._out.append(CloseRegistry(abort=True))
+            self._registry_lost("no answer from the registry")
+
+    def registry_connected(self, now: float) -> list[Action]:
+        """The TCP connection to the registry is up: greet it."""
+        self._at(now)
+        reg = self._registry
+        reg.state = "greeting"
+        reg.framer = LineFramer()
+        reg.close_reason = ""
+
+        def ready(welcome: Welcome) -> None:
+            reg.welcome = welcome
+            reg.state = "ready"
+            waiting, reg.waiting = reg.waiting, []
+            for run in waiting:
+                self._step(run, None)
+            self._show(self.status())
+
+        def refused(exc: Exception) -> None:
+            reason = exc.reason if isinstance(exc, RegistryError) else str(exc)
+            self._out.append(CloseRegistry())
+            message = f"the registry refused us: {reason}"
+            self._registry_lost(message, failure=message)
+
+        self._step(_FlowRun(flows.hello(PROTOCOL_VERSION, self.config.agent), ready, refused), None)
+        return self._take()
+
+    def registry_failed(self, reason: str, now: float) -> list[Action]:
+        """The connection to the registry could not be made."""
+        self._at(now)
+        cfg = self.config
+        message = f"cannot reach the registry at {cfg.registry_host}:{cfg.registry_port}: {reason}"
+        self._registry_lost(message, failure=message)
+        return self._take()
+
+    def registry_data(self, data: bytes, now: float) -> list[Action]:
+        self._at(now)
+        try:
+            frames = self._registry.framer.feed(data)
+            too_large: FrameTooLarge | None = None
+        except FrameTooLarge as exc:  # answer what came before it, then give up the connection
+            frames, too_large = exc.frames, exc
+        for frame in frames:
+            self._registry_frame(frame)
+        if too_large is not None and self._registry.state != "off":
+            self._out.append(CloseRegistry(abort=True))
+            self._registry_lost("the registry sent an oversized frame")
+        return self._take()
+
+    def _registry_frame(self, frame: bytes) -> None:
+        try:
+            msg = reply_decoder.decode(frame)
+        except (msgspec.MsgspecError, RecursionError) as exc:
+            log.warning("ignored a malformed frame from the registry: %s", str(exc)[:200])
+            return
+        if isinstance(msg, RoomEvent):
+            self._on_room_event(msg)
+            return
+        if isinstance(msg, Bye):
+            log.info("registry says bye: %s", msg.reason)
+            self._registry.close_reason = msg.reason
+            return
+        run = self._registry.flows.pop(msg.id, None) if msg.id is not None else None
+        if run is None:
+            log.warning("an unexpected %s from the registry", type(msg).__name__)
+            return
+        if run.timer is not None:
+            run.timer.cancel()
+        self._step(run, msg)
+
+    def registry_closed(self, reason: str, now: float) -> list[Action]:
+        """The registry connection closed or broke."""
+        self._at(now)
+        if self._registry.state != "off":
+            self._registry_lost(reason)
+        return self._take()
+
+    def _registry_lost(self, reason: str, failure: str | None = None) -> None:
+        """Fail every conversation in progress (with ``failure``, by default "lost the
+        registry: reason"); reconnect if we are logged in."""
+        reg = self._registry
+        if reg.state == "off" and not reg.waiting:
+            return
+        reason = reg.close_reason or reason
+        was_ready = reg.state == "ready"
+        reg.state = "off"
+        reg.session = None
+        runs = [*reg.flows.values(), *reg.waiting]
+        reg.flows, reg.waiting = {}, []
+        if self._heartbeat_timer is not None:
+            self._heartbeat_timer.cancel()
+        for run in runs:
+            self._throw(run, RegistryClosed(failure or f"lost the registry: {reason}"))
+        if self._closing:
+            return
+        self._show(self.status())
+        if self.username is None:
+            if was_ready:
+                self._notice(f"registry connection closed: {reason}")
+            return
+        if was_ready:
+            self._notice(
+                f"registry unreachable ({reason}); chat with linked peers goes on, reconnecting"
+            )
+        if self._reconnect_timer is None or not self._reconnect_timer.active:
+            self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        delay = self._reconnect_delay
+        self._reconnect_delay = min(delay * 2, self.config.reconnect_max)
+        self._reconnect_timer = self._timers.at(self._now + delay, self._reconnect)
+
+    def _reconnect(self, now: float) -> None:
+        user, password = self.username, self._password
+        if self._closing or user is None or password is None:
+            return
+
+        def back(_: str) -> None:
+            self._reconnect_delay = BACKOFF_FIRST
+            self._refusal = ""
+            self._notice(f"registry is back; logged in again as {self.username}")
+
+        def failed(exc: Exception) -> None:
+            log.info("registry reconnect failed: %s", exc)
+            if isinstance(exc, RegistryError) and exc.reason != self._refusal:
+                self._refusal = exc.reason  # say so once per reason, not per try
+                self._notice(f"the registry is back but refuses our login: {exc.reason}; retrying")
+            if self.username is not None and not self._closing:
+                self._schedule_reconnect()
+
+        self._run(self._login_flow(user, password), back, failed)
+
+    def _on_logged_in(self, session: LoggedIn, password: str) -> None:
+        reg = self._registry
+        reg.session = session
+        if self.router is None or self.router.me != session.username:
+            self.router = FloodRouter(session.username, new_id=self._new_id)
+        self.username = session.username
+        self._password = password
+        interval = self.config.heartbeat or session.heartbeat_interval
+        if self.config.heartbeat is not None and self.config.heartbeat >= session.timeout:
+            self._notice(
+                f"your heartbeat interval of {self.config.heartbeat:g} s is not shorter than "
+                f"the registry's timeout of {session.timeout:g} s, so the registry will log "
+                f"you out; leave --heartbeat out to use the registry's "
+                f"{session.heartbeat_interval:g} s"
+            )
+        if self._heartbeat_timer is not None:
+            self._heartbeat_timer.cancel()
+        self._beat(session, interval)
+
+    def _beat(self, session: LoggedIn, interval: float) -> None:
+        if self._registry.session is not session:
+            return
+        frame = encode(Ping(token=session.token))
+        self._out.append(SendDatagram(self.config.registry_host, session.udp_port, frame))
+        self.last_heartbeat = self._now
+        self._heartbeat_timer = self._timers.at(
+            self._now + interval, lambda now: self._beat(session, interval)
+        )
+
+    # ================================================================== commands
+
+    def _command(self, command: int, flow: Flow[T], finish: Callable[[T], object]) -> None:
+        """Run ``flow`` for a user command; ``finish`` turns its outcome into the result."""
+
+        def done(value: T) -> None:
+            try:
+                result = finish(value)
+            except CommandError as exc:
+                self._fail(command, exc)
+                return
+            self._done(command, result)
+
+        def failed(exc: Exception) -> None:
+            self._fail(command, exc.reason if isinstance(exc, RegistryError) else exc)
+
+        self._run(flow, done, failed)
+
+    def _require_login(self) -> str:
+        if self.username is None:
+            raise CommandError("log in first: /login USER PASSWORD")
+        return self.username
+
+    def _guarded(self, command: int, now: float, body: Callable[[], None]) -> list[Action]:
+        """Run a command's body; a CommandError it raises fails the command."""
+        self._at(now)
+        try:
+            body()
+        except CommandError as exc:
+            self._fail(command, exc)
+        return self._take()
+
+    def register(self, command: int, username: str, password: str, now: float) -> list[Action]:
+        return self._guarded(
+            command,
+            now,
+            lambda: self._command(command, flows.register(username, password), _nothing),
+        )
+
+    def login(self, command: int, username: str, password: str, now: float) -> list[Action]:
+        def body() -> None:
+            if self.username is not None:
+                raise CommandError(f"already logged in as {self.username}")
+            if self._logging_in:
+                raise CommandError("a login is already in progress")
+            self._logging_in = True
+
+            def finish(name: str) -> str:
+                self._logging_in = False
+                return name
+
+            def failed(exc: Exception) -> None:
+                self._logging_in = False
+                self._fail(command, exc.reason if isinstance(exc, RegistryError) else exc)
+
+            self._run(
+                self._login_flow(username, password),
+                lambda name: self._done(command, finish(name)),
+                failed,
+            )
+
+        return self._guarded(command, now, body)
+
+    def _login_flow(self, username: str, password: str) -> Flow[str]:
+        cfg = self.config
+        session = yield from flows.login(username, password, self.port, cfg.advertise)
+        self._on_logged_in(session, password)
+        yield from self._load_rooms()
+        self._show(self.status())
+        return session.username
+
+    def logout(self, command: int, now: float) -> list[Action]:
+        def body() -> None:
+            if self.username is None:
+                raise CommandError("not logged in")
+            if self._reconnect_timer is not None:
+                self._reconnect_timer.cancel()
+            if self._registry.state != "ready" or self._registry.session is None:
+                self._logged_out()  # the registry dropped our session already
+                self._done(command)
+                return
+
+            def done(_: None) -> None:
+                self._logged_out()
+                self._done(command)
+
+            def failed(exc: Exception) -> None:
+                self._logged_out()
+                self._fail(command, exc.reason if isinstance(exc, RegistryError) else exc)
+
+            self._run(flows.logout(), done, failed)
+
+        return self._guarded(command, now, body)
+
+    def _logged_out(self) -> None:
+        self.username = None
+        self._password = None
+        self._registry.session = None
+        if self._heartbeat_timer is not None:
+            self._heartbeat_timer.cancel()
+        self.rooms = {}
+        self._loading = {}
+        for link in list(self._conns.values()):
+            self._close(link)
+        waiting: list[_Say | _Direct] = [*self._says, *self._directs]
+        for pending in waiting:
+            if pending.timer is not None:
+                pending.timer.cancel()
+            self._fail(pending.command, "logged out")
+        self._says, self._directs = [], []
+        self._show(RoomsChanged())
+        self._show(self.status())
+
+    def search(self, command: int, username: str, now: float) -> list[Action]:
+        return self._query(command, flows.search(username), now)
+
+    def users(self, command: int, now: float) -> list[Action]:
+        return self._query(command, flows.users(), now)
+
+    def list_rooms(self, command: int, now: float) -> list[Action]:
+        return self._query(command, flows.rooms(), now)
+
+    def members(self, command: int, room: str, now: float) -> list[Action]:
+        return self._query(command, _members_only(flows.room_members(room)), now)
+
+    def _query(self, command: int, flow: Flow[Any], now: float) -> list[Action]:
+        return self._guarded(command, now, lambda: self._command(command, flow, _same))
+
+    def add_member(self, command: int, room: str, username: str, now: float) -> list[Action]:
+        return self._logged_in(command, flows.add_member(room, username), now)
+
+    def remove_member(self, command: int, room: str, username: str, now: float) -> list[Action]:
+        return self._logged_in(command, flows.remove_member(room, username), now)
+
+    def create_room(self, command: int, room: str, private: bool, now: float) -> list[Action]:
+        return self._logged_in(
+            command, self._then_adopt(flows.create_room(room, private), room), now
+        )
+
+    def join_room(self, command: int, room: str, now: float) -> list[Action]:
+        return self._logged_in(command, self._then_adopt(flows.join_room(room), room), now)
+
+    def leave_room(self, command: int, room: str, now: float) -> list[Action]:
+        def left(_: None) -> None:
+            self.rooms.pop(self.room_name(room), None)
+            self._want_replan()
+            self._show(RoomsChanged())
+
+        return self._logged_in(command, flows.leave_room(room), now, left)
+
+    def _logged_in(
+        self,
+        command: int,
+        flow: Flow[Any],
+        now: float,
+        finish: Callable[[Any], object] = lambda _: None,
+    ) -> list[Action]:
+        def body() -> None:
+            self._require_login()
+            self._command(command, flow, finish)
+
+        return self._guarded(command, now, body)
+
+    def _then_adopt(self, first: Flow[None], room: str) -> Flow[None]:
+        """``first`` (create or join), then load the room's members and take it in."""
+        yield from first
+        try:
+            view = yield from self._room_view(room)
+        except (RegistryError, RegistryClosed) as exc:
+            log.warning("could not load room %s: %s", room, exc)
+            return
+        if view is not None:
+            self._adopt(view)
+
+    # ================================================================== rooms
+
+    def room_name(self, room: str) -> str:
+        """The spelling of one of our rooms, whatever the casing typed."""
+        if room in self.rooms:
+            return room
+        key = room.casefold()
+        for name in self.rooms:
+            if name.casefold() == key:
+                return name
+        return room
+
+    def my_rooms(self) -> list[str]:
+        """The rooms we are a member of, as the registry spells them."""
+        return sorted(self.rooms, key=str.casefold)
+
+    def roster(self, room: str) -> dict[str, bool]:
+        """A room's members (in our view, kept current by the registry's events) -> online."""
+        view = self.rooms.get(self.room_name(room))
+        return {user: m.online for user, m in view.members.items()} if view else {}
+
+    def linked_peers(self) -> frozenset[str]:
+        """The users we hold an open link with."""
+        return frozenset(self.links)
+
+    def mesh_links(self, room: str) -> list[str]:
+        """The peers a message in ``room`` is flooded to (links either side holds for it)."""
+        return list(self._forward.get(self.room_name(room), ()))
+
+    def _load_rooms(self) -> Flow[None]:
+        """Fetch our rooms' member lists (at login, and again after the registry returns).
+
+        Each room is replaced as soon as it is loaded, so the old views keep serving the
+        mesh meanwhile; rooms we are no longer in are dropped at the end.
+        """
+        infos: list[RoomInfo] = yield from flows.rooms()
+        mine = [info.room for info in infos if info.member]
+        for room in mine:
+            self._loading.setdefault(room.casefold(), [])  # hold their events from now on
+        try:
+            for room in mine:
+                view = yield from self._room_view(room)
+                if view is not None:
+                    self.rooms[view.name] = view
+        finally:  # if the registry went away midway, stop holding for the rooms not loaded
+            for room in mine:
+                self._loading.pop(room.casefold(), None)
+        for name in set(self.rooms) - set(mine):
+            del self.rooms[name]
+        self._want_replan()
+        self._show(RoomsChanged())
+
+    def _room_view(self, room: str) -> Flow[RoomView | None]:
+        """Load a room's members, then replay the events that came in while we waited.
+
+        Events are handled the moment they arrive, which may be before an earlier reply is
+        processed; without the hold-back, an event just after the reply would be lost.
+        None if we were removed from the room meanwhile.
+        """
+        key = room.casefold()
+        held: list[RoomEvent] | None = self._loading.setdefault(key, [])
+        try:
+            name, members = yield from flows.room_members(room)
+        finally:
+            if self._loading.get(key) is held:
+                del self._loading[key]
+            else:
+                held = None
+        if held is None:
+            return None
+        view = RoomView.from_list(name, members)
+        for event in held:
+            view.apply(event)
+        return view
+
+    def _adopt(self, view: RoomView) -> None:
+        self.rooms[view.name] = view
+        self._want_replan()
+        self._show(RoomsChanged(view.name))
+
+    def _on_room_event(self, event: RoomEvent) -> None:
+        me = self.username
+        if me is None:
+            return
+        who, change = event.username, event.change
+        if who == me:
+            if change == "added":
+                self._notice(f"{event.by} added you to {event.room}", event.room)
+
+                def failed(exc: Exception) -> None:
+                    log.warning("could not load room %s: %s", event.room, exc)
+
+                self._run(
+                    self._room_view(event.room),
+                    lambda view: self._adopt(view) if view is not None else None,
+                    failed,
+                )
+            elif change == "removed":
+                self.rooms.pop(event.room, None)
+                self._loading.pop(event.room.casefold(), None)  # a load in flight is void
+                self._notice(f"{event.by} removed you from {event.room}", event.room)
+                self._want_replan()
+                self._show(RoomsChanged())
+            return
+        if change in ("online", "joined", "added"):
+            self._backoff.pop(who, None)
+        held = self._loading.get(event.room.casefold())
+        if held is not None:
+            held.append(event)
+        view = self.rooms.get(event.room)
+        if view is not None:
+            view.apply(event)
+        elif held is None:
+            return
+        if event.by != me:  # our own /add or /remove was answered with ok: already
+            self._notice(describe(event), event.room)
+        self._want_replan()
+        self._show(RoomsChanged(event.room))
+
+    # ================================================================== the mesh
+
+    def _want_replan(self) -> None:
+        """Plan links soon: changes that come together are planned for once."""
+        if self._replan_timer is None or not self._replan_timer.active:
+            self._replan_timer = self._timers.at(self._now + self.config.replan_delay, self._replan)
+
+    def _replan(self, now: float) -> None:
+        """Bring links in line with the mesh the room views call for."""
+        self._replan_timer = None
+        me = self.username
+        if me is None or self._closing:
+            self._release_says()
+            return
+        online = {
+            name: [
+                user
+                for user, m in view.members.items()
+                if m.online and user != me and not self._backing_off(user, now)
+            ]
+            for name, view in self.rooms.items()
+        }
+        self._refresh_theirs()
+        views: dict[str, LinkView] = {}
+        wake = [b.retry_at for b in self._backoff.values() if b.retry_at > now]
+        for peer, link in self.links.items():
+            link.view.pinned = link.pinned_until > now
+            if link.view.pinned:
+                wake.append(link.pinned_until)
+            views[peer] = link.view
+        plan = plan_links(me, online, views, self.config.max_links)
+        self._building = plan.waiting
+        if self._repairing:
+            for room in sorted(self._repairing - plan.waiting):
+                self._repairing.discard(room)
+                if room in self.rooms:
+                    self._notice(f"mesh of {room} repaired", room)
+        for peer in plan.dial:
+            if peer not in self._dialing:
+                address = self._address(peer)
+                if address is not None:
+                    self._dial(peer, *address)
+        for peer, rooms in plan.announce.items():
+            link = self.links[peer]
+            link.view.mine = rooms
+            self._send(link, MeshRooms(rooms=sorted(rooms)))
+        for peer in plan.close:
+            log.debug("closing unneeded link to %s", peer)
+            self._close(self.links[peer])
+        self._rebuild_forwarding()
+        if self._wake_timer is not None:
+            self._wake_timer.cancel()
+        if wake:  # a backoff or a pin runs out: plan again then
+            self._wake_timer = self._timers.at(min(wake), self._replan)
+        self._release_says()
+
+    def _refresh_theirs(self) -> None:
+        """A non-member's announcement must not pull our room's messages its way."""
+        rooms = self.rooms
+        for peer, link in self.links.items():
+            link.view.theirs = frozenset(
+                r for r in link.declared if r in rooms and rooms[r].is_online(peer)
+            )
+
+    def _rebuild_forwarding(self) -> None:
+        self._forward = forwarding_table({p: link.view for p, link in self.links.items()})
+
+    def _backing_off(self, peer: str, now: float) -> bool:
+        entry = self._backoff.get(peer)
+        return entry is not None and entry.retry_at > now
+
+    def _address(self, peer: str) -> tuple[str, int] | None:
+        for view in self.rooms.values():
+            m = view.members.get(peer)
+            if m is not None and m.online and m.host and m.port:
+                return m.host, m.port
+        return None
+
+    # ================================================================== links
+
+    def _new_id(self) -> str:
+        return self._rand(16).hex()
+
+    def _dial(self, peer: str, host: str, port: int) -> Link:
+        link = Link(id=next(self._ids), dialed=True, nonce=self._new_id(), state=LinkState.DIALING)
+        link.expect = peer
+        link.deadline = self._now + 2 * self.config.dial_timeout
+        self._conns[link.id] = link
+        self._dialing[peer] = link
+        self._timers.at(link.deadline, lambda now: self._due(link, now))
+        self._out.append(Dial(link.id, host, port))
+        return link
+
+    def _due(self, link: Link, now: float) -> None:
+        """A link that is not open by its deadline is given up."""
+        if link.state in (LinkState.OPEN, LinkState.CLOSED) or now < link.deadline:
+            return
+        if link.state is LinkState.VOUCHING:
+            self._refuse(link, "no answer from the registry")
+            return
+        if link.dialed:
+            log.info("cannot link to %s: no handshake in time", link.expect)
+        else:
+            log.info("closing a connection that did not finish its handshake in time")
+        self._close(link, abort=True)
+        self._link_gone(link)
+
+    def accept(self, now: float) -> tuple[int, list[Action]]:
+        """Someone connected to our listener: a new link, waiting for their hello."""
+        self._at(now)
+        link = Link(
+            id=next(self._ids), dialed=False, nonce=self._new_id(), state=LinkState.AWAIT_HELLO
+        )
+        self._conns[link.id] = link
+        if len(self._conns) > self.config.max_connections:
+            self._send(link, PeerError(code=ErrorCode.TOO_MANY_CONNECTIONS, reason="peer is full"))
+            self._close(link)
+        else:  # a connection that never finishes its handshake must not hold a slot
+            link.deadline = now + HANDSHAKE_SECONDS
+            self._timers.at(link.deadline, lambda now: self._due(link, now))
+        return link.id, self._take()
+
+    def link_connected(self, link_id: int, now: float) -> list[Action]:
+        """A dial succeeded: say hello."""
+        self._at(now)
+        link = self._conns.get(link_id)
+        if link is None or link.state is not LinkState.DIALING:  # given up meanwhile
+            self._out.append(CloseLink(link_id, abort=True))
+            return self._take()
+        link.advance(LinkEvent.CONNECTED)
+        link.deadline = now + self.config.dial_timeout
+        self._timers.at(link.deadline, lambda now: self._due(link, now))
+        self._send(
+            link,
+            PeerHello(version=PROTOCOL_VERSION, username=self.username or "", nonce=link.nonce),
+        )
+        return self._take()
+
+    def link_failed(self, link_id: int, reason: str, now: float) -> list[Action]:
+        """A dial failed (refused, unreachable, timed out)."""
+        self._at(now)
+        link = self._conns.get(link_id)
+        if link is not None:
+            log.info("cannot link to %s: %s", link.expect, reason)
+            self._link_gone(link)
+        return self._take()
+
+    def link_closed(self, link_id: int, now: float) -> list[Action]:
+        self._at(now)
+        link = self._conns.get(link_id)
+        if link is not None:
+            self._link_gone(link)
+        return self._take()
+
+    def _link_gone(self, link: Link) -> None:
+        was_open = link.is_open
+        link.state = LinkState.CLOSED
+        self._conns.pop(link.id, None)
+        if link.dialed and link.expect is not None and self._dialing.get(link.expect) is link:
+            del self._dialing[link.expect]
+            if not was_open:
+                self._dial_failed(link.expect)
+        peer = link.peer
+        if peer is None or self.links.get(peer) is not link:
+            self._release_says()
+            return
+        del self.links[peer]
+        if self._closing:
+            return
+        rooms = sorted(link.view.mine | link.view.theirs)
+        if rooms and self.username is not None:
+            self._notice(f"link to {peer} lost; repairing the mesh of {', '.join(rooms)}")
+            self._repairing.update(rooms)
+        self._rebuild_forwarding()
+        self._want_replan()
+        self._show(self.status())
+
+    def _dial_failed(self, peer: str) -> None:
+        """A member we could not reach is left out of our mesh until a retry succeeds."""
+        for pending in [d for d in self._directs if d.peer == peer and d.msg is None]:
+            self._directs.remove(pending)
+            if pending.timer is not None:
+                pending.timer.cancel()
+            self._fail(pending.command, f"cannot reach {peer}'s peer")
+        if peer in self.links:  # it reached us meanwhile: nothing to back off from
+            return
+        entry = self._backoff.get(peer)
+        delay = min(entry.delay * 2, BACKOFF_MAX) if entry else BACKOFF_FIRST
+        self._backoff[peer] = _Backoff(self._now + delay, delay)
+        self._want_replan()
+
+    def link_data(self, link_id: int, data: bytes, now: float) -> list[Action]:
+        """Bytes arrived on a link."""
+        self._at(now)
+        link = self._conns.get(link_id)
+        if link is None:
+            return self._take()
+        try:
+            frames = link.framer.feed(data)
+            too_large: FrameTooLarge | None = None
+        except FrameTooLarge as exc:  # what came before it is handled, then the link is cut
+            frames, too_large = exc.frames, exc
+        for frame in frames:
+            if link.state is LinkState.CLOSED:
+                break
+            self._on_frame(link, frame)
+        if too_large is not None and link.state is not LinkState.CLOSED:
+            log.warning("closing link to %s: %s", link.peer or "?", too_large)
+            self._close(link, abort=True)
+            self._link_gone(link)
+        return self._take()
+
+    def _on_frame(self, link: Link, frame: bytes) -> None:
+        if link.state is LinkState.VOUCHING:  # held, in order, until the proof is checked
+            link.held.append(frame)
+            link.held_bytes += len(frame)
+            if link.held_bytes > MAX_HELD:
+                self._close(link, abort=True)
+                self._link_gone(link)
+            return
+        try:
+            msg = peer_decoder.decode(frame)
+        except (msgspec.MsgspecError, RecursionError) as exc:
+            link.bad_frames += 1
+            log.warning("dropped a bad frame from %s: %s", link.peer or "?", str(exc)[:200])
+            if link.bad_frames > MAX_BAD_FRAMES:
+                self._close(link, abort=True)
+                self._link_gone(link)
+            return
+        if type(msg) is RoomMessage and link.state is LinkState.OPEN:  # the hot path
+            self._on_room_message(link, msg)
+            return
+        state = link.state
+        try:
+            link.advance(type(msg))
+        except LinkProtocolError as exc:
+            self._illegal(link, state, msg, exc)
+            return
+        if isinstance(msg, PeerHello):
+            self._on_hello(link, msg)
+        elif isinstance(msg, PeerWelcome):
+            self._on_welcome(link, msg)
+        elif isinstance(msg, PeerProof):
+            self._vouch(link, "dial", msg.proof)
+        elif isinstance(msg, DirectMessage):
+            self._on_direct(link, msg)
+        elif isinstance(msg, DirectAck):
+            self._settle(link, msg.id, None)
+        elif isinstance(msg, MeshRooms):
+            link.declared = frozenset(msg.rooms[:1000])
+            self._refresh_theirs()
+            self._rebuild_forwarding()
+        elif isinstance(msg, PeerError):
+            log.info("peer %s reports %s: %s", link.peer, msg.code, msg.reason)
+            if msg.id is not None:
+                self._settle(link, msg.id, f"{link.peer} refused it: {msg.reason}")
+
+    def _illegal(self, link: Link, state: LinkState, msg: Message, exc: LinkProtocolError) -> None:
+        """The one path for a frame the link's state does not allow."""
+        if state in (LinkState.AWAIT_HELLO, LinkState.AWAIT_PROOF):
+            expected = "peer_hello" if state is LinkState.AWAIT_HELLO else "peer_proof"
+            self._send(
+                link,
+                PeerError(code=ErrorCode.BAD_REQUEST, reason=f"expected {expected} v1"),
+            )
+            self._close(link)
+        else:
+            if isinstance(msg, PeerError):  # refused: full, logging out, not vouched...
+                log.info("%s refused our link: %s", link.expect or link.peer, msg.reason)
+            else:
+                log.warning("closing the link to %s: %s", link.peer or link.expect or "?", exc)
+            self._close(link, abort=True)
+        self._link_gone(link)
+
+    def _on_hello(self, link: Link, msg: PeerHello) -> None:
+        """Acceptor: answer with our proof for their nonce, and a nonce of ours."""
+        me, token = self.username, self._token()
+        if msg.version != PROTOCOL_VERSION:
+            reason = f"this peer speaks protocol version {PROTOCOL_VERSION}"
+        elif me is None or token is None:
+            reason = "not accepting links: not logged in"
+        elif not valid_name(msg.username) or msg.username.casefold() == me.casefold():
+            reason = "not accepting this link"
+        else:
+            link.peer = msg.username
+            proof = link_proof(token, "accept", msg.nonce, me, msg.username)
+            self._send(
+                link,
+                PeerWelcome(version=PROTOCOL_VERSION, username=me, nonce=link.nonce, proof=proof),
+            )
+            return
+        self._send(link, PeerError(code=ErrorCode.BAD_REQUEST, reason=reason))
+        self._close(link)
+        self._link_gone(link)
+
+    def _on_welcome(self, link: Link, msg: PeerWelcome) -> None:
+        """Dialer: send our proof at once, checked while we check theirs (one round trip)."""
+        me, token = self.username, self._token()
+        if msg.version != PROTOCOL_VERSION or msg.username != link.expect:
+            log.warning("%s answered as %r; closing", link.expect, msg.username)
+        elif me is None or token is None:
+            pass
+        else:
+            link.peer = msg.username
+            proof = link_proof(token, "dial", msg.nonce, me, msg.username)
+            self._send(link, PeerProof(proof=proof))
+            self._vouch(link, "accept", msg.proof)
+            return
+        self._close(link, abort=True)
+        self._link_gone(link)
+
+    def _token(self) -> str | None:
+        session = self._registry.session
+        return session.token if session is not None else None
+
+    def _vouch(self, link: Link, role: LinkRole, proof: str) -> None:
+        """Have the registry vouch for the other side, then open the link.
+
+        Only the session we are logged in with is asked, within the dial timeout: a link must
+        not wait for (or trigger) a reconnection to the registry.
+        """
+        claimed = link.peer or ""
+        me = self.username
+        reg = self._registry
+        if me is None or reg.state != "ready" or reg.session is None:
+            self._refuse(link, "the registry is unreachable just now")
+            return
+        link.deadline = self._now + self.config.dial_timeout
+        self._timers.at(link.deadline, lambda now: self._due(link, now))
+
+        def vouched(_: None) -> None:
+            if link.state is not LinkState.VOUCHING:
+                return
+            if self.username is None:
+                self._close(link)
+                self._link_gone(link)
+                return
+            link.advance(LinkEvent.VOUCHED)
+            self._open(link, claimed)
+            held, link.held, link.held_bytes = link.held, [], 0
+            for frame in held:
+                if link.is_closed:
+                    break
+                self._on_frame(link, frame)
+
+        def refused(exc: Exception) -> None:
+            if link.state is LinkState.VOUCHING:
+                reason = (
+                    exc.reason if isinstance(exc, RegistryError) else "no answer from the registry"
+                )
+                self._refuse(link, reason)
+
+        self._run(flows.vouch(me, claimed, role, link.nonce, proof), vouched, refused)
+
+    def _refuse(self, link: Link, reason: str) -> None:
+        # usually churn (the other side logged out meanwhile); an impostor looks the same
+        log.info("refused a link claiming to be %s: %s", link.peer, reason)
+        self._send(link, PeerError(code=ErrorCode.NOT_VOUCHED, reason=reason))
+        self._close(link)
+        self._link_gone(link)
+
+    def _open(self, link: Link, peer: str) -> None:
+        now = self._now
+        if self._dialing.get(peer) is link:
+            del self._dialing[peer]
+        old = self.links.get(peer)
+        if old is not None and old is not link:
+            if not keep_new_link(self.username or "", peer, link.dialed, old.established, now):
+                link.peer = None
+                self._close(link)
+                self._link_gone(link)
+                self._flush_directs(peer, old)
+                return
+            old.peer = None
+            self._close(old)
+            self._conns.pop(old.id, None)
+            old.state = LinkState.CLOSED
+            link.pinned_until = old.pinned_until
+        self.links[peer] = link
+        link.established = now
+        link.pinned_until = max(link.pinned_until, now + GRACE_SECONDS)
+        self._backoff.pop(peer, None)
+        log.info("linked with %s", peer)
+        self._flush_directs(peer, link)
+        self._want_replan()
+        self._show(self.status())
+
+    def _flush_directs(self, peer: str, link: Link) -> None:
+        """Direct messages that waited for a link to ``peer`` go out on ``link``."""
+        for pending in [d for d in self._directs if d.peer == peer and d.msg is None]:
+            self._send_direct(pending, link)
+
+    # ================================================================== messages
+
+    def _on_room_message(self, link: Link, msg: RoomMessage) -> None:
+        view = self.rooms.get(msg.room)
+        router = self.router
+        if view is None or router is None:
+            log.debug("dropped a message for %s, not one of our rooms", msg.room)
+            return
+        if not text_size_ok(msg.text):
+            log.warning("dropped an oversized or empty message from %s", link.peer)
+            return
+        peer = link.peer or ""
+        route = router.receive(msg, peer, self._now, self._forward.get(msg.room, ()), view.members)
+        if route.dropped is not None:
+            if route.dropped != "duplicate":
+                log.warning("dropped a message in %s from %s: %s", msg.room, peer, route.dropped)
+            return
+        forward = route.forward
+        if forward is not None:
+            out, links, frame = self._out, self.links, forward.frame
+            for target in forward.targets:
+                out.append(SendLink(links[target].id, frame))
+        self._out.append(Show(RoomText(msg.room, msg.origin, msg.text, msg.ts)))
+
+    def _on_direct(self, link: Link, msg: DirectMessage) -> None:
+        if msg.sender != link.peer:
+            reason = "the sender must be the link's own user"
+            self._send(link, PeerError(code=ErrorCode.BAD_REQUEST, reason=reason, id=msg.id))
+            return
+        if not text_size_ok(msg.text):
+            reason = f"texts are 1-{MAX_TEXT} bytes"
+            self._send(link, PeerError(code=ErrorCode.TEXT_TOO_LONG, reason=reason, id=msg.id))
+            return
+        link.pinned_until = self._now + PIN_SECONDS
+        self._send(link, DirectAck(id=msg.id))
+        self._show(DirectText(msg.sender, msg.text, msg.ts, peer=msg.sender))
+
+    def say(self, command: int, room: str, text: str, now: float) -> list[Action]:
+        """Flood ``text`` to ``room``; the result is how many neighbours it was handed to."""
+
+        def body() -> None:
+            self._require_login()
+            _check_text(text)
+            name = self.room_name(room)
+            if name not in self.rooms:
+                raise CommandError(f"you are not a member of {room}; /join {room} first")
+            pending = _Say(command, name, text)
+            if self._mesh_settled(name):
+                self._flood(pending)
+                return
+            self._says.append(pending)  # the mesh is being dialed: wait for it, briefly
+            pending.timer = self._timers.at(
+                now + self.config.dial_timeout, lambda now: self._flood(pending)
+            )
+
+        return self._guarded(command, now, body)
+
+    def _mesh_settled(self, room: str) -> bool:
+        replanning = self._replan_timer is not None and self._replan_timer.active
+        return not replanning and not (room in self._building and self._dialing)
+
+    def _release_says(self) -> None:
+        for pending in [s for s in self._says if self._mesh_settled(s.room)]:
+            self._flood(pending)
+
+    def _flood(self, pending: _Say) -> None:
+        if pending in self._says:
+            self._says.remove(pending)
+        if pending.timer is not None:
+            pending.timer.cancel()
+        me, router = self.username, self.router
+        if me is None or router is None or pending.room not in self.rooms:
+            self._fail(pending.command, f"you are no longer in {pending.room}")
+            return
+        targets = self._forward.get(pending.room, [])
+        forward = router.originate(
+            pending.room, pending.text, self._now, targets, ts=self._now + self._wall_offset
+        )
+        for peer in targets:
+            self._out.append(SendLink(self.links[peer].id, forward.frame))
+        self._show(RoomText(pending.room, me, pending.text, forward.msg.ts, mine=True))
+        self._done(pending.command, len(targets))
+
+    def send_direct(self, command: int, username: str, text: str, now: float) -> list[Action]:
+        """Send ``text`` to one user; done once their peer acknowledges it (with their name)."""
+
+        def body() -> None:
+            me = self._require_login()
+            _check_text(text)
+            link = self._linked(username)
+            if link is not None:
+                self._send_direct(_Direct(command, link.peer or username, text), link)
+                return
+
+            def found(result: SearchResult) -> None:
+                peer = result.username
+                if not result.online or result.host is None or result.port is None:
+                    self._fail(command, f"{peer} is offline")
+                    return
+                if peer == me:
+                    self._fail(command, "that is you")
+                    return
+                pending = _Direct(command, peer, text)
+                link = self.links.get(peer)
+                if link is not None:
+                    self._send_direct(pending, link)
+                    return
+                self._directs.append(pending)
+                if peer not in self._dialing:
+                    self._dial(peer, result.host, result.port)
+
+            def failed(exc: Exception) -> None:
+                self._fail(command, exc.reason if isinstance(exc, RegistryError) else exc)
+
+            self._run(flows.search(username), found, failed)
+
+        return self._guarded(command, now, body)
+
+    def _send_direct(self, pending: _Direct, link: Link) -> None:
+        me = self.username or ""
+        msg = DirectMessage(
+            id=self._new_id(), sender=me, text=pending.text, ts=self._now + self._wall_offset
+        )
+        pending.msg, pending.link, pending.peer = msg, link, link.peer or pending.peer
+        if pending not in self._directs:
+            self._directs.append(pending)
+        link.pinned_until = self._now + PIN_SECONDS
+        self._send(link, msg)
+        if pending.timer is not None:
+            pending.timer.cancel()
+        pending.timer = self._timers.at(
+            self._now + self.config.ack_timeout, lambda now: self._unacknowledged(pending)
+        )
+
+    def _unacknowledged(self, pending: _Direct) -> None:
+        if pending in self._directs:
+            self._directs.remove(pending)
+            self._fail(pending.command, f"{pending.peer} did not acknowledge the message")
+
+    def _settle(self, link: Link, msg_id: str, error: str | None) -> None:
+        """An answer to one of our direct messages, if it came over the link it went out on."""
+        for pending in self._directs:
+            if pending.msg is not None and pending.msg.id == msg_id and pending.link is link:
+                break
+        else:
+            return
+        self._directs.remove(pending)
+        if pending.timer is not None:
+            pending.timer.cancel()
+        if error is not None:
+            self._fail(pending.command, error)
+            return
+        msg = pending.msg
+        self._show(DirectText(msg.sender, msg.text, msg.ts, peer=pending.peer, mine=True))
+        self._done(pending.command, pending.peer)
+
+    def _linked(self, username: str) -> Link | None:
+        key = username.casefold()
+        for peer, link in self.links.items():
+            if peer.casefold() == key:
+                return link
+        return None
+
+    # ================================================================== shutting down
+
+    def shut_down(self, now: float) -> list[Action]:
+        """Close every link (after flushing what was queued) and the registry connection."""
+        self._at(now)
+        self._closing = True
+        for link in list(self._conns.values()):
+            self._close(link)
+        if self._registry.state != "off":
+            self._out.append(CloseRegistry())
+        self._registry_lost("closed by this peer")
+        return self._take()
+
+
+def keep_new_link(me: str, peer: str, new_dialed: bool, old_established: float, now: float) -> bool:
+    """Two links to the same peer (both dialed at once): which one both ends keep.
+
+    The one the smaller name dialed, so both ends agree without a word. A link that has been up
+    a while is kept instead: a newcomer claiming the same name must not displace it.
+    """
+    if now - old_established > GRACE_SECONDS:
+        return False
+    return new_dialed == (me < peer)
+
+
+def _check_text(text: str) -> None:
+    if not text.strip():
+        raise CommandError("nothing to send")
+    if not text_size_ok(text):
+        raise CommandError(f"message too long: at most {MAX_TEXT} bytes")
+
+
+def _nothing(_: object) -> None:
+    return None
+
+
+def _same(value: T) -> T:
+    return value
+
+
+def _members_only(flow: Flow[tuple[str, list[MemberInfo]]]) -> Flow[list[MemberInfo]]:
+    _, members = yield from flow
+    return members

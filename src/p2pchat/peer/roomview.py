@@ -1,0 +1,52 @@
+"""A peer's view of its rooms: members, who is online and where, kept current by events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from p2pchat.protocol.messages import MemberInfo, RoomEvent
+
+
+@dataclass(slots=True)
+class Member:
+    online: bool
+    host: str | None = None
+    port: int | None = None
+
+
+@dataclass(slots=True)
+class RoomView:
+    name: str
+    """As the registry spells it."""
+    members: dict[str, Member] = field(default_factory=dict)
+
+    @classmethod
+    def from_list(cls, name: str, members: list[MemberInfo]) -> RoomView:
+        return cls(name, {m.username: Member(m.online, m.host, m.port) for m in members})
+
+    def apply(self, event: RoomEvent) -> None:
+        """A pushed membership or presence change."""
+        who, change = event.username, event.change
+        if change in ("online", "joined", "added"):
+            self.members[who] = Member(event.host is not None, event.host, event.port)
+        elif change == "offline":
+            self.members[who] = Member(False)
+        else:  # left, removed
+            self.members.pop(who, None)
+
+    def is_online(self, user: str) -> bool:
+        member = self.members.get(user)
+        return member is not None and member.online
+
+
+def describe(event: RoomEvent) -> str:
+    """The notice a user sees for an event."""
+    who, room = event.username, event.room
+    return {
+        "online": f"{who} came online in {room}",
+        "offline": f"{who} went offline in {room}",
+        "joined": f"{who} joined {room}",
+        "left": f"{who} left {room}",
+        "added": f"{event.by} added {who} to {room}",
+        "removed": f"{event.by} removed {who} from {room}",
+    }[event.change]
