@@ -1,0 +1,642 @@
+"""The peer's decisions on the pure core, driven by hand: no sockets, no sleeping.
+
+A ``Driver`` wires one ``PeerCore`` to a real ``RegistryCore`` in the same call stack (replies
+arrive at once, unless held to test orderings) and plays every other peer itself, frame by
+frame, with the clock in its hand.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Any
+
+import msgspec
+import pytest
+
+from p2pchat.peer.actions import (
+    Action,
+    CloseLink,
+    CloseRegistry,
+    ConnectRegistry,
+    Dial,
+    Done,
+    SendDatagram,
+    SendLink,
+    SendRegistry,
+    Show,
+)
+from p2pchat.peer.core import (
+    BACKOFF_FIRST,
+    GRACE_SECONDS,
+    HANDSHAKE_SECONDS,
+    MAX_BAD_FRAMES,
+    PIN_SECONDS,
+    PeerConfig,
+    PeerCore,
+    keep_new_link,
+)
+from p2pchat.peer.events import CommandError, DirectText, Notice, PeerEvent, RoomText
+from p2pchat.peer.linkstate import MAX_HELD, LinkState
+from p2pchat.protocol.messages import (
+    PROTOCOL_VERSION,
+    DirectAck,
+    DirectMessage,
+    Hello,
+    ListMembers,
+    Login,
+    MeshRooms,
+    Message,
+    PeerError,
+    PeerHello,
+    PeerProof,
+    PeerWelcome,
+    Ping,
+    RegistryReply,
+    RoomEvent,
+    RoomMessage,
+    Vouch,
+    encode,
+    link_proof,
+    peer_decoder,
+    request_decoder,
+)
+from p2pchat.registry import core as registry_core
+from p2pchat.registry.core import RegistryConfig, RegistryCore
+from p2pchat.store import SqliteStore
+from tests.simnet import fake_hash
+
+PW = "secret-pw"
+REGISTRY = "10.0.0.1"
+
+
+class Registry:
+    """A real registry core answering in the caller's stack; ``hold`` keeps replies back."""
+
+    def __init__(self, config: RegistryConfig | None = None) -> None:
+        self.core = RegistryCore(
+            SqliteStore(":memory:"), config or RegistryConfig(register_burst=10_000)
+        )
+        self.sessions: dict[int, Driver] = {}
+        self.ids = itertools.count(1)
+        self.up = True
+
+    def user(self, name: str, host: str = "10.0.0.9", port: int = 7100) -> int:
+        """An account ``name``, logged in on a session of its own; returns the session."""
+        conn = next(self.ids)
+        self.core.connect(conn, host, 0.0)
+        self.core.handle(conn, Hello(id=1, version=PROTOCOL_VERSION), 0.0)
+        self.core.store.create_account(name, fake_hash(PW))
+        login = Login(id=2, username=name, password=PW, port=port)
+        for action in self.core.handle(conn, login, 0.0):
+            if isinstance(action, registry_core.VerifyPassword):
+                self.core.login_verified(conn, login, True, 0.0)
+        return conn
+
+    def token(self, name: str) -> str:
+        return self.core.online[name.casefold()].token
+
+
+class Driver:
+    """One peer core; the test plays the other peers and may hold the registry's replies."""
+
+    def __init__(self, registry: Registry, name: str = "alice", **config: Any) -> None:
+        self.registry = registry
+        self.name = name
+        self.core = PeerCore(
+            PeerConfig(registry_host=REGISTRY, **config),
+            rand=random.Random(name).randbytes,
+            wall_offset=1.8e9,
+        )
+        self.core.port = 7000
+        self.now = 0.0
+        self.conn = next(registry.ids)
+        self.shown: list[PeerEvent] = []
+        self.done: dict[int, Done] = {}
+        self.sent: dict[int, list[Message]] = {}
+        self.closed: dict[int, bool] = {}
+        self.dials: list[Dial] = []
+        self.datagrams: list[SendDatagram] = []
+        self.requests: list[Message] = []
+        self.hold = False
+        self.held: list[bytes] = []
+        self.commands = itertools.count(1)
+        self.connected = False
+        registry.sessions[self.conn] = self
+
+    # -- plumbing
+
+    def apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Show):
+                self.shown.append(action.event)
+            elif isinstance(action, Done):
+                self.done[action.command] = action
+            elif isinstance(action, SendLink):
+                frames = [peer_decoder.decode(f) for f in action.data.splitlines() if f]
+                self.sent.setdefault(action.link, []).extend(frames)
+            elif isinstance(action, CloseLink):
+                self.closed[action.link] = action.abort
+            elif isinstance(action, Dial):
+                self.dials.append(action)
+            elif isinstance(action, SendDatagram):
+                self.datagrams.append(action)
+            elif isinstance(action, ConnectRegistry):
+                if self.registry.up:
+                    self.registry.core.connect(self.conn, "10.0.0.2", self.now)
+                    self.connected = True
+                    self.apply(self.core.registry_connected(self.now))
+                else:
+                    self.apply(self.core.registry_failed("refused", self.now))
+            elif isinstance(action, SendRegistry):
+                for frame in action.data.splitlines():
+                    request = request_decoder.decode(frame)
+                    self.requests.append(request)
+                    self.registry_actions(self.registry.core.handle(self.conn, request, self.now))
+            elif isinstance(action, CloseRegistry) and self.connected:
+                self.connected = False
+                self.registry_actions(self.registry.core.disconnect(self.conn, self.now))
+
+    def registry_actions(self, actions: list[registry_core.Action]) -> None:
+        core = self.registry.core
+        for action in actions:
+            if isinstance(action, registry_core.Send):
+                target = self.registry.sessions.get(action.conn)
+                if target is not None:
+                    target.from_registry(encode(action.msg))
+            elif isinstance(action, registry_core.HashPassword):
+                req = action.request
+                self.registry_actions(
+                    core.register_hashed(action.conn, req, fake_hash(req.password), self.now)
+                )
+            elif isinstance(action, registry_core.VerifyPassword):
+                ok = action.password_hash == fake_hash(action.request.password)
+                self.registry_actions(
+                    core.login_verified(action.conn, action.request, ok, self.now)
+                )
+
+    def from_registry(self, data: bytes) -> None:
+        if self.hold:
+            self.held.append(data)
+        else:
+            self.apply(self.core.registry_data(data, self.now))
+
+    def release(self, index: int = 0) -> None:
+        self.apply(self.core.registry_data(self.held.pop(index), self.now))
+
+    def push(self, msg: RegistryReply) -> None:
+        """Something the registry pushes to us (an event)."""
+        self.apply(self.core.registry_data(encode(msg), self.now))
+
+    def advance(self, seconds: float) -> None:
+        """Let time pass, firing the core's timers as the shell would."""
+        end = self.now + seconds
+        while (deadline := self.core.next_deadline()) is not None and deadline <= end:
+            self.now = max(self.now, deadline)
+            self.apply(self.core.timer(self.now))
+        self.now = end
+
+    def start(self, method: str, *args: Any) -> int:
+        command = next(self.commands)
+        self.apply(getattr(self.core, method)(command, *args, self.now))
+        return command
+
+    def do(self, method: str, *args: Any) -> Any:
+        command = self.start(method, *args)
+        done = self.done.pop(command)
+        if done.error is not None:
+            raise done.error
+        return done.value
+
+    def login(self, register: bool = True) -> None:
+        if register:
+            self.do("register", self.name, PW)
+        self.do("login", self.name, PW)
+
+    def notices(self) -> list[str]:
+        return [e.text for e in self.shown if isinstance(e, Notice)]
+
+    # -- the other side of links
+
+    def accept(self) -> int:
+        link, actions = self.core.accept(self.now)
+        self.apply(actions)
+        return link
+
+    def feed(self, link: int, *msgs: Message | bytes) -> None:
+        data = b"".join(m if isinstance(m, bytes) else encode(m) for m in msgs)
+        self.apply(self.core.link_data(link, data, self.now))
+
+    def frames(self, link: int) -> list[Message]:
+        return self.sent.pop(link, [])
+
+    def link_from(self, peer: str) -> int:
+        """An authenticated link dialed by ``peer`` (logged in at the registry) to us."""
+        link = self.accept()
+        self.feed(link, PeerHello(version=PROTOCOL_VERSION, username=peer, nonce="ab" * 16))
+        [welcome] = self.frames(link)
+        assert isinstance(welcome, PeerWelcome)
+        token = self.registry.token(peer)
+        proof = link_proof(token, "dial", welcome.nonce, peer, self.name)
+        self.feed(link, PeerProof(proof=proof))
+        assert self.core.links.get(peer) is not None, self.closed
+        return link
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return Registry(RegistryConfig(register_burst=10_000, heartbeat_interval=7.0, timeout=21.0))
+
+
+@pytest.fixture
+def alice(registry: Registry) -> Driver:
+    driver = Driver(registry)
+    driver.login()
+    return driver
+
+
+# ---------------------------------------------------------------------------- heartbeats
+
+
+def test_without_a_heartbeat_option_the_peer_keeps_the_registrys_pace(alice: Driver) -> None:
+    first = len(alice.datagrams)
+    assert first == 1  # one at login
+    alice.advance(7.0 * 3 + 0.1)
+    beats = alice.datagrams[first:]
+    assert len(beats) == 3
+    token = alice.core.session.token if alice.core.session else ""
+    assert all(msgspec.json.decode(d.data, type=Ping).token == token for d in beats)
+    assert all((d.host, d.port) == (REGISTRY, 15500) for d in beats)
+    assert not any("heartbeat" in n for n in alice.notices())
+
+
+def test_an_explicit_heartbeat_too_slow_for_the_registry_gets_a_warning(
+    registry: Registry,
+) -> None:
+    slow = Driver(registry, heartbeat=30.0)
+    slow.login()
+    [warning] = [n for n in slow.notices() if "heartbeat" in n]
+    assert "30 s" in warning and "21 s" in warning and "log you out" in warning
+    slow.advance(31)
+    assert len(slow.datagrams) == 2  # the interval asked for is kept all the same
+
+
+def test_an_explicit_heartbeat_within_the_timeout_is_used_without_a_word(
+    registry: Registry,
+) -> None:
+    fast = Driver(registry, heartbeat=2.0)
+    fast.login()
+    fast.advance(10.1)
+    assert len(fast.datagrams) == 6
+    assert not any("heartbeat" in n for n in fast.notices())
+
+
+# ---------------------------------------------------------------------------- one timer
+
+
+def test_the_shell_needs_one_deadline_and_idle_time_costs_nothing(alice: Driver) -> None:
+    deadline = alice.core.next_deadline()
+    assert deadline is not None and alice.now < deadline <= alice.now + 7.0
+    alice.apply(alice.core.timer(alice.now))  # firing early does nothing
+    assert len(alice.datagrams) == 1
+    alice.advance(3600)
+    assert len(alice.datagrams) == 1 + 514  # every 7 s, nothing else in between
+
+
+# ---------------------------------------------------------------------------- the registry
+
+
+def test_a_lost_registry_is_reconnected_with_backoff_and_the_session_restored(
+    registry: Registry, alice: Driver
+) -> None:
+    registry.up = False
+    alice.connected = False
+    alice.apply(alice.core.registry_closed("connection reset", alice.now))
+    assert any("registry unreachable (connection reset)" in n for n in alice.notices())
+    assert not alice.core.status().registry
+    tries = []
+    real_apply = alice.apply
+
+    def counting(actions: list[Action]) -> None:
+        if any(isinstance(a, ConnectRegistry) for a in actions):
+            tries.append(alice.now)
+        real_apply(actions)
+
+    alice.apply = counting  # type: ignore[method-assign]
+    alice.advance(30)
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise([0.0, *tries])]
+    assert gaps[:6] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0]  # capped at reconnect_max
+    registry.up = True
+    registry.core.disconnect(alice.conn, alice.now)  # the old session was dropped
+    alice.advance(10)
+    assert any("registry is back; logged in again as alice" in n for n in alice.notices())
+    assert alice.core.status().registry
+
+
+def test_a_registry_that_stops_answering_is_given_up_and_commands_fail_clearly(
+    alice: Driver,
+) -> None:
+    alice.hold = True
+    command = alice.start("search", "bob")
+    alice.advance(alice.core.config.request_timeout + 0.1)
+    error = alice.done[command].error
+    assert error is not None and "no answer from the registry" in str(error)
+    assert any("registry unreachable" in n for n in alice.notices())
+
+
+def test_an_unreachable_registry_fails_commands_with_its_address(registry: Registry) -> None:
+    registry.up = False
+    bob = Driver(registry, "bob")
+    with pytest.raises(CommandError, match=r"cannot reach the registry at 10\.0\.0\.1:15600"):
+        bob.do("register", "bob", PW)
+
+
+def test_an_event_that_overtakes_a_member_list_reply_is_applied(
+    registry: Registry, alice: Driver
+) -> None:
+    alice.do("create_room", "lobby", False)
+    registry.user("ben")
+    registry.core.store.add_member("lobby", "ben")
+    alice.hold = True
+    # alice's view of lobby is reloaded (as after a registry restart); an event that comes in
+    # after the member list was taken, but is handled before the reply, must not be lost
+    flow = alice.core._room_view("lobby")
+    alice.core._run(flow, lambda view: alice.core._adopt(view) if view else None, print)
+    alice.apply(alice.core._take())
+    assert isinstance(alice.requests[-1], ListMembers)
+    assert len(alice.held) == 1  # the member list, taken before cat was added
+    registry.user("cat")
+    registry.core.store.add_member("lobby", "cat")
+    alice.hold = False
+    alice.push(RoomEvent(room="lobby", username="cat", change="added", by="ben"))
+    alice.release()
+    assert set(alice.core.rooms["lobby"].members) == {"alice", "ben", "cat"}
+
+
+# ---------------------------------------------------------------------------- links
+
+
+def test_a_link_opens_only_once_the_registry_vouched_for_it(
+    registry: Registry, alice: Driver
+) -> None:
+    registry.user("bob")
+    link = alice.accept()
+    alice.feed(link, PeerHello(version=PROTOCOL_VERSION, username="bob", nonce="cd" * 16))
+    [welcome] = alice.frames(link)
+    assert isinstance(welcome, PeerWelcome) and welcome.username == "alice"
+    assert welcome.proof == link_proof(registry.token("alice"), "accept", "cd" * 16, "alice", "bob")
+    proof = link_proof(registry.token("bob"), "dial", welcome.nonce, "bob", "alice")
+    alice.feed(link, PeerProof(proof=proof))
+    assert isinstance(alice.requests[-1], Vouch)
+    assert "bob" in alice.core.linked_peers()
+
+
+@pytest.mark.parametrize("claim", ["bob", "nobody"])
+def test_a_wrong_proof_is_refused_and_what_followed_it_never_acted_on(
+    registry: Registry, alice: Driver, claim: str
+) -> None:
+    registry.user("bob")
+    alice.do("create_room", "lobby", False)
+    registry.core.store.add_member("lobby", "bob")
+    link = alice.accept()
+    alice.feed(link, PeerHello(version=PROTOCOL_VERSION, username=claim, nonce="cd" * 16))
+    alice.frames(link)
+    forged = RoomMessage(id="f" * 32, room="lobby", origin="bob", text="x", ts=0, hops=3)
+    alice.feed(link, PeerProof(proof="00" * 32), forged, MeshRooms(rooms=["lobby"]))
+    [refusal] = alice.frames(link)
+    assert isinstance(refusal, PeerError) and refusal.code == "not_vouched"
+    assert link in alice.closed
+    assert not [e for e in alice.shown if isinstance(e, RoomText)]
+    assert not alice.core.linked_peers()
+
+
+def test_frames_sent_while_the_proof_is_checked_are_handled_in_order_after(
+    registry: Registry, alice: Driver
+) -> None:
+    registry.user("bob")
+    alice.do("create_room", "lobby", False)
+    alice.do("add_member", "lobby", "bob")
+    alice.push(RoomEvent(room="lobby", username="bob", change="online", host="10.0.0.9", port=7100))
+    alice.hold = True  # the vouch is slow
+    link = alice.accept()
+    alice.feed(link, PeerHello(version=PROTOCOL_VERSION, username="bob", nonce="cd" * 16))
+    [welcome] = alice.frames(link)
+    proof = link_proof(registry.token("bob"), "dial", welcome.nonce, "bob", "alice")
+    texts = [
+        RoomMessage(id=f"{i:032x}", room="lobby", origin="bob", text=f"t{i}", ts=0, hops=3)
+        for i in range(3)
+    ]
+    alice.feed(link, PeerProof(proof=proof), *texts)
+    assert alice.core._conns[link].state is LinkState.VOUCHING
+    alice.hold = False
+    alice.release()
+    assert [e.text for e in alice.shown if isinstance(e, RoomText)] == ["t0", "t1", "t2"]
+
+
+def test_what_a_link_may_send_before_it_is_vouched_for_is_bounded(
+    registry: Registry, alice: Driver
+) -> None:
+    registry.user("bob")
+    alice.hold = True
+    link = alice.accept()
+    alice.feed(link, PeerHello(version=PROTOCOL_VERSION, username="bob", nonce="cd" * 16))
+    [welcome] = alice.frames(link)
+    proof = link_proof(registry.token("bob"), "dial", welcome.nonce, "bob", "alice")
+    alice.feed(link, PeerProof(proof=proof))
+    chunk = encode(DirectMessage(id="d", sender="bob", text="y" * 4000, ts=0))
+    for _ in range(MAX_HELD // len(chunk)):
+        alice.feed(link, chunk)
+    assert link not in alice.closed
+    alice.feed(link, chunk)
+    assert alice.closed[link] is True  # aborted
+    assert alice.core._conns.get(link) is None
+
+
+@pytest.mark.parametrize(
+    ("first", "expected"),
+    [
+        (RoomMessage(id="a" * 32, room="r", origin="bob", text="x", ts=0, hops=1), "peer_hello"),
+        (PeerProof(proof="00"), "peer_hello"),
+        (MeshRooms(rooms=["r"]), "peer_hello"),
+    ],
+)
+def test_an_illegal_first_frame_gets_one_error_and_the_link_closes(
+    alice: Driver, first: Message, expected: str
+) -> None:
+    link = alice.accept()
+    alice.feed(link, first)
+    [error] = alice.frames(link)
+    assert isinstance(error, PeerError) and error.code == "bad_request"
+    assert expected in error.reason
+    assert alice.closed[link] is False  # closed after the error is flushed
+
+
+def test_a_second_hello_on_an_open_link_cuts_it(registry: Registry, alice: Driver) -> None:
+    registry.user("bob")
+    link = alice.link_from("bob")
+    alice.feed(link, PeerHello(version=PROTOCOL_VERSION, username="bob", nonce="ef" * 16))
+    assert alice.closed[link] is True
+    alice.apply(alice.core.link_closed(link, alice.now))
+    assert "bob" not in alice.core.linked_peers()
+
+
+def test_bad_frames_are_counted_and_a_link_that_keeps_sending_them_is_cut(
+    registry: Registry, alice: Driver
+) -> None:
+    registry.user("bob")
+    link = alice.link_from("bob")
+    nested = b'{"type":"room_msg","x":' + b"[" * 20_000 + b"]" * 20_000 + b"}\n"
+    for junk in [b"\xff\xfe\n", b'{"type":"warp"}\n', nested] * 3:
+        alice.feed(link, junk)
+    assert link not in alice.closed
+    assert alice.core._conns[link].bad_frames == 9
+    alice.feed(link, b"{}\n", b"{}\n")
+    assert alice.closed[link] is True
+    assert MAX_BAD_FRAMES == 10
+
+
+def test_an_accepted_connection_that_never_finishes_its_handshake_is_closed(
+    alice: Driver,
+) -> None:
+    link = alice.accept()
+    alice.advance(HANDSHAKE_SECONDS - 0.1)
+    assert link not in alice.closed
+    alice.advance(0.2)
+    assert alice.closed[link] is True
+
+
+def test_a_full_peer_says_so_and_closes(registry: Registry) -> None:
+    small = Driver(registry, "alice", max_connections=2)
+    small.login()
+    links = [small.accept() for _ in range(3)]
+    assert not small.frames(links[0]) and not small.frames(links[1])
+    [error] = small.frames(links[2])
+    assert isinstance(error, PeerError) and error.code == "too_many_connections"
+    assert links[2] in small.closed
+
+
+# ---------------------------------------------------------------------------- simultaneous dials
+
+
+def test_when_both_dial_at_once_both_keep_the_link_the_smaller_name_dialed() -> None:
+    for me, peer in [("alice", "bob"), ("bob", "alice")]:
+        smaller_dialed_new = me < peer
+        assert keep_new_link(me, peer, smaller_dialed_new, old_established=10.0, now=10.5)
+        assert not keep_new_link(me, peer, not smaller_dialed_new, 10.0, 10.5)
+    # a link up for longer than the grace period is never displaced
+    assert not keep_new_link("alice", "bob", True, 10.0, 10.0 + GRACE_SECONDS + 0.1)
+
+
+def test_a_crossing_dial_leaves_one_link_and_both_ends_agree(
+    registry: Registry, alice: Driver
+) -> None:
+    registry.user("bob")
+    alice.do("create_room", "lobby", False)
+    alice.do("add_member", "lobby", "bob")
+    alice.push(RoomEvent(room="lobby", username="bob", change="online", host="10.0.0.9", port=7100))
+    alice.advance(0.1)
+    [dial] = alice.dials
+    accepted = alice.link_from("bob")  # bob dialed us meanwhile: that link opens first
+    alice.apply(alice.core.link_connected(dial.link, alice.now))
+    [hello] = alice.frames(dial.link)
+    assert isinstance(hello, PeerHello)
+    proof = link_proof(registry.token("bob"), "accept", hello.nonce, "bob", "alice")
+    alice.feed(
+        dial.link,
+        PeerWelcome(version=PROTOCOL_VERSION, username="bob", nonce="12" * 16, proof=proof),
+    )
+    # "alice" < "bob": the link alice dialed wins, the one bob dialed is closed
+    assert alice.core.links["bob"].id == dial.link
+    assert accepted in alice.closed and dial.link not in alice.closed
+
+
+# ---------------------------------------------------------------------------- backoff and pins
+
+
+def test_an_unreachable_member_is_retried_with_doubling_backoff(
+    registry: Registry, alice: Driver
+) -> None:
+    registry.user("bob")
+    alice.do("create_room", "lobby", False)
+    alice.do("add_member", "lobby", "bob")
+    alice.push(RoomEvent(room="lobby", username="bob", change="online", host="10.0.0.9", port=7100))
+    dialed_at = []
+    while len(dialed_at) < 7:
+        alice.advance(0.01)
+        for dial in alice.dials:  # each dial fails at once (nobody listens there)
+            dialed_at.append(alice.now)
+            alice.apply(alice.core.link_failed(dial.link, "refused", alice.now))
+        alice.dials.clear()
+    gaps = [round(b - a, 1) for a, b in itertools.pairwise(dialed_at)]
+    assert gaps == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
+    assert BACKOFF_FIRST == 0.5
+    # a sign of life from bob (he comes online again) ends the backoff at once
+    alice.push(RoomEvent(room="lobby", username="bob", change="online", host="10.0.0.9", port=7101))
+    alice.advance(0.1)
+    assert [d.port for d in alice.dials] == [7101]
+
+
+def test_a_link_used_for_direct_messages_is_kept_while_in_use_then_closed(
+    registry: Registry, alice: Driver
+) -> None:
+    registry.user("bob")
+    link = alice.link_from("bob")
+    alice.feed(link, DirectMessage(id="d1", sender="bob", text="hi", ts=0.0))
+    [ack] = alice.frames(link)
+    assert isinstance(ack, DirectAck) and ack.id == "d1"
+    assert [e.text for e in alice.shown if isinstance(e, DirectText)] == ["hi"]
+    alice.advance(PIN_SECONDS - 1)
+    assert link not in alice.closed  # no room needs it, but it was used
+    alice.advance(2)
+    assert link in alice.closed
+
+
+def test_a_direct_message_waits_for_its_acknowledgement(registry: Registry, alice: Driver) -> None:
+    registry.user("bob")
+    link = alice.link_from("bob")
+    command = alice.start("send_direct", "BOB", "hello")
+    [dm] = alice.frames(link)
+    assert isinstance(dm, DirectMessage) and dm.sender == "alice"
+    assert command not in alice.done
+    alice.feed(link, DirectAck(id=dm.id))
+    assert alice.done[command].value == "bob"
+    late = alice.start("send_direct", "bob", "anyone?")
+    alice.advance(alice.core.config.ack_timeout + 0.1)
+    error = alice.done[late].error
+    assert error is not None and "did not acknowledge" in str(error)
+
+
+def test_room_messages_are_shown_once_and_forwarded_to_the_other_neighbours(
+    registry: Registry, alice: Driver
+) -> None:
+    for name in ("bob", "cat"):
+        registry.user(name)
+    alice.do("create_room", "lobby", False)
+    for name in ("bob", "cat"):
+        alice.do("add_member", "lobby", name)
+        alice.push(RoomEvent(room="lobby", username=name, change="online", host="h", port=1))
+    bob, cat = alice.link_from("bob"), alice.link_from("cat")
+    alice.feed(bob, MeshRooms(rooms=["lobby"]))
+    alice.feed(cat, MeshRooms(rooms=["lobby"]))
+    alice.advance(0.1)
+    msg = RoomMessage(id="b" * 32, room="lobby", origin="bob", text="hey", ts=0, hops=5)
+    alice.frames(cat)
+    alice.feed(bob, msg, msg)
+    [forwarded] = [f for f in alice.frames(cat) if isinstance(f, RoomMessage)]
+    assert forwarded.id == msg.id and forwarded.hops == 4
+    assert not [f for f in alice.frames(bob) if isinstance(f, RoomMessage)]
+    assert [e.text for e in alice.shown if isinstance(e, RoomText)] == ["hey"]
+
+
+def test_logging_out_closes_links_and_fails_what_was_waiting(
+    registry: Registry, alice: Driver
+) -> None:
+    registry.user("bob")
+    link = alice.link_from("bob")
+    pending = alice.start("send_direct", "bob", "are you there")
+    alice.do("logout")
+    assert link in alice.closed
+    error = alice.done[pending].error
+    assert error is not None and "logged out" in str(error)
+    with pytest.raises(CommandError, match="log in first"):
+        alice.do("say", "lobby", "hi")
