@@ -361,7 +361,7 @@ def test_an_event_that_overtakes_a_member_list_reply_is_applied(
     # alice's view of lobby is reloaded (as after a registry restart); an event that comes in
     # after the member list was taken, but is handled before the reply, must not be lost
     flow = alice.core._room_view("lobby")
-    alice.core._run(flow, lambda view: alice.core._adopt(view) if view else None, print)
+    alice.core.registry.run(flow, lambda view: alice.core._adopt(view) if view else None, print)
     alice.apply(alice.core._take())
     assert isinstance(alice.requests[-1], ListMembers)
     assert len(alice.held) == 1  # the member list, taken before cat was added

@@ -19,7 +19,7 @@ import itertools
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
@@ -27,19 +27,14 @@ import msgspec
 from p2pchat.peer.actions import (
     Action,
     CloseLink,
-    CloseRegistry,
-    ConnectRegistry,
     Dial,
     Done,
-    SendDatagram,
     SendLink,
-    SendRegistry,
     Show,
 )
 from p2pchat.peer.events import (
     CommandError,
     DirectText,
-    Notice,
     PeerEvent,
     RoomsChanged,
     RoomText,
@@ -49,12 +44,12 @@ from p2pchat.peer.links import LinkView, forwarding_table, plan_links
 from p2pchat.peer.linkstate import MAX_HELD, Link, LinkEvent, LinkProtocolError, LinkState
 from p2pchat.peer.roomview import RoomView, describe
 from p2pchat.peer.router import FloodRouter
-from p2pchat.peer.timers import Timer, Timers
-from p2pchat.protocol.framing import FrameTooLarge, LineFramer
+from p2pchat.peer.session import Context, RegistrySession
+from p2pchat.peer.timers import Timer
+from p2pchat.protocol.framing import FrameTooLarge
 from p2pchat.protocol.messages import (
     MAX_TEXT,
     PROTOCOL_VERSION,
-    Bye,
     DirectAck,
     DirectMessage,
     ErrorCode,
@@ -67,17 +62,13 @@ from p2pchat.protocol.messages import (
     PeerHello,
     PeerProof,
     PeerWelcome,
-    Ping,
-    RegistryReply,
     RoomEvent,
     RoomInfo,
     RoomMessage,
     SearchResult,
-    Welcome,
     encode,
     link_proof,
     peer_decoder,
-    reply_decoder,
     text_size_ok,
     valid_name,
 )
@@ -127,16 +118,6 @@ class PeerConfig:
 
 
 @dataclass(slots=True, eq=False)
-class _FlowRun:
-    """A registry conversation in progress."""
-
-    flow: Flow[Any]
-    done: Callable[[Any], None]
-    failed: Callable[[Exception], None]
-    timer: Timer | None = None
-
-
-@dataclass(slots=True, eq=False)
 class _Say:
     """A room message waiting (briefly) for its room's mesh to be dialed."""
 
@@ -164,21 +145,6 @@ class _Backoff:
     delay: float
 
 
-@dataclass(slots=True)
-class _Registry:
-    """The connection to the registry, and the session on it."""
-
-    state: str = "off"  # off, connecting, greeting, ready
-    framer: LineFramer = field(default_factory=LineFramer)
-    welcome: Welcome | None = None
-    session: LoggedIn | None = None
-    close_reason: str = ""
-    flows: dict[int, _FlowRun] = field(default_factory=dict)
-    """Request id -> the flow waiting for its reply."""
-    waiting: list[_FlowRun] = field(default_factory=list)
-    """Flows to start once the connection is ready."""
-
-
 class PeerCore:
     """One user's peer, as decisions. Every input method returns the actions to carry out."""
 
@@ -192,12 +158,9 @@ class PeerCore:
         self.config = config
         self.port = 0
         """Our listener's port; the shell sets it once listening."""
-        self._rand = rand
-        self._wall_offset = wall_offset
-        """Add to ``now`` for the wall-clock time shown on messages."""
-        self._now = 0.0
-        self._out: list[Action] = []
-        self._timers = Timers()
+        self._ctx = ctx = Context(rand, wall_offset)
+        self._out = ctx.out
+        self._timers = ctx.timers
         self._ids = itertools.count(1)
         self.username: str | None = None
         self._password: str | None = None
@@ -224,27 +187,36 @@ class PeerCore:
         self._wake_timer: Timer | None = None
         self._says: list[_Say] = []
         self._directs: list[_Direct] = []
-        self._registry = _Registry()
-        self._heartbeat_timer: Timer | None = None
-        self.last_heartbeat: float | None = None
+        self.registry = RegistrySession(
+            ctx,
+            self,
+            host=config.registry_host,
+            port=config.registry_port,
+            heartbeat=config.heartbeat,
+            request_timeout=config.request_timeout,
+            agent=config.agent,
+        )
         self._reconnect_timer: Timer | None = None
         self._reconnect_delay = BACKOFF_FIRST
         self._refusal = ""
 
     # ================================================================== plumbing
 
+    @property
+    def _now(self) -> float:
+        return self._ctx.now
+
     def _take(self) -> list[Action]:
-        out, self._out = self._out, []
-        return out
+        return self._ctx.take()
 
     def _at(self, now: float) -> None:
-        self._now = now
+        self._ctx.now = now
 
     def _show(self, event: PeerEvent) -> None:
-        self._out.append(Show(event))
+        self._ctx.show(event)
 
     def _notice(self, text: str, room: str | None = None) -> None:
-        self._show(Notice(text, room))
+        self._ctx.notice(text, room)
 
     def _done(self, command: int, value: object = None) -> None:
         self._out.append(Done(command, value))
@@ -271,162 +243,47 @@ class PeerCore:
     @property
     def session(self) -> LoggedIn | None:
         """Our login at the registry, while it holds."""
-        return self._registry.session
+        return self.registry.login
 
     def status(self) -> Status:
         """Registry is reported up when connected and, if we are logged in, logged in there."""
-        reg = self._registry
-        up = reg.state == "ready" and (self.username is None or reg.session is not None)
-        return Status(up, self.username, len(self.links), self.last_heartbeat)
+        reg = self.registry
+        up = reg.ready and (self.username is None or reg.login is not None)
+        return Status(up, self.username, len(self.links), reg.last_heartbeat)
 
-    # ================================================================== registry connection
-
-    def _run(
-        self, flow: Flow[T], done: Callable[[T], None], failed: Callable[[Exception], None]
-    ) -> None:
-        """Start a registry conversation; connect first if need be."""
-        run = _FlowRun(flow, done, failed)
-        reg = self._registry
-        if reg.state == "ready":
-            self._step(run, None)
-            return
-        reg.waiting.append(run)
-        if reg.state == "off":
-            self._connect_registry()
-
-    def _connect_registry(self) -> None:
-        cfg = self.config
-        self._registry.state = "connecting"
-        self._out.append(ConnectRegistry(cfg.registry_host, cfg.registry_port))
-
-    def _step(self, run: _FlowRun, reply: RegistryReply | None) -> None:
-        """Resume ``run`` with ``reply`` (None to start it) and send what it asks next."""
-        try:
-            request = run.flow.send(reply)  # type: ignore[arg-type]
-        except StopIteration as finished:
-            run.done(finished.value)
-            return
-        except (RegistryError, RegistryClosed, CommandError) as exc:
-            run.failed(exc)
-            return
-        reg = self._registry
-        request_id = next(self._ids)
-        reg.flows[request_id] = run
-        run.timer = self._timers.at(
-            self._now + self.config.request_timeout, lambda now: self._unanswered(request_id)
-        )
-        self._out.append(SendRegistry(encode(flows.numbered(request, request_id))))
-
-    def _throw(self, run: _FlowRun, exc: Exception) -> None:
-        if run.timer is not None:
-            run.timer.cancel()
-        try:
-            run.flow.throw(exc)
-        except StopIteration as finished:  # the flow caught it and finished anyway
-            run.done(finished.value)
-        except (RegistryError, RegistryClosed, CommandError) as raised:
-            run.failed(raised)
-        else:  # a flow that asks for more after losing the registry is abandoned
-            run.flow.close()
-            run.failed(exc)
-
-    def _unanswered(self, request_id: int) -> None:
-        if request_id in self._registry.flows:
-            log.warning("the registry did not answer within %g s", self.config.request_timeout)
-            self._out.append(CloseRegistry(abort=True))
-            self._registry_lost("no answer from the registry")
+    # ================================================================== the registry
 
     def registry_connected(self, now: float) -> list[Action]:
-        """The TCP connection to the registry is up: greet it."""
+        """The TCP connection to the registry is up."""
         self._at(now)
-        reg = self._registry
-        reg.state = "greeting"
-        reg.framer = LineFramer()
-        reg.close_reason = ""
-
-        def ready(welcome: Welcome) -> None:
-            reg.welcome = welcome
-            reg.state = "ready"
-            waiting, reg.waiting = reg.waiting, []
-            for run in waiting:
-                self._step(run, None)
-            self._show(self.status())
-
-        def refused(exc: Exception) -> None:
-            reason = exc.reason if isinstance(exc, RegistryError) else str(exc)
-            self._out.append(CloseRegistry())
-            message = f"the registry refused us: {reason}"
-            self._registry_lost(message, failure=message)
-
-        self._step(_FlowRun(flows.hello(PROTOCOL_VERSION, self.config.agent), ready, refused), None)
+        self.registry.connected()
         return self._take()
 
     def registry_failed(self, reason: str, now: float) -> list[Action]:
         """The connection to the registry could not be made."""
         self._at(now)
-        cfg = self.config
-        message = f"cannot reach the registry at {cfg.registry_host}:{cfg.registry_port}: {reason}"
-        self._registry_lost(message, failure=message)
+        self.registry.failed(reason)
         return self._take()
 
     def registry_data(self, data: bytes, now: float) -> list[Action]:
         self._at(now)
-        try:
-            frames = self._registry.framer.feed(data)
-            too_large: FrameTooLarge | None = None
-        except FrameTooLarge as exc:  # answer what came before it, then give up the connection
-            frames, too_large = exc.frames, exc
-        for frame in frames:
-            self._registry_frame(frame)
-        if too_large is not None and self._registry.state != "off":
-            self._out.append(CloseRegistry(abort=True))
-            self._registry_lost("the registry sent an oversized frame")
+        self.registry.data(data)
         return self._take()
-
-    def _registry_frame(self, frame: bytes) -> None:
-        try:
-            msg = reply_decoder.decode(frame)
-        except (msgspec.MsgspecError, RecursionError) as exc:
-            log.warning("ignored a malformed frame from the registry: %s", str(exc)[:200])
-            return
-        if isinstance(msg, RoomEvent):
-            self._on_room_event(msg)
-            return
-        if isinstance(msg, Bye):
-            log.info("registry says bye: %s", msg.reason)
-            self._registry.close_reason = msg.reason
-            return
-        run = self._registry.flows.pop(msg.id, None) if msg.id is not None else None
-        if run is None:
-            log.warning("an unexpected %s from the registry", type(msg).__name__)
-            return
-        if run.timer is not None:
-            run.timer.cancel()
-        self._step(run, msg)
 
     def registry_closed(self, reason: str, now: float) -> list[Action]:
         """The registry connection closed or broke."""
         self._at(now)
-        if self._registry.state != "off":
-            self._registry_lost(reason)
+        self.registry.closed(reason)
         return self._take()
 
-    def _registry_lost(self, reason: str, failure: str | None = None) -> None:
-        """Fail every conversation in progress (with ``failure``, by default "lost the
-        registry: reason"); reconnect if we are logged in."""
-        reg = self._registry
-        if reg.state == "off" and not reg.waiting:
-            return
-        reason = reg.close_reason or reason
-        was_ready = reg.state == "ready"
-        reg.state = "off"
-        reg.session = None
-        runs = [*reg.flows.values(), *reg.waiting]
-        reg.flows, reg.waiting = {}, []
-        if self._heartbeat_timer is not None:
-            self._heartbeat_timer.cancel()
-        for run in runs:
-            self._throw(run, RegistryClosed(failure or f"lost the registry: {reason}"))
+    def registry_ready(self) -> None:
+        self._show(self.status())
+
+    def registry_event(self, event: RoomEvent) -> None:
+        self._on_room_event(event)
+
+    def registry_lost(self, reason: str, was_ready: bool) -> None:
+        """Chat over existing links goes on; if we are logged in, log in again with backoff."""
         if self._closing:
             return
         self._show(self.status())
@@ -464,36 +321,14 @@ class PeerCore:
             if self.username is not None and not self._closing:
                 self._schedule_reconnect()
 
-        self._run(self._login_flow(user, password), back, failed)
+        self.registry.run(self._login_flow(user, password), back, failed)
 
-    def _on_logged_in(self, session: LoggedIn, password: str) -> None:
-        reg = self._registry
-        reg.session = session
-        if self.router is None or self.router.me != session.username:
-            self.router = FloodRouter(session.username, new_id=self._new_id)
-        self.username = session.username
+    def _on_logged_in(self, login: LoggedIn, password: str) -> None:
+        if self.router is None or self.router.me != login.username:
+            self.router = FloodRouter(login.username, new_id=self._ctx.new_id)
+        self.username = login.username
         self._password = password
-        interval = self.config.heartbeat or session.heartbeat_interval
-        if self.config.heartbeat is not None and self.config.heartbeat >= session.timeout:
-            self._notice(
-                f"your heartbeat interval of {self.config.heartbeat:g} s is not shorter than "
-                f"the registry's timeout of {session.timeout:g} s, so the registry will log "
-                f"you out; leave --heartbeat out to use the registry's "
-                f"{session.heartbeat_interval:g} s"
-            )
-        if self._heartbeat_timer is not None:
-            self._heartbeat_timer.cancel()
-        self._beat(session, interval)
-
-    def _beat(self, session: LoggedIn, interval: float) -> None:
-        if self._registry.session is not session:
-            return
-        frame = encode(Ping(token=session.token))
-        self._out.append(SendDatagram(self.config.registry_host, session.udp_port, frame))
-        self.last_heartbeat = self._now
-        self._heartbeat_timer = self._timers.at(
-            self._now + interval, lambda now: self._beat(session, interval)
-        )
+        self.registry.logged_in(login)
 
     # ================================================================== commands
 
@@ -511,7 +346,7 @@ class PeerCore:
         def failed(exc: Exception) -> None:
             self._fail(command, exc.reason if isinstance(exc, RegistryError) else exc)
 
-        self._run(flow, done, failed)
+        self.registry.run(flow, done, failed)
 
     def _require_login(self) -> str:
         if self.username is None:
@@ -550,7 +385,7 @@ class PeerCore:
                 self._logging_in = False
                 self._fail(command, exc.reason if isinstance(exc, RegistryError) else exc)
 
-            self._run(
+            self.registry.run(
                 self._login_flow(username, password),
                 lambda name: self._done(command, finish(name)),
                 failed,
@@ -572,7 +407,7 @@ class PeerCore:
                 raise CommandError("not logged in")
             if self._reconnect_timer is not None:
                 self._reconnect_timer.cancel()
-            if self._registry.state != "ready" or self._registry.session is None:
+            if not self.registry.ready or self.registry.login is None:
                 self._logged_out()  # the registry dropped our session already
                 self._done(command)
                 return
@@ -585,16 +420,14 @@ class PeerCore:
                 self._logged_out()
                 self._fail(command, exc.reason if isinstance(exc, RegistryError) else exc)
 
-            self._run(flows.logout(), done, failed)
+            self.registry.run(flows.logout(), done, failed)
 
         return self._guarded(command, now, body)
 
     def _logged_out(self) -> None:
         self.username = None
         self._password = None
-        self._registry.session = None
-        if self._heartbeat_timer is not None:
-            self._heartbeat_timer.cancel()
+        self.registry.logged_out()
         self.rooms = {}
         self._loading = {}
         for link in list(self._conns.values()):
@@ -761,7 +594,7 @@ class PeerCore:
                 def failed(exc: Exception) -> None:
                     log.warning("could not load room %s: %s", event.room, exc)
 
-                self._run(
+                self.registry.run(
                     self._room_view(event.room),
                     lambda view: self._adopt(view) if view is not None else None,
                     failed,
@@ -868,11 +701,10 @@ class PeerCore:
 
     # ================================================================== links
 
-    def _new_id(self) -> str:
-        return self._rand(16).hex()
-
     def _dial(self, peer: str, host: str, port: int) -> Link:
-        link = Link(id=next(self._ids), dialed=True, nonce=self._new_id(), state=LinkState.DIALING)
+        link = Link(
+            id=next(self._ids), dialed=True, nonce=self._ctx.new_id(), state=LinkState.DIALING
+        )
         link.expect = peer
         link.deadline = self._now + 2 * self.config.dial_timeout
         self._conns[link.id] = link
@@ -899,7 +731,7 @@ class PeerCore:
         """Someone connected to our listener: a new link, waiting for their hello."""
         self._at(now)
         link = Link(
-            id=next(self._ids), dialed=False, nonce=self._new_id(), state=LinkState.AWAIT_HELLO
+            id=next(self._ids), dialed=False, nonce=self._ctx.new_id(), state=LinkState.AWAIT_HELLO
         )
         self._conns[link.id] = link
         if len(self._conns) > self.config.max_connections:
@@ -1100,8 +932,8 @@ class PeerCore:
         self._link_gone(link)
 
     def _token(self) -> str | None:
-        session = self._registry.session
-        return session.token if session is not None else None
+        login = self.registry.login
+        return login.token if login is not None else None
 
     def _vouch(self, link: Link, role: LinkRole, proof: str) -> None:
         """Have the registry vouch for the other side, then open the link.
@@ -1111,8 +943,7 @@ class PeerCore:
         """
         claimed = link.peer or ""
         me = self.username
-        reg = self._registry
-        if me is None or reg.state != "ready" or reg.session is None:
+        if me is None or not self.registry.ready or self.registry.login is None:
             self._refuse(link, "the registry is unreachable just now")
             return
         link.deadline = self._now + self.config.dial_timeout
@@ -1140,7 +971,7 @@ class PeerCore:
                 )
                 self._refuse(link, reason)
 
-        self._run(flows.vouch(me, claimed, role, link.nonce, proof), vouched, refused)
+        self.registry.run(flows.vouch(me, claimed, role, link.nonce, proof), vouched, refused)
 
     def _refuse(self, link: Link, reason: str) -> None:
         # usually churn (the other side logged out meanwhile); an impostor looks the same
@@ -1256,7 +1087,7 @@ class PeerCore:
             return
         targets = self._forward.get(pending.room, [])
         forward = router.originate(
-            pending.room, pending.text, self._now, targets, ts=self._now + self._wall_offset
+            pending.room, pending.text, self._now, targets, ts=self._ctx.wall
         )
         for peer in targets:
             self._out.append(SendLink(self.links[peer].id, forward.frame))
@@ -1294,15 +1125,13 @@ class PeerCore:
             def failed(exc: Exception) -> None:
                 self._fail(command, exc.reason if isinstance(exc, RegistryError) else exc)
 
-            self._run(flows.search(username), found, failed)
+            self.registry.run(flows.search(username), found, failed)
 
         return self._guarded(command, now, body)
 
     def _send_direct(self, pending: _Direct, link: Link) -> None:
         me = self.username or ""
-        msg = DirectMessage(
-            id=self._new_id(), sender=me, text=pending.text, ts=self._now + self._wall_offset
-        )
+        msg = DirectMessage(id=self._ctx.new_id(), sender=me, text=pending.text, ts=self._ctx.wall)
         pending.msg, pending.link, pending.peer = msg, link, link.peer or pending.peer
         if pending not in self._directs:
             self._directs.append(pending)
@@ -1351,9 +1180,7 @@ class PeerCore:
         self._closing = True
         for link in list(self._conns.values()):
             self._close(link)
-        if self._registry.state != "off":
-            self._out.append(CloseRegistry())
-        self._registry_lost("closed by this peer")
+        self.registry.close()
         return self._take()
 
 
