@@ -154,8 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     peer.add_argument(
         "--heartbeat",
         type=_seconds,
-        default=20.0,
-        help="seconds between heartbeats to the registry (fractions accepted)",
+        default=None,
+        metavar="SECONDS",
+        help="seconds between heartbeats to the registry (fractions accepted); by default the "
+        "interval the registry asks for",
     )
     peer.add_argument(
         "--max-links",
