@@ -185,3 +185,29 @@ async def test_bytes_that_are_not_utf8_get_an_error_not_the_end(registry: Regist
     rows, result = await peer.command("/help")  # still reading commands
     assert result.startswith("ok: ") and rows
     assert await peer.quit() == 0
+
+
+async def test_a_peer_keeps_the_pace_a_fast_registry_asks_for(tmp_path: Path) -> None:
+    """A registry that wants a heartbeat every 0.3 s and drops a session after 0.9 s of silence:
+    a peer started without --heartbeat follows it and stays logged in."""
+    fast = await start_registry(
+        tmp_path / "fast.db", "--heartbeat-interval", "0.3", "--timeout", "0.9"
+    )
+    try:
+        alice = await logged_in(fast, "alice")
+        bob = await logged_in(fast, "bob")
+        # three timeouts' worth of time: not waiting for an event, watching that none comes
+        await asyncio.sleep(2.7)
+        assert (
+            await bob.ok("/search alice") == f"ok: alice is online at 127.0.0.1:{alice_port(alice)}"
+        )
+        assert not [line for line in alice.lines if "registry" in line]
+        await alice.quit()
+        await bob.quit()
+    finally:
+        await fast.stop()
+
+
+def alice_port(peer: LinePeer) -> str:
+    line = next(x for x in peer.lines if x.startswith("ok: logged in as"))
+    return line.split("listening on port ")[1].split(";")[0]
