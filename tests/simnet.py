@@ -86,24 +86,10 @@ class Conn:
         return self.b if end is self.a else self.a
 
 
-@dataclass
-class SimPeer:
-    """A peer core on a simulated host, with what it showed and what its commands returned."""
+class Seen:
+    """What a peer showed its user, for tests to look at."""
 
-    name: str
-    host: str
-    core: PeerCore
-    net: SimNet
-    port: int = 7000
-    events: list[PeerEvent] = field(default_factory=list)
-    results: dict[int, Done] = field(default_factory=dict)
-    conns: dict[int, tuple[Conn, _End]] = field(default_factory=dict)
-    registry_end: tuple[Conn, _End] | None = None
-    crashed: bool = False
-    record: Callable[[PeerEvent], bool] = lambda event: True
-    timer_at: float | None = None
-
-    # -- what tests look at
+    events: list[PeerEvent]
 
     def room_texts(self, room: str | None = None) -> list[RoomText]:
         return [
@@ -120,6 +106,24 @@ class SimPeer:
 
     def got(self, room: str, sender: str, text: str) -> int:
         return sum(1 for e in self.room_texts(room) if e.sender == sender and e.text == text)
+
+
+@dataclass
+class SimPeer(Seen):
+    """A peer core on a simulated host, with what it showed and what its commands returned."""
+
+    name: str
+    host: str
+    core: PeerCore
+    net: SimNet
+    port: int = 7000
+    events: list[PeerEvent] = field(default_factory=list)
+    results: dict[int, Done] = field(default_factory=dict)
+    conns: dict[int, tuple[Conn, _End]] = field(default_factory=dict)
+    registry_end: tuple[Conn, _End] | None = None
+    crashed: bool = False
+    record: Callable[[PeerEvent], bool] = lambda event: True
+    timer_at: float | None = None
 
     # -- commands: start one, or run one to its end
 

@@ -9,10 +9,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from p2pchat.peer.events import DirectText, Notice, PeerEvent, RoomText
+from p2pchat.peer.events import PeerEvent
 from p2pchat.peer.mesh import mesh_graph
 from p2pchat.peer.node import PeerConfig, PeerNode
 from p2pchat.protocol.messages import PeerHello, PeerProof, encode, link_proof
+from tests.simnet import Seen
 
 PW = "secret-pw"
 WAIT = 10.0
@@ -70,26 +71,10 @@ class Changes:
 
 
 @dataclass
-class Peer:
+class Peer(Seen):
     name: str
     node: PeerNode
     events: list[PeerEvent] = field(default_factory=list)
-
-    def room_texts(self, room: str | None = None) -> list[RoomText]:
-        return [
-            e
-            for e in self.events
-            if isinstance(e, RoomText) and not e.mine and (room is None or e.room == room)
-        ]
-
-    def directs(self) -> list[DirectText]:
-        return [e for e in self.events if isinstance(e, DirectText) and not e.mine]
-
-    def notices(self) -> list[str]:
-        return [e.text for e in self.events if isinstance(e, Notice)]
-
-    def got(self, room: str, sender: str, text: str) -> int:
-        return sum(1 for e in self.room_texts(room) if e.sender == sender and e.text == text)
 
 
 class Swarm:

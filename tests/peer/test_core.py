@@ -243,6 +243,15 @@ class Driver:
         return link
 
 
+def room_with(alice: Driver, *names: str, room: str = "lobby") -> None:
+    """``room``, created by alice, with ``names`` as members, online at 10.0.0.9:7100."""
+    alice.do("create_room", room, False)
+    for name in names:
+        alice.registry.user(name)
+        alice.do("add_member", room, name)
+        alice.push(RoomEvent(room=room, username=name, change="online", host="10.0.0.9", port=7100))
+
+
 @pytest.fixture
 def registry() -> Registry:
     return Registry(RegistryConfig(register_burst=10_000, heartbeat_interval=7.0, timeout=21.0))
@@ -413,10 +422,7 @@ def test_a_wrong_proof_is_refused_and_what_followed_it_never_acted_on(
 def test_frames_sent_while_the_proof_is_checked_are_handled_in_order_after(
     registry: Registry, alice: Driver
 ) -> None:
-    registry.user("bob")
-    alice.do("create_room", "lobby", False)
-    alice.do("add_member", "lobby", "bob")
-    alice.push(RoomEvent(room="lobby", username="bob", change="online", host="10.0.0.9", port=7100))
+    room_with(alice, "bob")
     alice.hold = True  # the vouch is slow
     link = alice.accept()
     alice.feed(link, PeerHello(version=PROTOCOL_VERSION, username="bob", nonce="cd" * 16))
@@ -530,10 +536,7 @@ def test_when_both_dial_at_once_both_keep_the_link_the_smaller_name_dialed() -> 
 def test_a_crossing_dial_leaves_one_link_and_both_ends_agree(
     registry: Registry, alice: Driver
 ) -> None:
-    registry.user("bob")
-    alice.do("create_room", "lobby", False)
-    alice.do("add_member", "lobby", "bob")
-    alice.push(RoomEvent(room="lobby", username="bob", change="online", host="10.0.0.9", port=7100))
+    room_with(alice, "bob")
     alice.advance(0.1)
     [dial] = alice.dials
     accepted = alice.link_from("bob")  # bob dialed us meanwhile: that link opens first
@@ -556,10 +559,7 @@ def test_a_crossing_dial_leaves_one_link_and_both_ends_agree(
 def test_an_unreachable_member_is_retried_with_doubling_backoff(
     registry: Registry, alice: Driver
 ) -> None:
-    registry.user("bob")
-    alice.do("create_room", "lobby", False)
-    alice.do("add_member", "lobby", "bob")
-    alice.push(RoomEvent(room="lobby", username="bob", change="online", host="10.0.0.9", port=7100))
+    room_with(alice, "bob")
     dialed_at = []
     while len(dialed_at) < 7:
         alice.advance(0.01)
@@ -609,12 +609,7 @@ def test_a_direct_message_waits_for_its_acknowledgement(registry: Registry, alic
 def test_room_messages_are_shown_once_and_forwarded_to_the_other_neighbours(
     registry: Registry, alice: Driver
 ) -> None:
-    for name in ("bob", "cat"):
-        registry.user(name)
-    alice.do("create_room", "lobby", False)
-    for name in ("bob", "cat"):
-        alice.do("add_member", "lobby", name)
-        alice.push(RoomEvent(room="lobby", username=name, change="online", host="h", port=1))
+    room_with(alice, "bob", "cat")
     bob, cat = alice.link_from("bob"), alice.link_from("cat")
     alice.feed(bob, MeshRooms(rooms=["lobby"]))
     alice.feed(cat, MeshRooms(rooms=["lobby"]))
