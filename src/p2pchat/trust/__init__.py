@@ -1,0 +1,1 @@
+"""Identities and secrecy: the registry's CA, user certificates, signatures, TLS contexts."""
