@@ -542,7 +542,7 @@ class SimNet:
         for frame in frames:
             try:
                 request = request_decoder.decode(frame)
-            except (msgspec.MsgspecError, RecursionError) as exc:
+            except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError) as exc:
                 error = decode_error(frame, exc)  # type: ignore[arg-type]
                 self._send(entry[0], entry[1], encode(error))
                 continue

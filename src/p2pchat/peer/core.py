@@ -842,7 +842,7 @@ class PeerCore:
             return
         try:
             msg = peer_decoder.decode(frame)
-        except (msgspec.MsgspecError, RecursionError) as exc:
+        except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError) as exc:
             link.bad_frames += 1
             log.warning("dropped a bad frame from %s: %s", link.peer or "?", str(exc)[:200])
             if link.bad_frames > MAX_BAD_FRAMES:

@@ -245,7 +245,7 @@ class RegistrySession:
     def _frame(self, frame: bytes) -> None:
         try:
             msg = reply_decoder.decode(frame)
-        except (msgspec.MsgspecError, RecursionError) as exc:
+        except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError) as exc:
             log.warning("ignored a malformed frame from the registry: %s", str(exc)[:200])
             return
         if isinstance(msg, RoomEvent):
