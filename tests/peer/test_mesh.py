@@ -16,6 +16,7 @@ from p2pchat.peer import mesh
 from p2pchat.peer.mesh import (
     RoomMesh,
     diameter,
+    eccentricity,
     half_ring_keeps,
     mesh_graph,
     mesh_neighbours,
@@ -266,18 +267,7 @@ def test_key_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def bfs_diameter(graph: Mapping[int, Set[int]]) -> int:
-    longest = 0
-    for source in graph:
-        dist = {source: 0}
-        queue = deque([source])
-        while queue:
-            v = queue.popleft()
-            for u in graph[v]:
-                if u not in dist:
-                    dist[u] = dist[v] + 1
-                    queue.append(u)
-        longest = max(longest, *dist.values())
-    return longest
+    return max(eccentricity(graph, v) for v in graph) if graph else 0
 
 
 @SETTINGS

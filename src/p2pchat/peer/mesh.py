@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left, insort
+from collections import deque
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import TypeVar
 
@@ -186,6 +187,22 @@ def mesh_neighbours(
 def mesh_graph(members: Iterable[str], max_links: int = MESH_DEGREE) -> dict[str, frozenset[str]]:
     """The whole mesh of a room, as each member's ``mesh_neighbours`` would give it."""
     return RoomMesh(members, max_links).graph()
+
+
+def eccentricity(graph: Mapping[_T, Iterable[_T]], source: _T) -> int:
+    """Links from ``source`` to the member farthest from it (one breadth-first search): a
+    lower bound of the diameter. Raises ``ValueError`` if the graph is not connected."""
+    dist = {source: 0}
+    queue = deque([source])
+    while queue:
+        v = queue.popleft()
+        for u in graph[v]:
+            if u not in dist:
+                dist[u] = dist[v] + 1
+                queue.append(u)
+    if len(dist) != len(graph):
+        raise ValueError("graph is not connected")
+    return max(dist.values())
 
 
 _SOURCES_PER_PASS = 4096
