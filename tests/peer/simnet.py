@@ -62,10 +62,11 @@ class SimNet:
         self._last: dict[tuple[Hashable, Hashable], float] = {}
 
     def link_latency(self, a: Hashable, b: Hashable) -> float:
-        key = (a, b) if repr(a) <= repr(b) else (b, a)
-        lat = self._link.get(key)
+        """The link's latency before jitter: drawn at its first use, the same both ways."""
+        lat = self._link.get((a, b))
         if lat is None:
-            lat = self._link[key] = self.latency * (1 + self.spread * (2 * self.rng.random() - 1))
+            lat = self.latency * (1 + self.spread * (2 * self.rng.random() - 1))
+            self._link[a, b] = self._link[b, a] = lat
         return lat
 
     def send(self, src: Hashable, dst: Hashable, payload: Any) -> None:
@@ -309,10 +310,11 @@ class RoomSim:
             old, now_ = self.graph.get(v, frozenset()), new[v]
             r = self.trees.get(v)
             if r is not None:
-                for u in old - now_:
-                    r.neighbour_down(ROOM, u)
                 for u in now_ - old:
                     r.neighbour_up(ROOM, u)
+                for u in old - now_:
+                    self._dispatch(v, r.neighbour_down(ROOM, u))
+                self._schedule(v)
         self.graph = {v: new.get(v, frozenset()) for v in self.members}
 
     def run(self, until: float = math.inf) -> None:

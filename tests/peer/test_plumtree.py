@@ -278,6 +278,26 @@ def test_neighbours_coming_and_going() -> None:
     assert r.feeders(R, "o") == frozenset()
 
 
+def test_losing_the_only_feeder_asks_the_others_to_push_again() -> None:
+    r = router()
+    msg = payload()
+    r.receive(msg, "b", 0.0, MEMBERS)
+    r.receive(msg, "c", 0.0, MEMBERS)
+    r.receive(msg, "d", 0.0, MEMBERS)
+    assert r.feeders(R, "o") == {"b"}
+    r.neighbour_up(R, "p")  # a new neighbour pushes to us from the start
+    assert r.neighbour_down(R, "p") == []  # it was not the only one
+    sends = r.neighbour_down(R, "b")
+    assert sent(sends, Graft) == [(Graft(room=R, origin="o", ids=[]), ["c", "d"])]
+    assert r.feeders(R, "o") == {"c", "d"} and r.grafts_out == 2
+    # the author itself going away needs no repair
+    by_c = payload(origin="c")
+    r.receive(by_c, "c", 1.0, MEMBERS)
+    r.receive(by_c, "d", 1.0, MEMBERS)
+    assert r.feeders(R, "c") == {"c"}
+    assert r.neighbour_down(R, "c") == []
+
+
 @pytest.mark.parametrize(
     "options",
     [

@@ -325,23 +325,37 @@ class TreeRouter:
                 tree.pruned.discard(peer)
                 tree.lazy.discard(peer)
 
-    def neighbour_down(self, room: str, peer: str) -> None:
-        """``peer`` is no longer our neighbour in ``room`` (left the mesh, or its link is gone)."""
+    def neighbour_down(self, room: str, peer: str) -> list[Send]:
+        """``peer`` is no longer our neighbour in ``room`` (left the mesh, or its link is gone).
+
+        For each origin that ``peer`` pushed to us while no other neighbour does, ask every
+        remaining neighbour to push again (``graft`` without ids) rather than wait for the
+        next message's announcements to time out; the duplicates this causes prune the
+        links again. Report new neighbours first, so they count as feeding us.
+        """
         state = self._rooms.get(room)
         if state is None or peer not in state.neighbours:
-            return
-        state.neighbours.discard(peer)
-        for tree in state.trees.values():
+            return _EMPTY
+        nbrs = state.neighbours
+        nbrs.discard(peer)
+        sends: list[Send] = []
+        for origin, tree in state.trees.items():
+            fed_us = peer not in tree.pruned
             tree.pruned.discard(peer)
             tree.lazy.discard(peer)
+            if fed_us and origin != peer and nbrs and nbrs <= tree.pruned:
+                tree.pruned.clear()
+                self._emit(Graft(room=room, origin=origin, ids=[]), sorted(nbrs), sends)
         for (r, _origin), by_peer in self._pending.items():
             if r == room:
                 self._pending_ids -= len(by_peer.pop(peer, ()))
+        return sends
 
     def forget_room(self, room: str) -> None:
         """Drop every neighbour and tree of ``room`` (we left it)."""
         state = self._rooms.get(room)
         if state is not None:
+            state.trees.clear()
             for peer in list(state.neighbours):
                 self.neighbour_down(room, peer)
             del self._rooms[room]
