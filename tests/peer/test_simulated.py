@@ -174,7 +174,7 @@ def test_a_thousand_member_room_gets_every_message_once() -> None:
     for name in names:
         got = Counter((e.sender, e.text) for e in net.peers[name].room_texts(ROOM))
         assert got == Counter((s, f"hello from {s}") for s in senders if s != name), name
-    assert max(len(net.peers[n].core.links) for n in names) <= 3
+    assert max(len(net.peers[n].core.links) for n in names) <= 6
 
 
 def test_the_same_seed_gives_the_same_run() -> None:

@@ -99,6 +99,9 @@ EXAMPLES: list[Message] = [
     m.RoomMessage(id="b" * 32, room="den", origin="alice", text="héllo ✓", ts=1.7e9, hops=64),
     m.PeerError(code=ErrorCode.TEXT_TOO_LONG, reason="too long", id="d1"),
     m.PeerError(code=ErrorCode.TEXT_TOO_LONG, reason="too long", id="c" * 32),
+    m.IHave(room="den", origin="alice", ids=["b" * 32, "c" * 32]),
+    m.Graft(room="den", origin="alice", ids=[]),
+    m.Prune(room="den", origin="alice"),
 ]
 
 DECODERS: dict[str, tuple[msgspec.json.Decoder[typing.Any], object]] = {

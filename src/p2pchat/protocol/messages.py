@@ -410,6 +410,45 @@ class PeerError(Message, tag="peer_error"):
     id: str | None = None
 
 
+# Tree push of room messages (Plumtree): payloads along a tree, ids on the other mesh links.
+
+MESSAGE_ID_RE = re.compile(r"[0-9a-f]{32}")
+"""Room message ids under tree push: 128 random bits as 32 lowercase hex digits."""
+MAX_IDS_PER_FRAME = 1024
+"""Most ids in one ``ihave`` or ``graft``; a frame with more is dropped."""
+
+
+def valid_message_id(mid: str) -> bool:
+    """True if ``mid`` is 32 lowercase hex digits (a fixed size keeps seen caches bounded)."""
+    return len(mid) == 32 and MESSAGE_ID_RE.fullmatch(mid) is not None
+
+
+class IHave(Message, tag="ihave"):
+    """Ids of ``origin``'s messages in ``room`` that the sender has, announced instead of
+    pushing the payloads over this link; batched."""
+
+    room: str
+    origin: str
+    ids: list[str]
+
+
+class Graft(Message, tag="graft"):
+    """Asks the receiver to push ``origin``'s messages in ``room`` over this link again, and
+    to send the payloads of ``ids`` (which may be empty) now."""
+
+    room: str
+    origin: str
+    ids: list[str]
+
+
+class Prune(Message, tag="prune"):
+    """Asks the receiver to stop pushing ``origin``'s messages in ``room`` over this link and
+    to announce their ids instead: the sender gets them first over another link."""
+
+    room: str
+    origin: str
+
+
 PeerFrame = (
     PeerHello
     | PeerWelcome
@@ -419,6 +458,9 @@ PeerFrame = (
     | DirectAck
     | RoomMessage
     | PeerError
+    | IHave
+    | Graft
+    | Prune
 )
 
 
