@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from p2pchat.peer.links import LinkView, forwarding_table, plan_links, wanted_links
+from p2pchat.peer.links import LinkPlan, LinkView, forwarding_table, plan_links, wanted_links
 from p2pchat.peer.mesh import mesh_neighbours
 
 MEMBERS = [f"u{i:02d}" for i in range(10)]
+
+
+def plan_for(me: str, online: dict[str, list[str]], links: dict[str, LinkView]) -> LinkPlan:
+    return plan_links(wanted_links(me, online, 6), online.keys(), links)
 
 
 def test_wanted_links_follow_the_mesh_of_each_room() -> None:
@@ -16,7 +20,7 @@ def test_wanted_links_follow_the_mesh_of_each_room() -> None:
 
 
 def test_a_fresh_peer_dials_every_neighbour() -> None:
-    plan = plan_links("u00", {"a": MEMBERS}, {}, 6)
+    plan = plan_for("u00", {"a": MEMBERS}, {})
     assert set(plan.dial) == mesh_neighbours(MEMBERS, "u00")
     assert not plan.announce and not plan.close
 
@@ -24,11 +28,11 @@ def test_a_fresh_peer_dials_every_neighbour() -> None:
 def test_established_links_are_announced_then_left_alone() -> None:
     nbrs = mesh_neighbours(MEMBERS, "u00")
     links = {p: LinkView() for p in nbrs}
-    plan = plan_links("u00", {"a": MEMBERS}, links, 6)
+    plan = plan_for("u00", {"a": MEMBERS}, links)
     assert plan.announce == {p: frozenset({"a"}) for p in nbrs}
     for p in nbrs:
         links[p].mine = frozenset({"a"})
-    again = plan_links("u00", {"a": MEMBERS}, links, 6)
+    again = plan_for("u00", {"a": MEMBERS}, links)
     assert not again.dial and not again.announce and not again.close
 
 
@@ -39,7 +43,7 @@ def test_unneeded_links_close_only_when_neither_side_holds_them() -> None:
         "x3": LinkView(pinned=True),  # used for direct messages: keep
         "x4": LinkView(),
     }
-    plan = plan_links("u00", {}, links, 6)
+    plan = plan_for("u00", {}, links)
     assert plan.announce == {"x1": frozenset()}
     assert sorted(plan.close) == ["x1", "x4"]
 
@@ -47,14 +51,14 @@ def test_unneeded_links_close_only_when_neither_side_holds_them() -> None:
 def test_make_before_break_keeps_old_links_until_new_ones_are_up() -> None:
     links = {p: LinkView(mine=frozenset({"a"})) for p in ("u01", "u02")}
     after = ["u00", "u01", "u02", "u03", "u04", "u05", "u06", "u07"]
-    plan = plan_links("u00", {"a": after}, links, 6)
+    plan = plan_for("u00", {"a": after}, links)
     new = mesh_neighbours(after, "u00")
     assert set(plan.dial) == new - {"u01", "u02"}
     # u02 is not a neighbour in the new mesh, but stays announced while we wait for the dials
     assert "u02" not in new and "u02" not in plan.announce and "u02" not in plan.close
     for p in plan.dial:
         links[p] = LinkView(mine=frozenset({"a"}))
-    done = plan_links("u00", {"a": after}, links, 6)
+    done = plan_for("u00", {"a": after}, links)
     assert done.announce == {"u02": frozenset()}
 
 

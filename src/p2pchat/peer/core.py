@@ -572,7 +572,7 @@ class PeerCore:
                 held = None
         if held is None:
             return None
-        view = RoomView.from_list(name, members)
+        view = RoomView.from_list(name, members, self.config.max_links)
         for event in held:
             view.apply(event)
         return view
@@ -635,14 +635,10 @@ class PeerCore:
         if me is None or self._closing:
             self._release_says()
             return
-        online = {
-            name: [
-                user
-                for user, m in view.members.items()
-                if m.online and user != me and not self._backing_off(user, now)
-            ]
-            for name, view in self.rooms.items()
-        }
+        wanted: dict[str, frozenset[str]] = {}
+        for name, view in self.rooms.items():
+            for peer in self._neighbours(view, me, now):
+                wanted[peer] = wanted.get(peer, frozenset()) | {name}
         self._refresh_theirs()
         views: dict[str, LinkView] = {}
         wake = [b.retry_at for b in self._backoff.values() if b.retry_at > now]
@@ -651,7 +647,7 @@ class PeerCore:
             if link.view.pinned:
                 wake.append(link.pinned_until)
             views[peer] = link.view
-        plan = plan_links(me, online, views, self.config.max_links)
+        plan = plan_links(wanted, self.rooms.keys(), views)
         self._building = plan.waiting
         if self._repairing:
             for room in sorted(self._repairing - plan.waiting):
@@ -677,6 +673,20 @@ class PeerCore:
             self._wake_timer = self._timers.at(min(wake), self._replan)
         self._release_says()
 
+    def _neighbours(self, view: RoomView, me: str, now: float) -> frozenset[str]:
+        """Our neighbours in a room's mesh, computed without the members we cannot reach just
+        now (so the mesh closes around them instead of waiting)."""
+        mesh = view.mesh
+        mesh.add(me)
+        away = [p for p, b in self._backoff.items() if b.retry_at > now and p in mesh]
+        for peer in away:
+            mesh.remove(peer)
+        try:
+            return mesh.neighbours(me)
+        finally:
+            for peer in away:
+                mesh.add(peer)
+
     def _refresh_theirs(self) -> None:
         """A non-member's announcement must not pull our room's messages its way."""
         rooms = self.rooms
@@ -687,10 +697,6 @@ class PeerCore:
 
     def _rebuild_forwarding(self) -> None:
         self._forward = forwarding_table({p: link.view for p, link in self.links.items()})
-
-    def _backing_off(self, peer: str, now: float) -> bool:
-        entry = self._backoff.get(peer)
-        return entry is not None and entry.retry_at > now
 
     def _address(self, peer: str) -> tuple[str, int] | None:
         for view in self.rooms.values():

@@ -55,18 +55,17 @@ def wanted_links(
 
 
 def plan_links(
-    me: str,
-    online: Mapping[str, Collection[str]],
+    wanted: Mapping[str, frozenset[str]],
+    rooms: Collection[str],
     links: Mapping[str, LinkView],
-    max_links: int,
 ) -> LinkPlan:
-    """Compare the links we have with the ones the mesh wants.
+    """Compare the links we have with the ones the meshes want (``wanted``: each peer we
+    should link to, with the rooms in which it is our neighbour; ``rooms``: ours).
 
     Make before break: while a room still waits for a wanted link, the links we already hold
     for it stay announced, so the room's mesh never loses the edges that keep it connected
     before the new ones are up.
     """
-    wanted = wanted_links(me, online, max_links)
     plan = LinkPlan()
     waiting: set[str] = set()
     for peer in sorted(wanted):
@@ -74,12 +73,12 @@ def plan_links(
             plan.dial.append(peer)
             waiting |= wanted[peer]
     for peer, link in links.items():
-        rooms = wanted.get(peer, frozenset())
+        held = wanted.get(peer, frozenset())
         if waiting and link.mine & waiting:
-            rooms = rooms | (link.mine & waiting & online.keys())
-        if rooms != link.mine:
-            plan.announce[peer] = rooms
-        if not rooms and not link.theirs and not link.pinned:
+            held = held | frozenset(r for r in link.mine & waiting if r in rooms)
+        if held != link.mine:
+            plan.announce[peer] = held
+        if not held and not link.theirs and not link.pinned:
             plan.close.append(peer)
     plan.waiting = frozenset(waiting)
     return plan

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from p2pchat.peer.mesh import RoomMesh
 from p2pchat.protocol.messages import MemberInfo, RoomEvent
 
 
@@ -19,20 +20,31 @@ class RoomView:
     name: str
     """As the registry spells it."""
     members: dict[str, Member] = field(default_factory=dict)
+    mesh: RoomMesh = field(default_factory=RoomMesh)
+    """The online members, in the mesh's orders."""
 
     @classmethod
-    def from_list(cls, name: str, members: list[MemberInfo]) -> RoomView:
-        return cls(name, {m.username: Member(m.online, m.host, m.port) for m in members})
+    def from_list(cls, name: str, members: list[MemberInfo], max_links: int) -> RoomView:
+        view = cls(name, {m.username: Member(m.online, m.host, m.port) for m in members})
+        view.mesh = RoomMesh([m.username for m in members if m.online], max_links)
+        return view
 
     def apply(self, event: RoomEvent) -> None:
         """A pushed membership or presence change."""
         who, change = event.username, event.change
         if change in ("online", "joined", "added"):
-            self.members[who] = Member(event.host is not None, event.host, event.port)
+            online = event.host is not None
+            self.members[who] = Member(online, event.host, event.port)
+            if online:
+                self.mesh.add(who)
+            else:
+                self.mesh.remove(who)
         elif change == "offline":
             self.members[who] = Member(False)
+            self.mesh.remove(who)
         else:  # left, removed
             self.members.pop(who, None)
+            self.mesh.remove(who)
 
     def is_online(self, user: str) -> bool:
         member = self.members.get(user)
