@@ -45,12 +45,13 @@ from p2pchat.protocol.messages import (
     RoomList,
     Search,
     SearchResult,
+    Unban,
     UserAddr,
     UserList,
     Vouch,
     Welcome,
+    decode_reply,
     encode,
-    reply_decoder,
 )
 
 log = logging.getLogger("p2pchat.registry.client")
@@ -173,7 +174,7 @@ class RegistryClient:
 
     def _dispatch(self, frame: bytes) -> None:
         try:
-            msg = reply_decoder.decode(frame)
+            msg = decode_reply(frame)
         except msgspec.MsgspecError as exc:
             log.warning("ignored a malformed frame from the registry: %s", exc)
             return
@@ -241,13 +242,20 @@ class RegistryClient:
         *,
         host: str | None = None,
         heartbeat: float | None = None,
+        ticket: str | None = None,
     ) -> LoggedIn:
         """Log in and start heartbeats every ``heartbeat`` seconds (default: the registry's).
 
-        ``heartbeat=0`` sends none (tests of expiry use it).
+        ``heartbeat=0`` sends none (tests of expiry use it). ``ticket``: the one from an
+        earlier ``LoggedIn`` for this user, so that others' wrong guesses do not slow us.
         """
         request = Login(
-            id=self._next_id(), username=username, password=password, port=port, host=host
+            id=self._next_id(),
+            username=username,
+            password=password,
+            port=port,
+            host=host,
+            ticket=ticket,
         )
         self.session = await self._call(request, LoggedIn)
         interval = self.session.heartbeat_interval if heartbeat is None else heartbeat
@@ -320,15 +328,22 @@ class RegistryClient:
     async def leave_room(self, room: str) -> None:
         await self._call(LeaveRoom(id=self._next_id(), room=room), Ok)
 
-    async def add_member(self, room: str, username: str) -> None:
-        await self._call(AddMember(id=self._next_id(), room=room, username=username), Ok)
+    async def add_member(self, room: str, username: str, may_add: bool | None = None) -> None:
+        request = AddMember(id=self._next_id(), room=room, username=username, may_add=may_add)
+        await self._call(request, Ok)
 
-    async def remove_member(self, room: str, username: str) -> None:
-        await self._call(RemoveMember(id=self._next_id(), room=room, username=username), Ok)
+    async def remove_member(self, room: str, username: str, ban: bool = False) -> None:
+        request = RemoveMember(id=self._next_id(), room=room, username=username, ban=ban)
+        await self._call(request, Ok)
 
-    async def rooms(self) -> list[RoomInfo]:
-        """Every room this session can see (all pages)."""
-        pages = await self._pages(lambda i, after: ListRooms(id=i, after=after), RoomList)
+    async def unban(self, room: str, username: str) -> None:
+        await self._call(Unban(id=self._next_id(), room=room, username=username), Ok)
+
+    async def rooms(self, mine: bool = False) -> list[RoomInfo]:
+        """Every room this session can see (all pages); with ``mine``, only its user's."""
+        pages = await self._pages(
+            lambda i, after: ListRooms(id=i, after=after, mine=mine), RoomList
+        )
         return [room for page in pages for room in page.rooms]
 
     async def members(self, room: str) -> list[MemberInfo]:
