@@ -444,6 +444,23 @@ def test_deep_nesting_past_the_recursion_limit_gets_bad_frame() -> None:
     assert decode_error(frame, info.value).code == ErrorCode.BAD_FRAME
 
 
+@pytest.mark.parametrize(
+    ("decoder", "frame"),
+    [
+        (request_decoder, b'{"type":"hello","id":1,"version":1,"agent":"\xff"}'),
+        (peer_decoder, b'{"type":"dm","id":"\xb3","sender":"a","text":"t","ts":0}'),
+    ],
+)
+def test_bytes_that_are_not_utf8_inside_a_string_get_bad_frame(
+    decoder: msgspec.json.Decoder[typing.Any], frame: bytes
+) -> None:
+    with pytest.raises(UnicodeDecodeError):
+        decoder.decode(frame)  # what msgspec itself does (the fuzz test found it)
+    with pytest.raises(msgspec.DecodeError) as info:
+        m.decode(decoder, frame)
+    assert decode_error(frame, info.value).code == ErrorCode.BAD_FRAME
+
+
 def test_a_reply_with_a_code_from_a_newer_registry_still_decodes() -> None:
     reply = m.decode_reply(b'{"type":"error","id":3,"code":"brand_new","reason":"r"}')
     assert isinstance(reply, m.Error) and (reply.id, reply.code) == (3, "brand_new")

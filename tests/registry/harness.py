@@ -35,7 +35,7 @@ from p2pchat.registry.core import (
 )
 from p2pchat.registry.passwords import Passwords
 from p2pchat.store import SqliteStore
-from p2pchat.store.base import Store
+from p2pchat.store.base import Store, StoreError
 
 PW = "secret-pw"
 
@@ -144,3 +144,24 @@ def code(msg: Message) -> str:
 
 def login(name: str, password: str, port: int = 7000, **kw: Any) -> Login:
     return Login(id=1000, username=name, password=password, port=port, **kw)
+
+
+class FaultyStore:
+    """A store whose named methods fail (``StoreError``) while listed in ``failing``: a full
+    disk, an I/O error or a damaged page, as the registry sees them."""
+
+    def __init__(self, inner: Store | None = None) -> None:
+        self.inner = inner or SqliteStore(":memory:")
+        self.failing: set[str] = set()
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            if name in self.failing or "*" in self.failing:
+                raise StoreError(f"{name}: disk I/O error")
+            return method(*args, **kwargs)
+
+        return call

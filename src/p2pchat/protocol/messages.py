@@ -536,14 +536,19 @@ def encode(msg: Message) -> bytes:
 def decode(decoder: msgspec.json.Decoder[T], frame: bytes) -> T:
     """Decode one frame; every failure is a ``msgspec.MsgspecError``.
 
-    JSON nested deeper than the interpreter's recursion limit makes msgspec raise
-    ``RecursionError``; it is turned into a ``DecodeError`` here, so that callers answer it
-    like any other malformed frame (``bad_frame``) and close nothing.
+    msgspec raises two other exceptions on hostile input: ``RecursionError`` for JSON nested
+    deeper than the interpreter's recursion limit, and ``UnicodeDecodeError`` for bytes that
+    are not UTF-8 inside a string. Both become a ``DecodeError`` here, so that callers answer
+    them like any other malformed frame (``bad_frame``) and close nothing.
     """
     try:
         return decoder.decode(frame)
+    except msgspec.MsgspecError:
+        raise
     except RecursionError:
         raise msgspec.DecodeError("JSON is malformed: nested too deeply") from None
+    except UnicodeDecodeError as exc:
+        raise msgspec.DecodeError(f"JSON is malformed: not UTF-8 (byte {exc.start})") from None
 
 
 class _Head(msgspec.Struct):
@@ -587,8 +592,8 @@ def decode_error(frame: bytes, exc: msgspec.MsgspecError) -> Error:
     """The error reply for a frame that failed to decode, keeping its id when it has one."""
     if isinstance(exc, msgspec.ValidationError):
         try:
-            head = msgspec.json.decode(frame, type=_Head)
-        except (msgspec.MsgspecError, RecursionError):
+            head = decode(_head_decoder, frame)
+        except msgspec.MsgspecError:
             head = _Head()
         raw_id = head.id
         req_id = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
@@ -619,13 +624,15 @@ def decode_reply(frame: bytes) -> RegistryReply:
         return decode(reply_decoder, frame)
     except msgspec.ValidationError:
         try:
-            raw = msgspec.json.decode(frame, type=_LenientError)
-        except (msgspec.MsgspecError, RecursionError):
+            raw = decode(_lenient_error_decoder, frame)
+        except msgspec.MsgspecError:
             raise msgspec.ValidationError("not a registry reply") from None
         code: Any = raw.code
         return Error(id=raw.id, code=code, reason=raw.reason, retry_after=raw.retry_after)
 
 
+_head_decoder = msgspec.json.Decoder(_Head)
+_lenient_error_decoder = msgspec.json.Decoder(_LenientError)
 request_decoder: msgspec.json.Decoder[RegistryRequest] = msgspec.json.Decoder(RegistryRequest)
 reply_decoder: msgspec.json.Decoder[RegistryReply] = msgspec.json.Decoder(RegistryReply)
 peer_decoder: msgspec.json.Decoder[PeerFrame] = msgspec.json.Decoder(PeerFrame)

@@ -1066,7 +1066,7 @@ def _rate_limited(req_id: int, what: str, wait: float) -> Error:
         req_id,
         ErrorCode.RATE_LIMITED,
         f"{what}; try again in {wait:.1f} s",
-        retry_after=round(wait, 3),
+        retry_after=round(max(wait, 0.001), 3),
     )
 
 

@@ -522,17 +522,19 @@ class RegistryServer:
     def _handle(self, session: _TcpSession, frame: bytes) -> None:
         if session.conn not in self._sessions:
             return
+        request_id: int | None = None
         try:
-            request = decode(request_decoder, frame)
-        except msgspec.MsgspecError as exc:
-            self._write(session, decode_error(frame, exc))
-            return
-        try:
+            try:
+                request = decode(request_decoder, frame)
+            except msgspec.MsgspecError as exc:
+                self._write(session, decode_error(frame, exc))
+                return
+            request_id = request.id
             actions = self.core.handle(session.conn, request, self.now())
-        except Exception:
-            log.exception("internal error on %s", type(request).__name__)
+        except Exception:  # a bug: one traceback, one answer, and the session goes on
+            log.exception("internal error on a frame from session %d", session.conn)
             self._write(
-                session, Error(id=request.id, code=ErrorCode.INTERNAL, reason="internal error")
+                session, Error(id=request_id, code=ErrorCode.INTERNAL, reason="internal error")
             )
             return
         self._apply(actions)
