@@ -530,14 +530,12 @@ class RegistryServer:
                 self._write(session, decode_error(frame, exc))
                 return
             request_id = request.id
-            actions = self.core.handle(session.conn, request, self.now())
+            self._apply(self.core.handle(session.conn, request, self.now()))
         except Exception:  # a bug: one traceback, one answer, and the session goes on
             log.exception("internal error on a frame from session %d", session.conn)
             self._write(
                 session, Error(id=request_id, code=ErrorCode.INTERNAL, reason="internal error")
             )
-            return
-        self._apply(actions)
 
     def lost(self, session: _TcpSession) -> None:
         if session.transport is None:
