@@ -291,25 +291,40 @@ def test_parallel_logins_from_one_address_are_bounded_before_any_hash() -> None:
 
 
 def test_password_work_is_served_fairly_between_addresses() -> None:
-    """Registrations flood from 10 addresses; an honest login from an eleventh address waits
-    for at most one job per address, not for the whole flood."""
+    """Registrations flood from 10 addresses, and logins for unknown names from 10 more; an
+    honest login from another address waits for at most one login per address (and the
+    registrations' share), not for the whole flood."""
     h = Harness(hold_jobs=True, hash_workers=1, hash_queue=1000, hash_queue_per_address=50)
     h.core.store.create_account("alice", h.passwords.hash(PW))
     for i in range(300):
-        h.send(
-            h.connect(host=f"10.6.6.{i % 10}"),
-            Register(id=h.id(), username=f"bot{i:03d}", password=PW),
-        )
+        bot = Register(id=h.id(), username=f"bot{i:03d}", password=PW)
+        h.send(h.connect(host=f"10.6.6.{i % 10}"), bot)
+        h.send(h.connect(host=f"10.7.7.{i % 10}"), login(f"nobody{i}", PW))
     honest = h.connect(host="10.0.0.1")
     h.send(honest, login("alice", PW))
     served_before = 0
     while not any(isinstance(m, LoggedIn) for m in h.out[honest]):
+        h.finish(h.jobs.pop(0))
+        served_before += 1
+    assert served_before <= 1 + 10 + 4  # the one running, a login per address, a share
+    assert len(h.core.jobs) > 400  # the flood is still waiting behind it
+
+
+def test_logins_go_before_registrations_which_still_get_a_share() -> None:
+    h = Harness(hold_jobs=True, hash_workers=1, hash_queue=1000, hash_queue_per_address=50)
+    h.core.store.create_account("alice", h.passwords.hash(PW))
+    for i in range(40):
+        h.send(h.connect(host="10.6.6.6"), Register(id=h.id(), username=f"bot{i:03d}", password=PW))
+    for i in range(8):
+        h.send(h.connect(host=f"10.0.0.{i}"), login("alice" if i == 0 else f"nobody{i}", PW))
+    kinds = []
+    while h.jobs:
         job = h.jobs.pop(0)
-        if isinstance(job, HashPassword):
-            served_before += 1
+        kinds.append("R" if isinstance(job, HashPassword) else "L")
         h.finish(job)
-    assert served_before <= 11  # the one running when it came, then one per address
-    assert len(h.core.jobs) > 200  # the flood is still waiting behind it
+    # the first registration was running; then logins, one registration in four
+    assert "".join(kinds[:12]) == "RLLLRLLLRLLR"
+    assert kinds.count("L") == 8
 
 
 def test_fair_queue_is_bounded_and_round_robin() -> None:

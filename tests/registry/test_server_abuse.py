@@ -262,6 +262,37 @@ async def test_a_pipelined_flood_delays_another_connection_by_at_most_a_turn_eac
         await server.close()
 
 
+async def test_a_client_that_does_not_read_is_not_served_and_costs_little_output() -> None:
+    server = await start()
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        await until(lambda: len(server._sessions) == 1)
+        [session] = server._sessions.values()
+        assert session.transport is not None  # small kernel buffers: the backlog shows at once
+        session.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+        )
+        pings = b"".join(b'{"type":"ping","id":%d,"token":"t"}\n' % i for i in range(30_000))
+        writer.write(HELLO + pings)  # and reads nothing
+        await until(lambda: session.stalled)
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert session.transport is not None
+        assert session.transport.get_write_buffer_size() <= 64 * 1024 + TURN_FRAMES * 200
+        assert session.held <= QUEUE_BYTES + 256 * 1024  # nor is it read meanwhile
+        answered = 0
+        while answered < 30_001:  # once it reads, everything is answered
+            assert await asyncio.wait_for(reader.readline(), WAIT)
+            answered += 1
+        writer.close()
+    finally:
+        await server.close()
+
+
 async def test_unprocessed_input_is_bounded_in_total() -> None:
     """Ten connections each hold a partial 60 KB frame; the registry keeps at most
     ``max_input`` bytes, closing those holding the most, and still serves everyone else."""

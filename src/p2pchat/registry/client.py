@@ -23,6 +23,7 @@ from p2pchat.protocol.messages import (
     Bye,
     CreateRoom,
     Error,
+    ErrorCode,
     Hello,
     JoinRoom,
     LeaveRoom,
@@ -280,7 +281,7 @@ class RegistryClient:
     async def ping_tcp(self) -> None:
         """The heartbeat over the TCP session, for networks that drop UDP."""
         if self.session is None:
-            raise RegistryError("not_logged_in", "log in first")
+            raise RegistryError(ErrorCode.NOT_LOGGED_IN, "log in first")
         await self._call(Ping(id=self._next_id(), token=self.session.token), Ok)
 
     async def logout(self) -> None:

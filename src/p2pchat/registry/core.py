@@ -5,9 +5,10 @@ this message on that session, close that session, hash or verify this password).
 shell in ``server.py`` carries them out. Heartbeat expiry is therefore a matter of calling
 ``expire(now)`` with a later ``now``, which is how the tests check it without waiting.
 
-Argon2id is deliberately slow, so the core never runs it: it queues the work, fairly between
-source addresses and within fixed bounds, and returns ``HashPassword`` or ``VerifyPassword``
-only when one of the shell's ``hash_workers`` is free. The shell runs the hash in a worker
+Argon2id is deliberately slow, so the core never runs it: it queues the work (``WorkQueue``:
+logins before registrations, fairly between source addresses, within fixed bounds) and
+returns ``HashPassword`` or ``VerifyPassword`` only when one of the shell's ``hash_workers``
+is free. The shell runs the hash in a worker
 thread, then calls back ``register_hashed`` / ``login_verified`` / ``auth_failed``, which free
 the worker and may start the next job. State is re-checked on the way back, since other
 requests may have been served in between.
@@ -256,6 +257,55 @@ class FairQueue(Generic[K, T]):
         return item
 
 
+class WorkQueue:
+    """Password jobs in three lanes, each fair between addresses: logins that present a valid
+    ticket, other logins, registrations.
+
+    A higher lane goes first, except that every ``share``-th job comes from the lowest lane
+    waiting: a flood of registrations cannot delay logins by more than a job or so, and a
+    flood of logins cannot stop registrations. Bounded in total and per address per lane.
+    """
+
+    TICKET, LOGIN, REGISTER = 0, 1, 2
+
+    def __init__(self, max_total: int, max_per_key: int, share: int = 4) -> None:
+        self.max_total = max_total
+        self.share = share
+        self._lanes: list[FairQueue[str, Job]] = [
+            FairQueue(max_total, max_per_key) for _ in range(3)
+        ]
+        self._run = 0  # jobs taken from a higher lane while a lower one waited
+
+    def __len__(self) -> int:
+        return sum(len(lane) for lane in self._lanes)
+
+    @staticmethod
+    def lane(job: Job) -> int:
+        if isinstance(job, HashPassword):
+            return WorkQueue.REGISTER
+        return WorkQueue.TICKET if job.ticket else WorkQueue.LOGIN
+
+    def has_room(self, lane: int, key: str) -> bool:
+        return len(self) < self.max_total and self._lanes[lane].has_room(key)
+
+    def push(self, key: str, job: Job) -> bool:
+        lane = self.lane(job)
+        return self.has_room(lane, key) and self._lanes[lane].push(key, job)
+
+    def pop(self) -> Job | None:
+        waiting = [lane for lane in self._lanes if len(lane)]
+        if not waiting:
+            return None
+        if len(waiting) == 1:
+            self._run = 0
+            return waiting[0].pop()
+        self._run += 1
+        if self._run >= self.share:
+            self._run = 0
+            return waiting[-1].pop()
+        return waiting[0].pop()
+
+
 @dataclass(slots=True, frozen=True)
 class RegistryConfig:
     udp_port: int = 15500
@@ -318,9 +368,7 @@ class RegistryCore:
         self.address_throttle = Throttle(free=10)  # failed logins per address
         self.registrations = TokenBucket(self.config.register_rate, self.config.register_burst)
         self.room_changes = TokenBucket(self.config.room_change_rate, self.config.room_change_burst)
-        self.jobs: FairQueue[str, Job] = FairQueue(
-            self.config.hash_queue, self.config.hash_queue_per_address
-        )
+        self.jobs = WorkQueue(self.config.hash_queue, self.config.hash_queue_per_address)
         self.running = 0
         self._anonymous_handlers: dict[type, Callable[[Session, Any, float], list[Action]]] = {
             Hello: self._hello,
@@ -516,7 +564,7 @@ class RegistryCore:
         existing = self.store.lookalike(req.username)
         if existing is not None:
             return [Send(s.conn, _taken(req, existing))]
-        if not self.jobs.has_room(self._work_key(s)):
+        if not self.jobs.has_room(WorkQueue.REGISTER, self._work_key(s)):
             return [Send(s.conn, _busy_hashing(req.id))]
         wait = self.registrations.take(s.source_host, now)
         if wait > 0:
@@ -567,7 +615,8 @@ class RegistryCore:
             )
         if wait > 0:
             return [Send(s.conn, _rate_limited(req.id, "too many failed logins", wait))]
-        if not self.jobs.has_room(self._work_key(s)):
+        lane = WorkQueue.TICKET if ticket else WorkQueue.LOGIN
+        if not self.jobs.has_room(lane, self._work_key(s)):
             return [Send(s.conn, _busy_hashing(req.id))]
         account = self.store.get_account(req.username)
         # Counted as a failure until proven right, so that parallel guesses on many sessions
@@ -940,7 +989,7 @@ class RegistryCore:
                 private=r.private,
                 owner=r.owner,
                 members=r.members,
-                online=len(self._present.get(r.room.casefold(), ())),
+                online=self.online_in(r.room),
                 member=r.room.casefold() in s.rooms,
             )
             for r in rows[:limit]

@@ -11,7 +11,8 @@ in a bounded pool of threads). What it does decide is how the machine's resource
   spinning.
 - **Fairness.** Frames wait in a small queue per connection and are served round-robin, a few
   per connection per turn, so one connection's pipelined flood delays the others by at most a
-  turn each. A connection whose queue is full is not read until it drains.
+  turn each. A connection whose queue is full is not read until it drains; one that does not
+  read its replies (past the transport's high-water mark) is not served until it does.
 - **Memory.** Unprocessed input (partial frames and queued frames) is bounded in total; past
   the bound, the connection holding the most is closed.
 - **Time.** One timer, re-armed after each batch of actions at the core's next deadline; the
@@ -68,7 +69,7 @@ QUEUE_FRAMES = 32
 QUEUE_BYTES = 128 * 1024
 TURN_FRAMES = 4
 """Frames served from one connection before the next connection's turn."""
-BATCH_FRAMES = 256
+BATCH_FRAMES = 64
 """Frames served before the event loop gets to do anything else (reading, timers)."""
 MAX_INPUT = 32 << 20
 """Unprocessed input held for all connections together, in bytes."""
@@ -94,14 +95,16 @@ class _TcpSession(asyncio.Protocol):
         "conn",
         "dead",
         "framer",
+        "full",
         "held",
         "host",
-        "paused",
         "queue",
         "queued",
+        "reading",
         "ready",
         "reject",
         "server",
+        "stalled",
         "transport",
     )
 
@@ -115,7 +118,9 @@ class _TcpSession(asyncio.Protocol):
         self.queued = 0  # bytes in queue
         self.held = 0  # bytes of input held for this session: queued and partial
         self.ready = False  # in the server's round-robin
-        self.paused = False
+        self.full = False  # its queue is full: not read until served
+        self.stalled = False  # it does not read its replies: not served until it does
+        self.reading = True
         self.reject: Error | None = None  # to send once the queue is served, then close
         self.dead = False
 
@@ -129,6 +134,12 @@ class _TcpSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.lost(self)
+
+    def pause_writing(self) -> None:
+        self.server.stall(self, True)
+
+    def resume_writing(self) -> None:
+        self.server.stall(self, False)
 
 
 class _Heartbeats(asyncio.DatagramProtocol):
@@ -434,15 +445,30 @@ class RegistryServer:
         self._hold(session)
         if queue or session.reject is not None:
             self._schedule(session)
-        if (
-            session.reject is not None
-            or len(queue) >= QUEUE_FRAMES
-            or session.queued >= QUEUE_BYTES
-        ) and session.transport is not None:
-            session.paused = True
-            session.transport.pause_reading()
+        if len(queue) >= QUEUE_FRAMES or session.queued >= QUEUE_BYTES:
+            session.full = True
+        self._reading(session)
         if self._input > self.max_input:
             self._shed()
+
+    def _reading(self, session: _TcpSession) -> None:
+        """Read a connection only while its queue has room and it reads its own replies."""
+        want = not (session.full or session.stalled or session.reject or session.dead)
+        if want != session.reading and session.transport is not None:
+            session.reading = want
+            if want:
+                session.transport.resume_reading()
+            else:
+                session.transport.pause_reading()
+
+    def stall(self, session: _TcpSession, stalled: bool) -> None:
+        """The connection's unsent replies passed the transport's high-water mark (or fell
+        back under it): its requests wait, so its output stays near that mark, whatever it
+        sends."""
+        session.stalled = stalled
+        self._reading(session)
+        if not stalled and (session.queue or session.reject is not None):
+            self._schedule(session)
 
     def _hold(self, session: _TcpSession) -> None:
         """Account for the input ``session`` holds (its queue and its partial frame)."""
@@ -495,8 +521,8 @@ class RegistryServer:
         while ready and budget > 0:
             session = ready.popleft()
             session.ready = False
-            if session.dead or session.conn not in self._sessions:
-                continue
+            if session.dead or session.stalled or session.conn not in self._sessions:
+                continue  # a stalled one is scheduled again when it reads
             turn = min(TURN_FRAMES, budget)
             queue = session.queue
             while queue and turn > 0:
@@ -511,9 +537,9 @@ class RegistryServer:
                 ready.append(session)
             elif session.reject is not None:
                 self._kill(session, session.reject)
-            elif session.paused and session.transport is not None:
-                session.paused = False
-                session.transport.resume_reading()
+            elif session.full:
+                session.full = False
+                self._reading(session)
         if ready and not self._serving:
             self._serving = True
             self._loop.call_soon(self._serve)
