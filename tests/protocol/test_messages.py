@@ -20,7 +20,6 @@ from p2pchat.protocol.messages import (
     request_decoder,
     text_size_ok,
     valid_name,
-    valid_password,
 )
 
 SETTINGS = settings(derandomize=True, database=None, deadline=None, max_examples=200)
@@ -238,11 +237,6 @@ def test_decode_error_for_peer_frames() -> None:
 )
 def test_valid_name(name: str, ok: bool) -> None:
     assert valid_name(name) is ok
-
-
-@pytest.mark.parametrize(("length", "ok"), [(5, False), (6, True), (256, True), (257, False)])
-def test_valid_password(length: int, ok: bool) -> None:
-    assert valid_password("p" * length) is ok
 
 
 @pytest.mark.parametrize(

@@ -96,10 +96,6 @@ def valid_host(host: str) -> bool:
         )
 
 
-def valid_password(password: str) -> bool:
-    return PASSWORD_MIN <= len(password) <= PASSWORD_MAX
-
-
 def text_size_ok(text: str) -> bool:
     """1 to MAX_TEXT bytes of UTF-8. Short texts need no encoding to know (4 bytes a char at
     most): this runs for every room message received."""
