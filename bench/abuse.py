@@ -324,22 +324,29 @@ async def attack_login_flood(ctx: Ctx, stop: asyncio.Event) -> None:
     )
 
 
+async def _pipeline(ctx: Ctx, stop: asyncio.Event, address: str, chunks: list[bytes]) -> None:
+    """One connection writing ``chunks`` round and round, as fast as TCP takes them, and
+    reading (and counting) what comes back."""
+    opened = await ctx.open(address)
+    if opened is None:
+        return
+    reader, writer = opened
+    ctx.watch(reader)
+    with contextlib.suppress(ConnectionError, OSError):
+        while not stop.is_set():
+            for chunk in chunks:
+                writer.write(chunk)
+                ctx.sent += chunk.count(b"\n")
+                await writer.drain()
+                if stop.is_set():
+                    return
+
+
 async def attack_pipeline_flood(ctx: Ctx, stop: asyncio.Event) -> None:
     chunk = b'{"type":"hello","id":7,"version":1}\n' * 1800  # 64 KiB
-
-    async def flood(address: str) -> None:
-        opened = await ctx.open(address)
-        if opened is None:
-            return
-        reader, writer = opened
-        ctx.watch(reader)
-        with contextlib.suppress(ConnectionError, OSError):
-            while not stop.is_set():
-                writer.write(chunk)
-                ctx.sent += 1800
-                await writer.drain()
-
-    await asyncio.gather(*(flood(_address(i % 4)) for i in range(ctx.n(200))))
+    await asyncio.gather(
+        *(_pipeline(ctx, stop, _address(i % 4), [chunk]) for i in range(ctx.n(200)))
+    )
 
 
 async def attack_rooms_listing(ctx: Ctx, stop: asyncio.Event) -> None:
@@ -409,23 +416,8 @@ async def attack_fuzz(ctx: Ctx, stop: asyncio.Event) -> None:
     from tests.registry.test_fuzz import SEED, fuzz_frames
 
     frames = fuzz_frames(SEED, ctx.n(20_000))
-
-    async def one(k: int) -> None:
-        opened = await ctx.open(_address(k))
-        if opened is None:
-            return
-        reader, writer = opened
-        ctx.watch(reader)
-        with contextlib.suppress(ConnectionError, OSError):
-            while not stop.is_set():
-                for start in range(0, len(frames), 500):
-                    writer.write(b"\n".join(frames[start : start + 500]) + b"\n")
-                    ctx.sent += 500
-                    await writer.drain()
-                    if stop.is_set():
-                        return
-
-    await asyncio.gather(*(one(k) for k in range(8)))
+    chunks = [b"\n".join(frames[i : i + 500]) + b"\n" for i in range(0, len(frames), 500)]
+    await asyncio.gather(*(_pipeline(ctx, stop, _address(k), chunks) for k in range(8)))
 
 
 ATTACK: dict[str, Callable[[Ctx, asyncio.Event], Awaitable[None]]] = {

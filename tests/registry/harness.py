@@ -34,6 +34,7 @@ from p2pchat.registry.core import (
     VerifyPassword,
 )
 from p2pchat.registry.passwords import Passwords
+from p2pchat.registry.server import RegistryServer
 from p2pchat.store import SqliteStore
 from p2pchat.store.base import Store, StoreError
 
@@ -165,3 +166,18 @@ class FaultyStore:
             return method(*args, **kwargs)
 
         return call
+
+
+async def start_server(**kw: Any) -> RegistryServer:
+    """A started ``RegistryServer`` on 127.0.0.1 (ephemeral ports), cheapest hashing."""
+    server = RegistryServer(
+        kw.pop("store", None) or SqliteStore(":memory:"),
+        host="127.0.0.1",
+        port=0,
+        udp_port=0,
+        config=kw.pop("config", None) or RegistryConfig(),
+        passwords=Passwords("cheapest"),
+        **kw,
+    )
+    await server.start()
+    return server

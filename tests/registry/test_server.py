@@ -17,6 +17,7 @@ from p2pchat.registry.passwords import Passwords
 from p2pchat.registry.server import RegistryServer
 from p2pchat.store import SqliteStore
 from tests.conftest import ClientFactory
+from tests.registry.harness import start_server
 
 PW = "secret-pw"
 WAIT = 5.0
@@ -322,15 +323,7 @@ async def test_accounts_rooms_and_members_survive_a_restart(tmp_path: Path) -> N
 
 async def test_the_client_reads_every_page_of_a_long_listing() -> None:
     config = RegistryConfig(max_owned_rooms=300, max_rooms_per_user=300, room_change_burst=300)
-    server = RegistryServer(
-        SqliteStore(":memory:"),
-        host="127.0.0.1",
-        port=0,
-        udp_port=0,
-        config=config,
-        passwords=Passwords("cheapest"),
-    )
-    await server.start()
+    server = await start_server(config=config)
     try:
         alice = await RegistryClient.connect("127.0.0.1", server.port)
         await alice.register("alice", PW)

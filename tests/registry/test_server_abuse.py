@@ -17,33 +17,18 @@ from p2pchat.protocol.messages import Bye, RoomEvent
 from p2pchat.registry import server as server_module
 from p2pchat.registry.client import RegistryClient, RegistryError
 from p2pchat.registry.core import RegistryConfig
-from p2pchat.registry.passwords import Passwords
 from p2pchat.registry.server import (
     QUEUE_BYTES,
     TURN_FRAMES,
-    RegistryServer,
     default_max_connections,
 )
-from p2pchat.store import SqliteStore
-from tests.registry.harness import PW, FaultyStore
+from tests.registry.harness import PW, FaultyStore, start_server
 
 WAIT = 10.0
 HELLO = b'{"type":"hello","id":1,"version":1}\n'
 
 
-async def start(**kw: Any) -> RegistryServer:
-    config = kw.pop("config", None) or RegistryConfig()
-    server = RegistryServer(
-        kw.pop("store", None) or SqliteStore(":memory:"),
-        host="127.0.0.1",
-        port=0,
-        udp_port=0,
-        config=config,
-        passwords=Passwords("cheapest"),
-        **kw,
-    )
-    await server.start()
-    return server
+start = start_server
 
 
 async def until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
