@@ -40,6 +40,7 @@ from p2pchat.peer.mesh import mesh_graph
 from p2pchat.protocol.framing import FrameTooLarge, LineFramer
 from p2pchat.protocol.messages import (
     Message,
+    decode,
     decode_error,
     encode,
     ping_decoder,
@@ -169,7 +170,11 @@ class SimNet:
             registry_host=REGISTRY_HOST, registry_port=REGISTRY_PORT, dial_timeout=1.0
         )
         self.registry_config = registry_config or RegistryConfig(
-            udp_port=UDP_PORT, register_burst=1_000_000, timeout=60.0
+            udp_port=UDP_PORT,
+            register_burst=1_000_000,
+            timeout=60.0,
+            room_change_rate=1000.0,
+            room_change_burst=1_000_000,
         )
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -541,9 +546,9 @@ class SimNet:
             frames = exc.frames
         for frame in frames:
             try:
-                request = request_decoder.decode(frame)
-            except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError) as exc:
-                error = decode_error(frame, exc)  # type: ignore[arg-type]
+                request = decode(request_decoder, frame)
+            except msgspec.MsgspecError as exc:
+                error = decode_error(frame, exc)
                 self._send(entry[0], entry[1], encode(error))
                 continue
             self._registry_actions(registry.handle(conn_id, request, self.now))
@@ -652,8 +657,7 @@ class SimNet:
 
     def online_in(self, room: str) -> list[str]:
         """Members of ``room`` (as the registry's store has them) whose peers are logged in."""
-        members = {m.casefold() for m in self.store.members(room)}
-        return [n for n in self.online() if n.casefold() in members]
+        return [n for n in self.online() if self.store.membership(room, n) is not None]
 
     def say(self, sender: str, room: str, text: str) -> int:
         count: int = self.peers[sender].do("say", room, text)

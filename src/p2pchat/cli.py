@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -39,6 +41,18 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def _addresses(text: str) -> frozenset[str]:
+    if text.strip().lower() == "none":
+        return frozenset()
+    found = frozenset(a.strip() for a in text.split(",") if a.strip())
+    for address in found:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an IP address: {address!r}") from None
+    return found
 
 
 def _port(text: str) -> int:
@@ -98,8 +112,41 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument(
         "--max-connections",
         type=_positive(int),
-        default=20_000,
-        help="most concurrent TCP sessions",
+        default=None,
+        help="most concurrent TCP sessions (default: what the open-files limit allows, less "
+        "some room for the registry's own files)",
+    )
+    reg.add_argument(
+        "--max-per-address",
+        type=_positive(int),
+        default=64,
+        help="most concurrent TCP sessions from one address (see --exempt)",
+    )
+    reg.add_argument(
+        "--exempt",
+        type=_addresses,
+        default="127.0.0.1,::1",
+        help="comma-separated addresses not limited or pooled per address (local clients, or "
+        "a local TLS tunnel through which every client comes); 'none' for no exemption",
+    )
+    reg.add_argument(
+        "--allow-advertise",
+        action="store_true",
+        help="let peers publish an address (login 'host', peer --advertise) other than the one "
+        "they connect from; without it such logins are refused",
+    )
+    reg.add_argument(
+        "--login-timeout",
+        type=_seconds,
+        default=20.0,
+        help="seconds a connection that is not logged in may stay silent before it is closed",
+    )
+    reg.add_argument(
+        "--hash-workers",
+        type=_positive(int),
+        default=max(1, (os.cpu_count() or 2) // 2),
+        help="password hashes (Argon2id) run at once; the rest wait their turn, fairly "
+        "between addresses",
     )
     reg.add_argument(
         "--register-rate",
@@ -112,6 +159,31 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive(int),
         default=30,
         help="registrations one address may make at once before the rate applies",
+    )
+    reg.add_argument(
+        "--max-rooms-per-user",
+        type=_positive(int),
+        default=256,
+        help="most rooms one user may be a member of",
+    )
+    reg.add_argument(
+        "--max-owned-rooms",
+        type=_positive(int),
+        default=64,
+        help="most rooms one user may own",
+    )
+    reg.add_argument(
+        "--room-change-rate",
+        type=_positive(float),
+        default=1.0,
+        help="room requests (create, join, leave, add, remove, unban) per second per user, "
+        "after a burst",
+    )
+    reg.add_argument(
+        "--room-change-burst",
+        type=_positive(int),
+        default=30,
+        help="room requests one user may make at once before the rate applies",
     )
     reg.add_argument(
         "--password-hash",
@@ -242,7 +314,7 @@ def _setup_logging(level: str) -> None:
 async def _run_registry(args: argparse.Namespace) -> int:
     from p2pchat.registry.core import RegistryConfig
     from p2pchat.registry.passwords import Passwords
-    from p2pchat.registry.server import RegistryServer
+    from p2pchat.registry.server import RegistryServer, default_max_connections
     from p2pchat.store import SqliteStore, StoreError
 
     try:
@@ -255,16 +327,40 @@ async def _run_registry(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         register_rate=args.register_rate,
         register_burst=args.register_burst,
+        login_timeout=args.login_timeout,
+        allow_advertise=args.allow_advertise,
+        exempt=args.exempt,
+        hash_workers=args.hash_workers,
+        max_rooms_per_user=args.max_rooms_per_user,
+        max_owned_rooms=args.max_owned_rooms,
+        room_change_rate=args.room_change_rate,
+        room_change_burst=args.room_change_burst,
     )
-    server = RegistryServer(
-        store,
-        host=args.host,
-        port=args.port,
-        udp_port=args.udp_port,
-        config=config,
-        passwords=Passwords(args.password_hash),
-        max_connections=args.max_connections,
-    )
+    allowed = default_max_connections()
+    max_connections = args.max_connections or allowed
+    if max_connections > allowed:
+        logging.getLogger("p2pchat.registry").warning(
+            "--max-connections %d is more than the open-files limit allows; using %d "
+            "(raise the limit with ulimit -n)",
+            max_connections,
+            allowed,
+        )
+        max_connections = allowed
+    try:
+        server = RegistryServer(
+            store,
+            host=args.host,
+            port=args.port,
+            udp_port=args.udp_port,
+            config=config,
+            passwords=Passwords(args.password_hash),
+            max_connections=max_connections,
+            max_per_address=args.max_per_address,
+        )
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        store.close()
+        return 2
     try:
         await server.start()
     except OSError as exc:
@@ -276,6 +372,7 @@ async def _run_registry(args: argparse.Namespace) -> int:
         f"(database {args.db})",
         flush=True,
     )
+    logging.getLogger("p2pchat.registry").info("at most %d connections", max_connections)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

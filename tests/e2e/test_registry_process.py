@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import resource
 import signal
 import subprocess
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from p2pchat.registry.client import RegistryClient, RegistryClosed, RegistryError
+from p2pchat.store import SqliteStore
 from tests.e2e.procs import P2PCHAT, start_registry
 
 PW = "secret-pw"
@@ -29,7 +32,7 @@ async def test_registry_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
 
 async def test_nothing_acknowledged_is_lost_after_kill_9(tmp_path: Path) -> None:
     db = tmp_path / "r.db"
-    registry = await start_registry(db)
+    registry = await start_registry(db, "--room-change-burst", "1000000")
     client = await RegistryClient.connect("127.0.0.1", registry.port)
     await client.register("owner", PW)
     await client.login("owner", PW, 7000)
@@ -73,8 +76,25 @@ def test_help_explains_every_flag() -> None:
     out = subprocess.run(
         [*P2PCHAT, "registry", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for flag in ("--host", "--port", "--udp-port", "--db", "--timeout", "--log-level"):
-        assert flag in out
+    for flag in (
+        "--host",
+        "--port",
+        "--udp-port",
+        "--db",
+        "--timeout",
+        "--log-level",
+        "--max-connections",
+        "--max-per-address",
+        "--exempt",
+        "--allow-advertise",
+        "--login-timeout",
+        "--hash-workers",
+        "--max-rooms-per-user",
+        "--max-owned-rooms",
+        "--room-change-rate",
+        "--room-change-burst",
+    ):
+        assert flag in out, flag
     assert "15600" in out and "15500" in out and "60" in out
 
 
@@ -103,3 +123,83 @@ async def test_login_with_wrong_password_over_the_real_program(tmp_path: Path) -
     finally:
         registry.proc.terminate()
         await registry.proc.wait()
+
+
+@pytest.mark.parametrize("kind", ["empty", "damaged"])
+def test_an_empty_or_damaged_database_is_a_clear_refusal_left_untouched(
+    tmp_path: Path, kind: str
+) -> None:
+    db = tmp_path / "r.db"
+    if kind == "empty":
+        db.write_bytes(b"")
+    else:
+        store = SqliteStore(db)
+        for i in range(300):
+            store.create_account(f"user{i:04d}x", "h" * 100)
+        store.close()
+        data = bytearray(db.read_bytes())
+        data[3 * 4096 : 3 * 4096 + 64] = b"\xa5" * 64
+        db.write_bytes(bytes(data))
+    before = db.read_bytes()
+    result = subprocess.run(
+        [*P2PCHAT, "registry", "--port", "0", "--udp-port", "0", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert ("empty file" if kind == "empty" else "damaged") in result.stderr
+    assert "Traceback" not in result.stderr
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.db"]
+
+
+def _low_file_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+
+async def test_idle_connections_beyond_the_open_files_limit_do_not_shut_users_out(
+    tmp_path: Path,
+) -> None:
+    """With 128 descriptors the registry allows 52 connections (asked for 20,000, it says why
+    not), and holds at most half of them for connections that have not logged in, the
+    oldest going first: 300 idle connections leave it serving newcomers, with no traceback
+    and no accept loop spinning."""
+    proc = await asyncio.create_subprocess_exec(
+        *P2PCHAT, "registry", "--host", "127.0.0.1", "--port", "0", "--udp-port", "0",
+        "--db", str(tmp_path / "r.db"), "--password-hash", "cheapest",
+        "--max-connections", "20000", "--log-level", "info",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_low_file_limit,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        first = (await asyncio.wait_for(proc.stdout.readline(), 15)).decode()
+        port = int(first.split(" tcp ")[1].split()[0])
+        idle = []
+        for _ in range(300):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b'{"type":"hello","id":1,"version":1}\n')
+            assert json.loads(await asyncio.wait_for(reader.readline(), 15))["type"] == "welcome"
+            idle.append((reader, writer))
+        alive = 0
+        for reader, writer in idle:  # which are still held? a ping tells
+            writer.write(b'{"type":"ping","id":2,"token":"x"}\n')
+            reply = json.loads(await asyncio.wait_for(reader.readline(), 15))
+            if reply["type"] == "bye":
+                assert reply["code"] == "too_many_connections"
+            else:
+                assert reply["code"] == "not_logged_in"
+                alive += 1
+            writer.close()
+        assert 0 < alive <= 26
+        newcomer = await RegistryClient.connect("127.0.0.1", port)
+        await newcomer.register("alice", PW)
+        await newcomer.login("alice", PW, 7000)
+        await newcomer.close()
+    finally:
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 15)
+    text = err.decode()
+    assert "using 52" in text and "at most 52 connections" in text
+    assert "Traceback" not in text and "out of system resource" not in text

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-from collections import defaultdict
-from typing import Any
-
 import pytest
 
 from p2pchat.protocol.messages import (
@@ -28,7 +24,6 @@ from p2pchat.protocol.messages import (
     Ping,
     Register,
     RemoveMember,
-    RoomEvent,
     RoomList,
     Search,
     SearchResult,
@@ -37,89 +32,9 @@ from p2pchat.protocol.messages import (
     Welcome,
     link_proof,
 )
-from p2pchat.registry.core import (
-    Action,
-    Close,
-    HashPassword,
-    RegistryConfig,
-    RegistryCore,
-    Send,
-    VerifyPassword,
-)
-from p2pchat.registry.passwords import Passwords
-from p2pchat.store import SqliteStore
-
-PW = "secret-pw"
-
-
-class Harness:
-    """Runs the core's actions at once, hashing synchronously, and records what was sent."""
-
-    def __init__(self, timeout: float = 60.0) -> None:
-        tokens = itertools.count(1)
-        self.core = RegistryCore(
-            SqliteStore(":memory:"),
-            RegistryConfig(timeout=timeout, udp_port=15500),
-            token_factory=lambda: f"tok{next(tokens)}",
-        )
-        self.passwords = Passwords("cheapest")
-        self.now = 0.0
-        self.out: dict[int, list[Message]] = defaultdict(list)
-        self.closed: set[int] = set()
-        self._ids = itertools.count(1)
-        self._conns = itertools.count(1)
-
-    def run(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, Send):
-                self.out[action.conn].append(action.msg)
-            elif isinstance(action, Close):
-                self.closed.add(action.conn)
-            elif isinstance(action, HashPassword):
-                digest = self.passwords.hash(action.request.password)
-                self.run(self.core.register_hashed(action.conn, action.request, digest, self.now))
-            elif isinstance(action, VerifyPassword):
-                ok = self.passwords.verify(action.password_hash, action.request.password)
-                self.run(self.core.login_verified(action.conn, action.request, ok, self.now))
-
-    def id(self) -> int:
-        return next(self._ids)
-
-    def connect(self, host: str = "10.0.0.1", greet: bool = True) -> int:
-        conn = next(self._conns)
-        self.core.connect(conn, host, self.now)
-        if greet:
-            assert isinstance(self.req(conn, Hello(id=self.id(), version=1)), Welcome)
-        return conn
-
-    def req(self, conn: int, msg: Any) -> Message:
-        """Send a request; return its reply (the first message carrying its id)."""
-        before = len(self.out[conn])
-        self.run(self.core.handle(conn, msg, self.now))
-        replies = [m for m in self.out[conn][before:] if getattr(m, "id", None) == msg.id]
-        assert len(replies) == 1, self.out[conn][before:]
-        return replies[0]
-
-    def events(self, conn: int) -> list[RoomEvent]:
-        found = [m for m in self.out[conn] if isinstance(m, RoomEvent)]
-        self.out[conn] = [m for m in self.out[conn] if not isinstance(m, RoomEvent)]
-        return found
-
-    def user(self, name: str, host: str = "10.0.0.1", port: int = 7000) -> int:
-        """A connected, registered, logged-in session for ``name``."""
-        conn = self.connect(host)
-        if self.core.store.get_account(name) is None:
-            assert isinstance(
-                self.req(conn, Register(id=self.id(), username=name, password=PW)), Ok
-            )
-        reply = self.req(conn, Login(id=self.id(), username=name, password=PW, port=port))
-        assert isinstance(reply, LoggedIn), reply
-        return conn
-
-
-def code(msg: Message) -> str:
-    assert isinstance(msg, Error), msg
-    return msg.code
+from p2pchat.registry.core import HashPassword, VerifyPassword
+from tests.registry.harness import PW, Harness, code
+from tests.registry.harness import login as _login
 
 
 @pytest.fixture
@@ -183,24 +98,37 @@ def test_login_reply_carries_token_udp_port_and_address(h: Harness) -> None:
     assert reply.token == "tok1"
 
 
-def test_login_may_advertise_another_address(h: Harness) -> None:
+def test_login_may_advertise_another_address_only_where_allowed() -> None:
+    h = Harness(allow_advertise=True)
     conn = h.connect(host="10.1.2.3")
     h.req(conn, Register(id=1, username="alice", password=PW))
-    reply = h.req(conn, Login(id=2, username="alice", password=PW, port=7001, host="192.0.2.9"))
+    reply = h.req(conn, _login("alice", PW, 7001, host="192.0.2.9"))
     assert isinstance(reply, LoggedIn) and reply.host == "192.0.2.9"
-    bad = h.req(h.connect(), Login(id=3, username="alice", password=PW, port=1, host="a b"))
+    bad = h.req(h.connect(), _login("alice", PW, 1, host="a b"))
     assert code(bad) == "bad_request"
+
+
+def test_by_default_a_peer_publishes_the_address_it_comes_from(h: Harness) -> None:
+    conn = h.connect(host="10.1.2.3")
+    h.req(conn, Register(id=1, username="alice", password=PW))
+    refused = h.req(conn, _login("alice", PW, 7001, host="192.0.2.9"))
+    assert code(refused) == "advertise_not_allowed"
+    assert isinstance(refused, Error) and "10.1.2.3" in refused.reason
+    assert "alice" not in h.core.online
+    for same in ("10.1.2.3", "::ffff:10.1.2.3"):  # naming the address it comes from is fine
+        conn = h.connect(host="10.1.2.3")
+        reply = h.req(conn, _login("alice", PW, 7001, host=same))
+        assert isinstance(reply, LoggedIn) and reply.host == same
+        h.req(conn, Logout(id=h.id()))
 
 
 def test_login_errors(h: Harness) -> None:
     h.user("alice")
     conn = h.connect()
-    assert code(h.req(conn, Login(id=1, username="nobody", password=PW, port=1))) == (
-        "no_such_user"
-    )
-    assert code(h.req(conn, Login(id=2, username="alice", password="wrong!", port=1))) == (
-        "wrong_password"
-    )
+    unknown = h.req(conn, Login(id=1, username="nobody", password=PW, port=1))
+    wrong = h.req(conn, Login(id=2, username="alice", password="wrong!", port=1))
+    assert unknown == Error(id=1, code=wrong.code, reason=wrong.reason)  # type: ignore[union-attr]
+    assert code(wrong) == "wrong_password"
     assert code(h.req(conn, Login(id=3, username="alice", password=PW, port=1))) == (
         "already_online"
     )
@@ -214,18 +142,21 @@ def test_a_session_logs_in_once(h: Harness) -> None:
     assert code(again) == "already_logged_in"
 
 
-def test_repeated_wrong_passwords_are_slowed_down_per_account(h: Harness) -> None:
+def test_repeated_wrong_passwords_are_slowed_down_per_account_and_address(h: Harness) -> None:
     h.user("alice")
     h.req(1, Logout(id=h.id()))
-    for attempt in range(3):  # the first three failures are free
-        reply = h.req(h.connect(host=f"10.0.0.{attempt + 2}"), _login("alice", "wrong-pw"))
+    for _ in range(3):  # the first three failures are free
+        reply = h.req(h.connect(host="10.0.0.66"), _login("alice", "wrong-pw"))
         assert code(reply) == "wrong_password"
-    h.req(h.connect(host="10.0.0.9"), _login("alice", "wrong-pw"))  # fourth: locked 1 s
-    limited = h.req(h.connect(host="10.0.0.10"), _login("alice", PW))
+    h.req(h.connect(host="10.0.0.66"), _login("alice", "wrong-pw"))  # fourth: locked 1 s
+    limited = h.req(h.connect(host="10.0.0.66"), _login("alice", PW))
     assert code(limited) == "rate_limited"
     assert isinstance(limited, Error) and limited.retry_after == pytest.approx(1.0)
+    # the owner, elsewhere, is not locked out by the guesser
+    assert isinstance(h.req(h.connect(host="10.0.0.1"), _login("alice", PW)), LoggedIn)
+    h.req(h.core.online["alice"].conn, Logout(id=h.id()))
     h.now += 1.01
-    assert isinstance(h.req(h.connect(), _login("alice", PW)), LoggedIn)
+    assert isinstance(h.req(h.connect(host="10.0.0.66"), _login("alice", PW)), LoggedIn)
 
 
 def test_repeated_failures_from_one_address_are_slowed_down(h: Harness) -> None:
@@ -234,10 +165,6 @@ def test_repeated_failures_from_one_address_are_slowed_down(h: Harness) -> None:
         h.req(conn, _login(f"nobody{i}", PW))
     assert code(h.req(conn, _login("nobody", PW))) == "rate_limited"
     h.user("alice", host="10.0.0.1")  # other addresses are not affected
-
-
-def _login(name: str, password: str, port: int = 7000) -> Login:
-    return Login(id=1000, username=name, password=password, port=port)
 
 
 # ------------------------------------------------------------------ presence and heartbeats
@@ -284,10 +211,13 @@ def test_ping_over_tcp_needs_the_sessions_token(h: Harness) -> None:
     assert code(h.req(conn, Ping(id=6, token="tok9"))) == "not_logged_in"
 
 
-def test_next_deadline_follows_logins(h: Harness) -> None:
+def test_next_deadline_follows_connections_and_logins(h: Harness) -> None:
     assert h.core.next_deadline() is None
     h.now = 5.0
     h.user("alice")
+    assert h.core.next_deadline() == 25.0  # the deadline to log in, now met
+    h.run(h.core.expire(25.0))
+    assert not h.closed
     assert h.core.next_deadline() == 65.0
 
 
@@ -342,7 +272,8 @@ def test_users_lists_online_users_in_pages(h: Harness) -> None:
     assert [u.username for u in page.users] == ["u0", "u1"]
     rest = h.req(conn, ListUsers(id=2, after="u1", limit=10))
     assert isinstance(rest, UserList) and not rest.more
-    assert [(u.username, u.port) for u in rest.users] == [("u2", 7002), ("u3", 7003), ("u4", 7004)]
+    assert [u.username for u in rest.users] == ["u2", "u3", "u4"]
+    assert all(u.host is None and u.port is None for u in page.users + rest.users)
 
 
 # ------------------------------------------------------------------ rooms
@@ -392,11 +323,11 @@ def test_join_and_leave_public_room_with_events(h: Harness) -> None:
 def test_private_rooms_are_entered_by_being_added(h: Harness) -> None:
     alice, bob, carol = h.user("alice"), h.user("bob"), h.user("carol")
     h.req(alice, CreateRoom(id=h.id(), room="secret", private=True))
-    assert code(h.req(bob, JoinRoom(id=h.id(), room="secret"))) == "private_room"
+    assert code(h.req(bob, JoinRoom(id=h.id(), room="secret"))) == "no_such_room"
     assert code(h.req(alice, JoinRoom(id=h.id(), room="secret"))) == "already_member"
-    assert code(h.req(bob, ListMembers(id=h.id(), room="secret"))) == "private_room"
+    assert code(h.req(bob, ListMembers(id=h.id(), room="secret"))) == "no_such_room"
     assert code(h.req(bob, AddMember(id=h.id(), room="secret", username="carol"))) == (
-        "not_a_member"
+        "no_such_room"
     )
     assert isinstance(h.req(alice, AddMember(id=h.id(), room="secret", username="bob")), Ok)
     [added] = h.events(bob)  # bob hears that he was added
@@ -406,7 +337,10 @@ def test_private_rooms_are_entered_by_being_added(h: Harness) -> None:
         "added",
         "alice",
     )
-    # any member may add
+    # a member the owner did not allow may not add; one the owner allowed may
+    assert code(h.req(bob, AddMember(id=h.id(), room="secret", username="carol"))) == ("not_owner")
+    allow = AddMember(id=h.id(), room="secret", username="bob", may_add=True)
+    assert isinstance(h.req(alice, allow), Ok)
     assert isinstance(h.req(bob, AddMember(id=h.id(), room="secret", username="carol")), Ok)
     assert code(h.req(bob, AddMember(id=h.id(), room="secret", username="carol"))) == (
         "already_member"
@@ -437,7 +371,7 @@ def test_only_the_owner_removes_members(h: Harness) -> None:
     assert code(h.req(alice, RemoveMember(id=h.id(), room="lobby", username="carol"))) == (
         "not_a_member"
     )
-    assert h.core.store.members("lobby") == ["alice", "bob"]
+    assert h.core.store.members_page("lobby", "", 10) == ["alice", "bob"]
 
 
 def test_owner_leaving_hands_the_room_over_and_the_last_one_out_deletes_it(h: Harness) -> None:
@@ -474,10 +408,17 @@ def test_members_show_online_state_and_addresses(h: Harness) -> None:
     h.req(alice, CreateRoom(id=h.id(), room="lobby"))
     h.req(bob, JoinRoom(id=h.id(), room="lobby"))
     h.req(bob, Logout(id=h.id()))
-    reply = h.req(h.user("carol"), ListMembers(id=h.id(), room="lobby"))
+    reply = h.req(alice, ListMembers(id=h.id(), room="lobby"))
     assert isinstance(reply, MemberList)
     assert [(m.username, m.online, m.host, m.port) for m in reply.members] == [
         ("alice", True, "10.0.0.1", 7001),
+        ("bob", False, None, None),
+    ]
+    # to a non-member, names and online state only: addresses go to those who link
+    outsider = h.req(h.user("carol"), ListMembers(id=h.id(), room="lobby"))
+    assert isinstance(outsider, MemberList)
+    assert [(m.username, m.online, m.host, m.port) for m in outsider.members] == [
+        ("alice", True, None, None),
         ("bob", False, None, None),
     ]
 
@@ -498,13 +439,13 @@ def test_members_are_paged(h: Harness) -> None:
 def test_sessions_that_never_log_in_are_closed_when_idle(h: Harness) -> None:
     idle = h.connect()
     busy = h.connect()
-    h.now = 50.0
+    h.now = 10.0
     h.req(busy, Register(id=h.id(), username="bob", password=PW))
-    h.run(h.core.expire(60.0))
+    h.run(h.core.expire(20.0))
     assert h.closed == {idle}
     assert isinstance(h.out[idle][-1], Bye)
     h.req(busy, _login("bob", PW))
-    h.run(h.core.expire(111.0))  # logged in now: the heartbeat rule applies instead
+    h.run(h.core.expire(71.0))  # logged in now: the heartbeat rule applies instead
     assert h.closed == {idle, busy}
     h.now = 200.0
     assert isinstance(h.req(h.connect(), _login("bob", PW)), LoggedIn)
@@ -529,8 +470,8 @@ def test_parallel_guesses_are_throttled_before_their_hashes_finish(h: Harness) -
     h.user("alice")
     h.req(1, Logout(id=h.id()))
     pending = []
-    for i in range(5):  # five guesses in flight at once, on five sessions
-        conn = h.connect(host=f"10.0.1.{i}")
+    for _ in range(5):  # five guesses in flight at once, on five sessions
+        conn = h.connect(host="10.0.1.1")
         actions = h.core.handle(conn, _login("alice", "wrong-pw"), h.now)
         pending.extend(a for a in actions if isinstance(a, VerifyPassword))
         h.run([a for a in actions if not isinstance(a, VerifyPassword)])
@@ -560,10 +501,10 @@ def test_a_session_that_logs_out_falls_under_the_idle_rule_again(h: Harness) -> 
     h.now = 100.0  # past the first idle deadline, while logged in
     h.core.heartbeat("tok1", h.now)
     h.run(h.core.expire(h.now))
-    h.req(conn, Logout(id=h.id()))
-    h.run(h.core.expire(159.0))
+    h.req(conn, Logout(id=h.id()))  # at 100: 20 s to log in again, or to say something
+    h.run(h.core.expire(119.0))
     assert not h.closed
-    h.run(h.core.expire(160.0))
+    h.run(h.core.expire(120.0))
     assert h.closed == {conn}
 
 

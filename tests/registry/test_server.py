@@ -17,6 +17,7 @@ from p2pchat.registry.passwords import Passwords
 from p2pchat.registry.server import RegistryServer
 from p2pchat.store import SqliteStore
 from tests.conftest import ClientFactory
+from tests.registry.harness import start_server
 
 PW = "secret-pw"
 WAIT = 5.0
@@ -98,8 +99,8 @@ async def test_every_operation_over_sockets(connect: ClientFactory) -> None:
         (lambda c: c.join_room("lobby"), "already_member"),
         (lambda c: c.leave_room("elsewhere"), "not_a_member"),
         (lambda c: c.add_member("lobby", "nobody"), "no_such_user"),
-        (lambda c: c.join_room("private"), "private_room"),
-        (lambda c: c.members("private"), "private_room"),
+        (lambda c: c.join_room("private"), "no_such_room"),  # to a non-member, as if missing
+        (lambda c: c.members("private"), "no_such_room"),
         (lambda c: c.remove_member("elsewhere", "carol"), "not_owner"),
         (lambda c: c.login("carol", PW, 7000), "already_logged_in"),
     ],
@@ -122,7 +123,7 @@ async def test_login_errors_over_sockets(connect: ClientFactory) -> None:
     await user(connect, "alice")
     fresh = await connect()
     for name, password, expected in [
-        ("nobody", PW, "no_such_user"),
+        ("nobody", PW, "wrong_password"),  # an unknown name is not told apart
         ("alice", "wrong-pw", "wrong_password"),
         ("alice", PW, "already_online"),
     ]:
@@ -320,11 +321,21 @@ async def test_accounts_rooms_and_members_survive_a_restart(tmp_path: Path) -> N
         server.core.store.close()
 
 
-async def test_the_client_reads_every_page_of_a_long_listing(connect: ClientFactory) -> None:
-    alice = await user(connect, "alice")
-    names = [f"room{i:03d}" for i in range(205)]  # more than one page of 200
-    await asyncio.gather(*(alice.create_room(n) for n in names))
-    assert [r.room for r in await alice.rooms()] == names
-    for i in range(3):
-        await alice.add_member("room000", (await user(connect, f"m{i}")).session.username)  # type: ignore[union-attr]
-    assert len(await alice.members("room000")) == 4
+async def test_the_client_reads_every_page_of_a_long_listing() -> None:
+    config = RegistryConfig(max_owned_rooms=300, max_rooms_per_user=300, room_change_burst=300)
+    server = await start_server(config=config)
+    try:
+        alice = await RegistryClient.connect("127.0.0.1", server.port)
+        await alice.register("alice", PW)
+        await alice.login("alice", PW, 7000)
+        names = [f"room{i:03d}" for i in range(205)]  # more than one page of 200
+        await asyncio.gather(*(alice.create_room(n) for n in names))
+        assert [r.room for r in await alice.rooms()] == names
+        assert [r.room for r in await alice.rooms(mine=True)] == names
+        for i in range(3):
+            await alice.register(f"m{i}", PW)
+            await alice.add_member("room000", f"m{i}")
+        assert len(await alice.members("room000")) == 4
+        await alice.close()
+    finally:
+        await server.close()

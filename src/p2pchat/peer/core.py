@@ -66,6 +66,7 @@ from p2pchat.protocol.messages import (
     RoomInfo,
     RoomMessage,
     SearchResult,
+    decode,
     encode,
     link_proof,
     peer_decoder,
@@ -164,6 +165,9 @@ class PeerCore:
         self._ids = itertools.count(1)
         self.username: str | None = None
         self._password: str | None = None
+        self._tickets: dict[str, str] = {}
+        """Casefolded username -> the registry's ticket from our last login: it spares us
+        the throttles that others' wrong guesses at our password cause."""
         self._logging_in = False
         self._closing = False
         self.router: FloodRouter | None = None
@@ -395,7 +399,10 @@ class PeerCore:
 
     def _login_flow(self, username: str, password: str) -> Flow[str]:
         cfg = self.config
-        session = yield from flows.login(username, password, self.port, cfg.advertise)
+        ticket = self._tickets.get(username.casefold())
+        session = yield from flows.login(username, password, self.port, cfg.advertise, ticket)
+        if session.ticket is not None:
+            self._tickets[username.casefold()] = session.ticket
         self._on_logged_in(session, password)
         yield from self._load_rooms()
         self._show(self.status())
@@ -537,8 +544,8 @@ class PeerCore:
         Each room is replaced as soon as it is loaded, so the old views keep serving the
         mesh meanwhile; rooms we are no longer in are dropped at the end.
         """
-        infos: list[RoomInfo] = yield from flows.rooms()
-        mine = [info.room for info in infos if info.member]
+        infos: list[RoomInfo] = yield from flows.rooms(mine=True)
+        mine = [info.room for info in infos]
         for room in mine:
             self._loading.setdefault(room.casefold(), [])  # hold their events from now on
         try:
@@ -847,8 +854,8 @@ class PeerCore:
                 self._link_gone(link)
             return
         try:
-            msg = peer_decoder.decode(frame)
-        except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError) as exc:
+            msg = decode(peer_decoder, frame)
+        except msgspec.MsgspecError as exc:
             link.bad_frames += 1
             log.warning("dropped a bad frame from %s: %s", link.peer or "?", str(exc)[:200])
             if link.bad_frames > MAX_BAD_FRAMES:

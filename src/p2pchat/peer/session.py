@@ -37,8 +37,8 @@ from p2pchat.protocol.messages import (
     RegistryReply,
     RoomEvent,
     Welcome,
+    decode_reply,
     encode,
-    reply_decoder,
 )
 from p2pchat.registry import flows
 from p2pchat.registry.flows import Flow, RegistryClosed, RegistryError
@@ -244,8 +244,8 @@ class RegistrySession:
 
     def _frame(self, frame: bytes) -> None:
         try:
-            msg = reply_decoder.decode(frame)
-        except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError) as exc:
+            msg = decode_reply(frame)
+        except msgspec.MsgspecError as exc:
             log.warning("ignored a malformed frame from the registry: %s", str(exc)[:200])
             return
         if isinstance(msg, RoomEvent):

@@ -1,7 +1,7 @@
 """The wire: framing (bytes <-> frames) and typed messages. No sockets here."""
 
 from p2pchat.protocol.framing import MAX_FRAME, FrameTooLarge, LineFramer
-from p2pchat.protocol.messages import PROTOCOL_VERSION, ErrorCode, decode_error, encode
+from p2pchat.protocol.messages import PROTOCOL_VERSION, ErrorCode, decode, decode_error, encode
 
 __all__ = [
     "MAX_FRAME",
@@ -9,6 +9,7 @@ __all__ = [
     "ErrorCode",
     "FrameTooLarge",
     "LineFramer",
+    "decode",
     "decode_error",
     "encode",
 ]

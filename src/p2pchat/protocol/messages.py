@@ -11,18 +11,49 @@ import hashlib
 import hmac
 import ipaddress
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
 PROTOCOL_VERSION = 1
 
-NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
+NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,32}\Z"
+NAME_RE = re.compile(NAME_PATTERN)
 """Usernames and room ids: 1-32 letters, digits, ``_``, ``.``, ``-``."""
 PASSWORD_MIN = 6
 PASSWORD_MAX = 256
 MAX_TEXT = 4096
 """Largest chat text in UTF-8 bytes."""
+MAX_HOST = 64
+MAX_SECRET = 128
+"""Longest token, ticket, nonce or proof; the registry's own are 32 to 64 characters."""
+MAX_MSG_ID = 64
+"""Longest message id; the reference peer's are 32 hex digits."""
+MAX_MESH_ROOMS = 1000
+"""Most rooms in one ``mesh`` announcement."""
+
+# ---------------------------------------------------------------- field types
+#
+# Limits are declared once, here, on the types of the fields: a frame that breaks one fails to
+# decode, so no handler sees it. ``decode_error`` turns such a failure into the error reply
+# (``FIELD_ERRORS`` names the few fields whose failure has a code of its own).
+
+Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
+"""A username or room id."""
+Cursor = Annotated[str, msgspec.Meta(max_length=32)]
+"""Where a listing resumes: a name, though any string up to 32 characters sorts."""
+Password = Annotated[str, msgspec.Meta(max_length=PASSWORD_MAX)]
+NewPassword = Annotated[str, msgspec.Meta(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX)]
+Host = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_HOST)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Secret = Annotated[str, msgspec.Meta(max_length=MAX_SECRET)]
+"""A session token, login ticket, nonce or proof."""
+Agent = Annotated[str, msgspec.Meta(max_length=128)]
+Reason = Annotated[str, msgspec.Meta(max_length=1024)]
+MsgId = Annotated[str, msgspec.Meta(max_length=MAX_MSG_ID)]
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+"""Chat text: at most MAX_TEXT characters here; the byte bound is ``text_size_ok``."""
+MeshList = Annotated[list[Name], msgspec.Meta(max_length=MAX_MESH_ROOMS)]
 
 
 def valid_name(name: str) -> bool:
@@ -30,9 +61,30 @@ def valid_name(name: str) -> bool:
     return NAME_RE.fullmatch(name) is not None and name.isascii()
 
 
+_CONFUSABLE = str.maketrans({"0": "o", "1": "l", "i": "l", "5": "s", "2": "z", "8": "b"})
+_CONFUSABLE_PAIRS = (("rn", "m"), ("vv", "w"), ("cl", "d"))
+
+
+def skeleton(name: str) -> str:
+    """What ``name`` looks like: names with the same skeleton are too alike to coexist.
+
+    Case is ignored; ``.``, ``-`` and ``_`` are ignored; ``0``/``o``, ``1``/``l``/``I``/``i``,
+    ``5``/``s``, ``2``/``z``, ``8``/``b`` and ``rn``/``m``, ``vv``/``w``, ``cl``/``d`` count
+    as the same. (A name of separators only is its own skeleton.)
+    """
+    s = name.casefold()
+    stripped = s.replace(".", "").replace("-", "").replace("_", "")
+    if not stripped:
+        return s
+    s = stripped.translate(_CONFUSABLE)
+    for pair, one in _CONFUSABLE_PAIRS:
+        s = s.replace(pair, one)
+    return s
+
+
 def valid_host(host: str) -> bool:
     """An address a peer may advertise: an IP literal or a DNS name."""
-    if not host or len(host) > 64:
+    if not host or len(host) > MAX_HOST:
         return False
     try:
         ipaddress.ip_address(host)
@@ -44,10 +96,6 @@ def valid_host(host: str) -> bool:
         )
 
 
-def valid_password(password: str) -> bool:
-    return PASSWORD_MIN <= len(password) <= PASSWORD_MAX
-
-
 def text_size_ok(text: str) -> bool:
     """1 to MAX_TEXT bytes of UTF-8. Short texts need no encoding to know (4 bytes a char at
     most): this runs for every room message received."""
@@ -56,7 +104,10 @@ def text_size_ok(text: str) -> bool:
 
 
 class ErrorCode(enum.StrEnum):
-    """Stable error codes; clients switch on these, people read the reason beside them."""
+    """Stable error codes; clients switch on these, people read the reason beside them.
+
+    ``bye`` frames use them too (``timeout``, ``shutdown``, ``too_many_connections``).
+    """
 
     BAD_FRAME = "bad_frame"
     UNKNOWN_TYPE = "unknown_type"
@@ -80,9 +131,17 @@ class ErrorCode(enum.StrEnum):
     ALREADY_MEMBER = "already_member"
     PRIVATE_ROOM = "private_room"
     NOT_OWNER = "not_owner"
+    BANNED = "banned"
+    TOO_MANY_ROOMS = "too_many_rooms"
+    ADVERTISE_NOT_ALLOWED = "advertise_not_allowed"
     TOO_MANY_CONNECTIONS = "too_many_connections"
+    OVERLOADED = "overloaded"
+    STORAGE_ERROR = "storage_error"
     INTERNAL = "internal"
     NOT_VOUCHED = "not_vouched"
+    # in bye only
+    TIMEOUT = "timeout"
+    SHUTDOWN = "shutdown"
     # peer-to-peer
     TEXT_TOO_LONG = "text_too_long"
 
@@ -99,23 +158,26 @@ class Hello(Message, tag="hello"):
 
     id: int
     version: int
-    agent: str = ""
+    agent: Agent = ""
 
 
 class Register(Message, tag="register"):
     id: int
-    username: str
-    password: str
+    username: Name
+    password: NewPassword
 
 
 class Login(Message, tag="login"):
-    """``port`` is the peer's own listener; ``host`` overrides the source address we see."""
+    """``port`` is the peer's own listener; ``host`` overrides the source address we see (if
+    the registry allows it). ``ticket``, from an earlier ``logged_in``, spares its holder the
+    throttles that others' wrong guesses cause."""
 
     id: int
-    username: str
-    password: str
-    port: int
-    host: str | None = None
+    username: Name
+    password: Password
+    port: Port
+    host: Host | None = None
+    ticket: Secret | None = None
 
 
 class Logout(Message, tag="logout"):
@@ -125,13 +187,13 @@ class Logout(Message, tag="logout"):
 class Ping(Message, tag="ping"):
     """Heartbeat. Over UDP it has no id and gets no reply; over TCP it has one and gets ``ok``."""
 
-    token: str
+    token: Secret
     id: int | None = None
 
 
 class Search(Message, tag="search"):
     id: int
-    username: str
+    username: Name
 
 
 LIST_LIMIT = 200
@@ -142,42 +204,57 @@ class ListUsers(Message, tag="users"):
     """Online users, by name; page with ``after`` (the last name seen) and ``limit``."""
 
     id: int
-    after: str | None = None
+    after: Cursor | None = None
     limit: int = LIST_LIMIT
 
 
 class CreateRoom(Message, tag="create_room"):
     id: int
-    room: str
+    room: Name
     private: bool = False
 
 
 class JoinRoom(Message, tag="join_room"):
     id: int
-    room: str
+    room: Name
 
 
 class LeaveRoom(Message, tag="leave_room"):
     id: int
-    room: str
+    room: Name
 
 
 class AddMember(Message, tag="add_member"):
+    """``may_add`` (the owner only): whether the member may add others to a private room."""
+
     id: int
-    room: str
-    username: str
+    room: Name
+    username: Name
+    may_add: bool | None = None
 
 
 class RemoveMember(Message, tag="remove_member"):
+    """``ban``: the removed user cannot come back until the owner sends ``unban``."""
+
     id: int
-    room: str
-    username: str
+    room: Name
+    username: Name
+    ban: bool = False
+
+
+class Unban(Message, tag="unban"):
+    id: int
+    room: Name
+    username: Name
 
 
 class ListRooms(Message, tag="rooms"):
+    """Visible rooms; with ``mine``, only the rooms the user belongs to."""
+
     id: int
-    after: str | None = None
+    after: Cursor | None = None
     limit: int = LIST_LIMIT
+    mine: bool = False
 
 
 LinkRole = Literal["dial", "accept"]
@@ -192,17 +269,17 @@ class Vouch(Message, tag="vouch"):
     """
 
     id: int
-    username: str
-    peer: str
+    username: Name
+    peer: Name
     role: LinkRole
-    nonce: str
-    proof: str
+    nonce: Secret
+    proof: Secret
 
 
 class ListMembers(Message, tag="members"):
     id: int
-    room: str
-    after: str | None = None
+    room: Name
+    after: Cursor | None = None
     limit: int = LIST_LIMIT
 
 
@@ -219,6 +296,7 @@ RegistryRequest = (
     | LeaveRoom
     | AddMember
     | RemoveMember
+    | Unban
     | ListRooms
     | ListMembers
     | Vouch
@@ -241,6 +319,8 @@ class Ok(Message, tag="ok"):
 
 
 class LoggedIn(Message, tag="logged_in"):
+    """``ticket``: present it in the next ``login`` (see ``Login``)."""
+
     id: int
     username: str
     token: str
@@ -249,6 +329,7 @@ class LoggedIn(Message, tag="logged_in"):
     udp_port: int
     heartbeat_interval: float
     timeout: float
+    ticket: str | None = None
 
 
 class SearchResult(Message, tag="search_result"):
@@ -260,9 +341,12 @@ class SearchResult(Message, tag="search_result"):
 
 
 class UserAddr(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """An online user. The registry no longer lists addresses here (``search`` gives one);
+    ``host`` and ``port`` stay optional so that older registries' replies still decode."""
+
     username: str
-    host: str
-    port: int
+    host: str | None = None
+    port: int | None = None
 
 
 class UserList(Message, tag="user_list"):
@@ -305,7 +389,7 @@ class Error(Message, tag="error"):
     """Error reply. ``id`` is the request's id, or null when the frame had none."""
 
     id: int | None
-    code: str
+    code: ErrorCode
     reason: str
     retry_after: float | None = None
 
@@ -330,7 +414,7 @@ class RoomEvent(Message, tag="room_event"):
 class Bye(Message, tag="bye"):
     """Sent by the registry just before it closes a session itself."""
 
-    code: str
+    code: ErrorCode
     reason: str
 
 
@@ -354,23 +438,23 @@ class PeerHello(Message, tag="peer_hello"):
     """First frame of a link, from the dialing peer. ``nonce``: what the acceptor must prove."""
 
     version: int
-    username: str
-    nonce: str
+    username: Name
+    nonce: Secret
 
 
 class PeerWelcome(Message, tag="peer_welcome"):
     """The acceptor's answer: its proof for the dialer's nonce, and a nonce of its own."""
 
     version: int
-    username: str
-    nonce: str
-    proof: str
+    username: Name
+    nonce: Secret
+    proof: Secret
 
 
 class PeerProof(Message, tag="peer_proof"):
     """The dialer's proof for the acceptor's nonce; the link is open once it is vouched for."""
 
-    proof: str
+    proof: Secret
 
 
 class MeshRooms(Message, tag="mesh"):
@@ -379,35 +463,35 @@ class MeshRooms(Message, tag="mesh"):
     Replaces the previous set; an empty list means the sender no longer needs the link.
     """
 
-    rooms: list[str]
+    rooms: MeshList
 
 
 class DirectMessage(Message, tag="dm"):
-    id: str
-    sender: str
-    text: str
+    id: MsgId
+    sender: Name
+    text: Text
     ts: float
 
 
 class DirectAck(Message, tag="dm_ack"):
-    id: str
+    id: MsgId
 
 
 class RoomMessage(Message, tag="room_msg"):
     """A flooded room message. ``hops`` is how many more links it may cross."""
 
-    id: str
-    room: str
-    origin: str
-    text: str
+    id: MsgId
+    room: Name
+    origin: Name
+    text: Text
     ts: float
     hops: int
 
 
 class PeerError(Message, tag="peer_error"):
     code: str
-    reason: str
-    id: str | None = None
+    reason: Reason
+    id: MsgId | None = None
 
 
 # Tree push of room messages (Plumtree): payloads along a tree, ids on the other mesh links.
@@ -479,6 +563,7 @@ def link_proof(token: str, role: LinkRole, nonce: str, prover: str, verifier: st
 # ---------------------------------------------------------------- codec
 
 _encoder = msgspec.json.Encoder()
+T = TypeVar("T")
 
 
 def encode(msg: Message) -> bytes:
@@ -486,25 +571,106 @@ def encode(msg: Message) -> bytes:
     return _encoder.encode(msg) + b"\n"
 
 
-class _IdOnly(msgspec.Struct):
+def decode(decoder: msgspec.json.Decoder[T], frame: bytes) -> T:
+    """Decode one frame; every failure is a ``msgspec.MsgspecError``.
+
+    msgspec raises two other exceptions on hostile input: ``RecursionError`` for JSON nested
+    deeper than the interpreter's recursion limit, and ``UnicodeDecodeError`` for bytes that
+    are not UTF-8 inside a string. Both become a ``DecodeError`` here, so that callers answer
+    them like any other malformed frame (``bad_frame``) and close nothing.
+    """
+    try:
+        return decoder.decode(frame)
+    except msgspec.MsgspecError:
+        raise
+    except RecursionError:
+        raise msgspec.DecodeError("JSON is malformed: nested too deeply") from None
+    except UnicodeDecodeError as exc:
+        raise msgspec.DecodeError(f"JSON is malformed: not UTF-8 (byte {exc.start})") from None
+
+
+class _Head(msgspec.Struct):
+    """The two fields an error reply needs from a frame that failed validation."""
+
     id: Any = None
+    type: Any = None
+
+
+FIELD_ERRORS: dict[tuple[str, str], tuple[ErrorCode, str]] = {
+    ("register", "username"): (
+        ErrorCode.INVALID_USERNAME,
+        "usernames are 1-32 letters, digits, '_', '.' or '-'",
+    ),
+    ("register", "password"): (
+        ErrorCode.INVALID_PASSWORD,
+        f"passwords are {PASSWORD_MIN}-{PASSWORD_MAX} characters",
+    ),
+    ("create_room", "room"): (
+        ErrorCode.INVALID_ROOM,
+        "room ids are 1-32 letters, digits, '_', '.' or '-'",
+    ),
+    ("login", "username"): (ErrorCode.WRONG_PASSWORD, "wrong password, or no such user"),
+    ("login", "password"): (ErrorCode.WRONG_PASSWORD, "wrong password, or no such user"),
+    **{
+        (t, "username"): (ErrorCode.NO_SUCH_USER, "no such user (not a valid name)")
+        for t in ("search", "add_member", "remove_member", "unban")
+    },
+    **{
+        (t, "room"): (ErrorCode.NO_SUCH_ROOM, "no such room (not a valid room id)")
+        for t in ("join_room", "leave_room", "add_member", "remove_member", "unban", "members")
+    },
+}
+"""Requests whose field, present and a string but breaking its rule, has a code of its own:
+the codes these requests answered before the rules moved onto the types."""
+
+_FIELD_RE = re.compile(r"^Expected `str` (?:of length|matching regex).* - at `\$\.(\w+)`$")
 
 
 def decode_error(frame: bytes, exc: msgspec.MsgspecError) -> Error:
     """The error reply for a frame that failed to decode, keeping its id when it has one."""
     if isinstance(exc, msgspec.ValidationError):
         try:
-            raw_id = msgspec.json.decode(frame, type=_IdOnly).id
+            head = decode(_head_decoder, frame)
         except msgspec.MsgspecError:
-            raw_id = None
+            head = _Head()
+        raw_id = head.id
         req_id = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
         text = str(exc)[:200]
         if "`$.type`" in text or "field `type`" in text:
             return Error(id=req_id, code=ErrorCode.UNKNOWN_TYPE, reason=f"unknown type: {text}")
+        field = _FIELD_RE.match(str(exc))
+        if field is not None and isinstance(head.type, str):
+            known = FIELD_ERRORS.get((head.type, field[1]))
+            if known is not None:
+                return Error(id=req_id, code=known[0], reason=known[1])
         return Error(id=req_id, code=ErrorCode.BAD_REQUEST, reason=f"bad request: {text}")
     return Error(id=None, code=ErrorCode.BAD_FRAME, reason=f"not JSON: {str(exc)[:200]}")
 
 
+class _LenientError(msgspec.Struct, tag="error", tag_field="type", kw_only=True):
+    id: int | None
+    code: str
+    reason: str
+    retry_after: float | None = None
+
+
+def decode_reply(frame: bytes) -> RegistryReply:
+    """A registry reply; an ``error`` whose code this version does not know still decodes
+    (with its code as a plain string), so that a newer registry's codes fail the request
+    instead of leaving it unanswered."""
+    try:
+        return decode(reply_decoder, frame)
+    except msgspec.ValidationError:
+        try:
+            raw = decode(_lenient_error_decoder, frame)
+        except msgspec.MsgspecError:
+            raise msgspec.ValidationError("not a registry reply") from None
+        code: Any = raw.code
+        return Error(id=raw.id, code=code, reason=raw.reason, retry_after=raw.retry_after)
+
+
+_head_decoder = msgspec.json.Decoder(_Head)
+_lenient_error_decoder = msgspec.json.Decoder(_LenientError)
 request_decoder: msgspec.json.Decoder[RegistryRequest] = msgspec.json.Decoder(RegistryRequest)
 reply_decoder: msgspec.json.Decoder[RegistryReply] = msgspec.json.Decoder(RegistryReply)
 peer_decoder: msgspec.json.Decoder[PeerFrame] = msgspec.json.Decoder(PeerFrame)

@@ -21,6 +21,7 @@ from p2pchat.protocol.messages import (
     PROTOCOL_VERSION,
     Bye,
     Error,
+    ErrorCode,
     LinkRole,
     LoggedIn,
     MemberInfo,
@@ -33,8 +34,8 @@ from p2pchat.protocol.messages import (
     SearchResult,
     UserAddr,
     Welcome,
+    decode_reply,
     encode,
-    reply_decoder,
 )
 from p2pchat.registry import flows
 from p2pchat.registry.flows import RegistryClosed, RegistryError
@@ -138,7 +139,7 @@ class RegistryClient:
 
     def _dispatch(self, frame: bytes) -> None:
         try:
-            msg = reply_decoder.decode(frame)
+            msg = decode_reply(frame)
         except msgspec.MsgspecError as exc:
             log.warning("ignored a malformed frame from the registry: %s", exc)
             return
@@ -216,12 +217,14 @@ class RegistryClient:
         *,
         host: str | None = None,
         heartbeat: float | None = None,
+        ticket: str | None = None,
     ) -> LoggedIn:
         """Log in and start heartbeats every ``heartbeat`` seconds (default: the registry's).
 
-        ``heartbeat=0`` sends none (tests of expiry use it).
+        ``heartbeat=0`` sends none (tests of expiry use it). ``ticket``: the one from an
+        earlier ``LoggedIn`` for this user, so that others' wrong guesses do not slow us.
         """
-        self.session = await self._run(flows.login(username, password, port, host))
+        self.session = await self._run(flows.login(username, password, port, host, ticket))
         interval = self.session.heartbeat_interval if heartbeat is None else heartbeat
         if interval > 0:
             self._heartbeat_task = asyncio.create_task(self._heartbeat(self.session, interval))
@@ -244,7 +247,7 @@ class RegistryClient:
     async def ping_tcp(self) -> None:
         """The heartbeat over the TCP session, for networks that drop UDP."""
         if self.session is None:
-            raise RegistryError("not_logged_in", "log in first")
+            raise RegistryError(ErrorCode.NOT_LOGGED_IN, "log in first")
         await self._run(flows.call(Ping(id=0, token=self.session.token), Ok))
 
     async def logout(self) -> None:
@@ -276,15 +279,18 @@ class RegistryClient:
     async def leave_room(self, room: str) -> None:
         await self._run(flows.leave_room(room))
 
-    async def add_member(self, room: str, username: str) -> None:
-        await self._run(flows.add_member(room, username))
+    async def add_member(self, room: str, username: str, may_add: bool | None = None) -> None:
+        await self._run(flows.add_member(room, username, may_add))
 
-    async def remove_member(self, room: str, username: str) -> None:
-        await self._run(flows.remove_member(room, username))
+    async def remove_member(self, room: str, username: str, ban: bool = False) -> None:
+        await self._run(flows.remove_member(room, username, ban))
 
-    async def rooms(self) -> list[RoomInfo]:
-        """Every room this session can see (all pages)."""
-        return await self._run(flows.rooms())
+    async def unban(self, room: str, username: str) -> None:
+        await self._run(flows.unban(room, username))
+
+    async def rooms(self, mine: bool = False) -> list[RoomInfo]:
+        """Every room this session can see (all pages); with ``mine``, only its user's."""
+        return await self._run(flows.rooms(mine))
 
     async def members(self, room: str) -> list[MemberInfo]:
         """Every member of ``room`` with online state and address (all pages)."""

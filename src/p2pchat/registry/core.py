@@ -5,21 +5,33 @@ this message on that session, close that session, hash or verify this password).
 shell in ``server.py`` carries them out. Heartbeat expiry is therefore a matter of calling
 ``expire(now)`` with a later ``now``, which is how the tests check it without waiting.
 
-Argon2id is deliberately slow, so the core never runs it: it returns ``HashPassword`` or
-``VerifyPassword`` and the shell runs the hash in a worker thread, then calls back
-``register_hashed`` / ``login_verified``. State is re-checked on the way back, since other
+Argon2id is deliberately slow, so the core never runs it: it queues the work (``WorkQueue``:
+logins before registrations, fairly between source addresses, within fixed bounds) and
+returns ``HashPassword`` or ``VerifyPassword`` only when one of the shell's ``hash_workers``
+is free. The shell runs the hash in a worker
+thread, then calls back ``register_hashed`` / ``login_verified`` / ``auth_failed``, which free
+the worker and may start the next job. State is re-checked on the way back, since other
 requests may have been served in between.
+
+Who is online, and in which rooms, is kept in memory (``Session.rooms``, ``_present``): events,
+online counts and logouts never read the database, so a failing database cannot leave a user
+half logged in or out. Every handler reads what it needs before it changes anything; a store
+failure then answers ``storage_error`` with nothing applied.
 """
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import heapq
 import hmac
+import ipaddress
 import logging
 import secrets
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from p2pchat.protocol.messages import (
     LIST_LIMIT,
@@ -52,16 +64,15 @@ from p2pchat.protocol.messages import (
     RoomList,
     Search,
     SearchResult,
+    Unban,
     UserAddr,
     UserList,
     Vouch,
     Welcome,
     link_proof,
     valid_host,
-    valid_name,
-    valid_password,
 )
-from p2pchat.store.base import NameTaken, RoomExists, Store
+from p2pchat.store.base import NameTaken, Room, RoomExists, Store, StoreError
 
 log = logging.getLogger("p2pchat.registry")
 
@@ -91,14 +102,21 @@ class HashPassword:
 
 @dataclass(slots=True)
 class VerifyPassword:
-    """Check ``request.password`` against ``password_hash``, then call ``login_verified``."""
+    """Check ``request.password`` against ``password_hash``, then call ``login_verified``.
+
+    ``password_hash`` is None for a name with no account: the shell then checks the password
+    against a hash of its own, so that an unknown name costs (and takes) what a known one does.
+    """
 
     conn: int
     request: Login
-    password_hash: str
+    password_hash: str | None
+    ticket: str = ""
+    """The throttle key a valid login ticket chose, or "" (see ``RegistryCore._login``)."""
 
 
 Action = Send | Close | HashPassword | VerifyPassword
+Job = HashPassword | VerifyPassword
 
 # ---------------------------------------------------------------------------- state
 
@@ -110,13 +128,15 @@ class Session:
     conn: int
     source_host: str
     greeted: bool = False
-    busy: bool = False  # a password hash is in flight for this session
+    busy: bool = False  # a password job is queued or running for this session
     user: str | None = None
     key: str = ""
     host: str = ""
     port: int = 0
     token: str = ""
     last_seen: float = 0.0
+    rooms: dict[str, str] = field(default_factory=dict)
+    """While logged in: the user's rooms, casefolded id -> id as spelled."""
 
 
 @dataclass(slots=True)
@@ -128,7 +148,7 @@ class _Strikes:
 
 @dataclass(slots=True)
 class Throttle:
-    """Slows down repeated wrong passwords for one key (an account or a source address).
+    """Slows down repeated wrong passwords for one key.
 
     The first ``free`` failures cost nothing; each later one doubles a lockout, up to
     ``max_lock`` seconds. A key is forgotten ``forget_after`` seconds after its last failure,
@@ -165,18 +185,6 @@ class Throttle:
         self._keys.pop(key, None)
 
 
-@dataclass(slots=True, frozen=True)
-class RegistryConfig:
-    udp_port: int = 15500
-    heartbeat_interval: float = 20.0
-    timeout: float = 60.0
-    server: str = "p2pchat-registry"
-    register_rate: float = 1.0
-    """Registrations per second allowed from one address, after a burst of ``register_burst``;
-    each costs an Argon2id hash, so unbounded registration would be a cheap way to load us."""
-    register_burst: int = 30
-
-
 @dataclass(slots=True)
 class TokenBucket:
     """Per-key rate limit: ``burst`` at once, then ``rate`` per second; bounded key count."""
@@ -199,6 +207,138 @@ class TokenBucket:
         return 0.0
 
 
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+
+
+class FairQueue(Generic[K, T]):
+    """Items queued per key and served round-robin between keys, one item per turn.
+
+    Bounded in total (``max_total``) and per key (``max_per_key``): ``push`` refuses beyond.
+    One key with many items waits its turn like a key with one.
+    """
+
+    def __init__(self, max_total: int, max_per_key: int) -> None:
+        self.max_total = max_total
+        self.max_per_key = max_per_key
+        self._queues: dict[K, deque[T]] = {}
+        self._turns: deque[K] = deque()
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def has_room(self, key: K) -> bool:
+        queue = self._queues.get(key)
+        return self._len < self.max_total and (queue is None or len(queue) < self.max_per_key)
+
+    def push(self, key: K, item: T) -> bool:
+        if not self.has_room(key):
+            return False
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+            self._turns.append(key)
+        queue.append(item)
+        self._len += 1
+        return True
+
+    def pop(self) -> T | None:
+        if not self._turns:
+            return None
+        key = self._turns.popleft()
+        queue = self._queues[key]
+        item = queue.popleft()
+        self._len -= 1
+        if queue:
+            self._turns.append(key)
+        else:
+            del self._queues[key]
+        return item
+
+
+class WorkQueue:
+    """Password jobs in three lanes, each fair between addresses: logins that present a valid
+    ticket, other logins, registrations.
+
+    A higher lane goes first, except that every ``share``-th job comes from the lowest lane
+    waiting: a flood of registrations cannot delay logins by more than a job or so, and a
+    flood of logins cannot stop registrations. Bounded in total and per address per lane.
+    """
+
+    TICKET, LOGIN, REGISTER = 0, 1, 2
+
+    def __init__(self, max_total: int, max_per_key: int, share: int = 4) -> None:
+        self.max_total = max_total
+        self.share = share
+        self._lanes: list[FairQueue[str, Job]] = [
+            FairQueue(max_total, max_per_key) for _ in range(3)
+        ]
+        self._run = 0  # jobs taken from a higher lane while a lower one waited
+
+    def __len__(self) -> int:
+        return sum(len(lane) for lane in self._lanes)
+
+    @staticmethod
+    def lane(job: Job) -> int:
+        if isinstance(job, HashPassword):
+            return WorkQueue.REGISTER
+        return WorkQueue.TICKET if job.ticket else WorkQueue.LOGIN
+
+    def has_room(self, lane: int, key: str) -> bool:
+        return len(self) < self.max_total and self._lanes[lane].has_room(key)
+
+    def push(self, key: str, job: Job) -> bool:
+        lane = self.lane(job)
+        return self.has_room(lane, key) and self._lanes[lane].push(key, job)
+
+    def pop(self) -> Job | None:
+        waiting = [lane for lane in self._lanes if len(lane)]
+        if not waiting:
+            return None
+        if len(waiting) == 1:
+            self._run = 0
+            return waiting[0].pop()
+        self._run += 1
+        if self._run >= self.share:
+            self._run = 0
+            return waiting[-1].pop()
+        return waiting[0].pop()
+
+
+@dataclass(slots=True, frozen=True)
+class RegistryConfig:
+    udp_port: int = 15500
+    heartbeat_interval: float = 20.0
+    timeout: float = 60.0
+    server: str = "p2pchat-registry"
+    register_rate: float = 1.0
+    """Registrations per second allowed from one address, after a burst of ``register_burst``;
+    each costs an Argon2id hash, so unbounded registration would be a cheap way to load us."""
+    register_burst: int = 30
+    login_timeout: float = 20.0
+    """A session that is not logged in is closed after this long without a request."""
+    max_anonymous: int = 1000
+    """Most sessions not logged in at once; beyond, the oldest idle one is closed."""
+    allow_advertise: bool = False
+    """Whether ``login`` may publish a ``host`` other than the address the session comes from."""
+    exempt: frozenset[str] = frozenset({"127.0.0.1", "::1"})
+    """Addresses whose connections are not pooled per address (local clients, see
+    docs/security.md): each of their sessions counts as an address of its own."""
+    hash_workers: int = 2
+    """Password hashes run at once (the shell's worker threads)."""
+    hash_queue: int = 256
+    """Password jobs waiting at most, in all."""
+    hash_queue_per_address: int = 8
+    """Password jobs waiting at most from one address."""
+    max_rooms_per_user: int = 256
+    max_owned_rooms: int = 64
+    room_change_rate: float = 1.0
+    """Room requests (create, join, leave, add, remove, unban) per second per user, after a
+    burst of ``room_change_burst``: each may send an event to every online member."""
+    room_change_burst: int = 30
+
+
 def _err(req_id: int | None, code: ErrorCode, reason: str, **extra: Any) -> Error:
     return Error(id=req_id, code=code, reason=reason, **extra)
 
@@ -215,14 +355,22 @@ class RegistryCore:
         self.store = store
         self.config = config or RegistryConfig()
         self._new_token = token_factory
+        self._ticket_key = store.secret()
         self.sessions: dict[int, Session] = {}
         self.online: dict[str, Session] = {}  # by casefolded username
+        self._online_keys: list[str] = []  # the same keys, sorted, for paging
         self._by_token: dict[str, Session] = {}
+        self._present: dict[str, set[str]] = {}  # room key -> keys of its online members
+        self._anonymous: dict[int, None] = {}  # sessions not logged in, oldest first
         self._expiry: list[tuple[float, int, str]] = []  # (deadline, conn, token)
-        self.account_throttle = Throttle(free=3)
-        self.address_throttle = Throttle(free=10)
+        self.pair_throttle = Throttle(free=3)  # failed logins per (account, address)
+        self.ticket_throttle = Throttle(free=3)  # failed logins per (account, ticket)
+        self.address_throttle = Throttle(free=10)  # failed logins per address
         self.registrations = TokenBucket(self.config.register_rate, self.config.register_burst)
-        self._anonymous: dict[type, Callable[[Session, Any, float], list[Action]]] = {
+        self.room_changes = TokenBucket(self.config.room_change_rate, self.config.room_change_burst)
+        self.jobs = WorkQueue(self.config.hash_queue, self.config.hash_queue_per_address)
+        self.running = 0
+        self._anonymous_handlers: dict[type, Callable[[Session, Any, float], list[Action]]] = {
             Hello: self._hello,
             Register: self._register,
             Login: self._login,
@@ -238,6 +386,7 @@ class RegistryCore:
             LeaveRoom: self._leave_room,
             AddMember: self._add_member,
             RemoveMember: self._remove_member,
+            Unban: self._unban,
             ListRooms: self._rooms,
             ListMembers: self._members,
             Vouch: self._vouch,
@@ -245,16 +394,30 @@ class RegistryCore:
 
     # ------------------------------------------------------------------ session lifecycle
 
-    def connect(self, conn: int, source_host: str, now: float) -> None:
+    def connect(self, conn: int, source_host: str, now: float) -> list[Action]:
+        """A new connection. Beyond ``max_anonymous`` sessions not logged in, the oldest idle
+        one makes room: connections that never log in cannot crowd out those that would."""
         self.sessions[conn] = Session(conn=conn, source_host=source_host, last_seen=now)
-        # a session that never logs in and falls silent must not hold its slot for ever
-        heapq.heappush(self._expiry, (now + self.config.timeout, conn, ""))
+        self._anonymous[conn] = None
+        heapq.heappush(self._expiry, (now + self.config.login_timeout, conn, ""))
+        actions: list[Action] = []
+        if len(self._anonymous) > self.config.max_anonymous:
+            victim = next((c for c in self._anonymous if not self.sessions[c].busy), None)
+            if victim is not None:
+                del self._anonymous[victim]
+                del self.sessions[victim]
+                reason = "too many connections waiting to log in; this was the oldest"
+                bye = Bye(code=ErrorCode.TOO_MANY_CONNECTIONS, reason=reason)
+                actions.append(Send(victim, bye))
+                actions.append(Close(victim))
+        return actions
 
     def disconnect(self, conn: int, now: float) -> list[Action]:
         """The connection closed or broke: log its user out at once."""
         session = self.sessions.pop(conn, None)
         if session is None:
             return []
+        self._anonymous.pop(conn, None)
         return self._logout_session(session)
 
     def handle(self, conn: int, request: RegistryRequest, now: float) -> list[Action]:
@@ -265,18 +428,21 @@ class RegistryCore:
                 Send(
                     conn,
                     _err(
-                        _req_id(request),
+                        request.id,
                         ErrorCode.HELLO_REQUIRED,
                         "send hello with the protocol version first",
                     ),
                 )
             ]
-        handler = self._anonymous.get(type(request))
-        if handler is not None:
-            return handler(session, request, now)
-        if session.user is None:
-            return [Send(conn, _not_logged_in(_req_id(request)))]
-        return self._logged_in[type(request)](session, session.user, request, now)
+        handler = self._anonymous_handlers.get(type(request))
+        try:
+            if handler is not None:
+                return handler(session, request, now)
+            if session.user is None:
+                return [Send(conn, _not_logged_in(request.id))]
+            return self._logged_in[type(request)](session, session.user, request, now)
+        except StoreError as exc:
+            return [Send(conn, _storage_error(request.id, type(request).__name__, exc))]
 
     # ------------------------------------------------------------------ heartbeats
 
@@ -289,32 +455,77 @@ class RegistryCore:
         return True
 
     def expire(self, now: float) -> list[Action]:
-        """Disconnect every session not heard from within the timeout."""
+        """Disconnect every session not heard from within its limit: ``timeout`` when logged
+        in, ``login_timeout`` when not (unless a password check is pending for it)."""
         actions: list[Action] = []
         heap = self._expiry
-        timeout = self.config.timeout
+        cfg = self.config
         while heap and heap[0][0] <= now:
             _, conn, token = heapq.heappop(heap)
             session = self._by_token.get(token) if token else self.sessions.get(conn)
             if session is None or (not token and session.user is not None):
                 continue  # logged out (or, for an anonymous entry, logged in) since
-            deadline = session.last_seen + timeout
+            limit = cfg.timeout if token else cfg.login_timeout
+            deadline = (now if session.busy else session.last_seen) + limit
             if deadline > now:
                 heapq.heappush(heap, (deadline, conn, token))
                 continue
             del self.sessions[conn]
+            self._anonymous.pop(conn, None)
             if token:
                 log.info("%s missed its heartbeats; logged out", session.user)
-                reason = f"no heartbeat for {timeout:g} seconds; logged out"
+                reason = f"no heartbeat for {limit:g} seconds; logged out"
             else:
-                reason = f"idle for {timeout:g} seconds without logging in"
-            actions.append(Send(conn, Bye(code="timeout", reason=reason)))
+                reason = f"idle for {limit:g} seconds without logging in"
+            actions.append(Send(conn, Bye(code=ErrorCode.TIMEOUT, reason=reason)))
             actions.append(Close(conn))
             actions.extend(self._logout_session(session))
         return actions
 
     def next_deadline(self) -> float | None:
         return self._expiry[0][0] if self._expiry else None
+
+    # ------------------------------------------------------------------ password work
+
+    def _queue(self, s: Session, job: Job, req_id: int) -> list[Action] | None:
+        """Queue a password job fairly; None if it was queued, else the refusal."""
+        if not self.jobs.push(self._work_key(s), job):
+            return [Send(s.conn, _busy_hashing(req_id))]
+        s.busy = True
+        return None
+
+    def _work_key(self, s: Session) -> str:
+        host = s.source_host
+        return f"{host}#{s.conn}" if host in self.config.exempt else host
+
+    def _pump(self) -> list[Action]:
+        """Start queued password jobs while a worker is free."""
+        actions: list[Action] = []
+        while self.running < self.config.hash_workers:
+            job = self.jobs.pop()
+            if job is None:
+                break
+            session = self.sessions.get(job.conn)
+            if session is None or not session.busy:
+                continue  # its connection closed meanwhile: no work for nobody
+            self.running += 1
+            actions.append(job)
+        return actions
+
+    def _job_done(self, conn: int) -> Session | None:
+        self.running = max(0, self.running - 1)
+        session = self.sessions.get(conn)
+        if session is not None:
+            session.busy = False
+        return session
+
+    def auth_failed(self, conn: int, req_id: int) -> list[Action]:
+        """Hashing or verifying a password raised: answer, and free the session for a retry."""
+        s = self._job_done(conn)
+        actions = self._pump()
+        if s is not None:
+            actions.insert(0, Send(conn, _err(req_id, ErrorCode.INTERNAL, "internal error")))
+        return actions
 
     # ------------------------------------------------------------------ handlers
 
@@ -347,41 +558,37 @@ class RegistryCore:
         ]
 
     def _register(self, s: Session, req: Register, now: float) -> list[Action]:
-        if not valid_name(req.username):
-            return [Send(s.conn, _err(req.id, ErrorCode.INVALID_USERNAME, _NAME_RULE))]
-        if not valid_password(req.password):
-            return [Send(s.conn, _err(req.id, ErrorCode.INVALID_PASSWORD, _PASSWORD_RULE))]
+        # the name and the password's length were checked by the decoder (messages.Register)
         if s.busy:
             return [Send(s.conn, _busy(req.id))]
+        existing = self.store.lookalike(req.username)
+        if existing is not None:
+            return [Send(s.conn, _taken(req, existing))]
+        if not self.jobs.has_room(WorkQueue.REGISTER, self._work_key(s)):
+            return [Send(s.conn, _busy_hashing(req.id))]
         wait = self.registrations.take(s.source_host, now)
         if wait > 0:
             return [Send(s.conn, _rate_limited(req.id, "too many registrations", wait))]
-        if self.store.get_account(req.username) is not None:
-            return [Send(s.conn, _taken(req))]
-        s.busy = True
-        return [HashPassword(s.conn, req)]
-
-    def auth_failed(self, conn: int, req_id: int) -> list[Action]:
-        """Hashing or verifying a password raised: answer, and free the session for a retry."""
-        s = self.sessions.get(conn)
-        if s is None:
-            return []
-        s.busy = False
-        return [Send(conn, _err(req_id, ErrorCode.INTERNAL, "internal error; try again"))]
+        return self._queue(s, HashPassword(s.conn, req), req.id) or self._pump()
 
     def register_hashed(
         self, conn: int, req: Register, password_hash: str, now: float
     ) -> list[Action]:
-        s = self.sessions.get(conn)
+        s = self._job_done(conn)
+        actions = self._pump()
         if s is None:
-            return []
-        s.busy = False
+            return actions
         try:
             self.store.create_account(req.username, password_hash)
-        except NameTaken:
-            return [Send(conn, _taken(req))]
-        log.info("registered %s", req.username)
-        return [Send(conn, Ok(id=req.id))]
+        except NameTaken as exc:
+            reply: Message = _taken(req, exc.existing)
+        except StoreError as exc:
+            reply = _storage_error(req.id, "register", exc)
+        else:
+            log.info("registered %s", req.username)
+            reply = Ok(id=req.id)
+        actions.insert(0, Send(conn, reply))
+        return actions
 
     def _login(self, s: Session, req: Login, now: float) -> list[Action]:
         if s.user is not None:
@@ -391,58 +598,92 @@ class RegistryCore:
                     _err(req.id, ErrorCode.ALREADY_LOGGED_IN, f"already logged in as {s.user}"),
                 )
             ]
-        if not 0 < req.port < 65536:
-            return [Send(s.conn, _err(req.id, ErrorCode.BAD_REQUEST, "port must be 1-65535"))]
-        if req.host is not None and not valid_host(req.host):
-            return [
-                Send(
-                    s.conn,
-                    _err(req.id, ErrorCode.BAD_REQUEST, "host must be an IP address or DNS name"),
-                )
-            ]
+        if req.host is not None:
+            refusal = self._check_advertised(s, req)
+            if refusal is not None:
+                return [Send(s.conn, refusal)]
         if s.busy:
             return [Send(s.conn, _busy(req.id))]
-        wait = max(
-            self.account_throttle.retry_after(req.username.casefold(), now),
-            self.address_throttle.retry_after(s.source_host, now),
-        )
+        key = req.username.casefold()
+        ticket = self._ticket_key_of(key, req.ticket) if req.ticket else ""
+        if ticket:  # a previous good login: others' failures do not count against it
+            wait = self.ticket_throttle.retry_after(ticket, now)
+        else:
+            wait = max(
+                self.pair_throttle.retry_after(_pair(key, s.source_host), now),
+                self.address_throttle.retry_after(s.source_host, now),
+            )
         if wait > 0:
             return [Send(s.conn, _rate_limited(req.id, "too many failed logins", wait))]
+        lane = WorkQueue.TICKET if ticket else WorkQueue.LOGIN
+        if not self.jobs.has_room(lane, self._work_key(s)):
+            return [Send(s.conn, _busy_hashing(req.id))]
         account = self.store.get_account(req.username)
-        if account is None:
-            self.address_throttle.fail(s.source_host, now)
-            return [Send(s.conn, _no_user(req.id, req.username))]
-        # Counted as a failure of the account until proven right, so that parallel guesses on
-        # many sessions are throttled as they start rather than after their hashes finish.
-        # (The address is charged only for real failures: many users may share one address.)
-        self.account_throttle.fail(req.username.casefold(), now)
-        s.busy = True
-        return [VerifyPassword(s.conn, req, account.password_hash)]
+        # Counted as a failure until proven right, so that parallel guesses on many sessions
+        # are throttled as they start rather than after their hashes finish. An unknown name
+        # is checked against a hash all the same: its answer, and its cost, are a wrong
+        # password's.
+        if ticket:
+            self.ticket_throttle.fail(ticket, now)
+        else:
+            self.pair_throttle.fail(_pair(key, s.source_host), now)
+        job = VerifyPassword(s.conn, req, account.password_hash if account else None, ticket)
+        return self._queue(s, job, req.id) or self._pump()
 
-    def login_verified(self, conn: int, req: Login, ok: bool, now: float) -> list[Action]:
-        s = self.sessions.get(conn)
+    def _check_advertised(self, s: Session, req: Login) -> Error | None:
+        host = req.host or ""
+        if not valid_host(host):
+            return _err(req.id, ErrorCode.BAD_REQUEST, "host must be an IP address or DNS name")
+        if self.config.allow_advertise or _same_address(host, s.source_host):
+            return None
+        return _err(
+            req.id,
+            ErrorCode.ADVERTISE_NOT_ALLOWED,
+            f"this registry publishes the address it sees ({s.source_host}), not {host!r}; "
+            "leave host out (or start the registry with --allow-advertise)",
+        )
+
+    def login_verified(
+        self, conn: int, req: Login, ok: bool, now: float, ticket: str = ""
+    ) -> list[Action]:
+        s = self._job_done(conn)
+        actions = self._pump()
         if s is None:
-            return []
-        s.busy = False
+            return actions
         key = req.username.casefold()
         if not ok:
-            self.address_throttle.fail(s.source_host, now)
-            return [Send(conn, _err(req.id, ErrorCode.WRONG_PASSWORD, "wrong password"))]
-        self.account_throttle.succeed(key)
+            if not ticket:
+                self.address_throttle.fail(s.source_host, now)
+            actions.insert(0, Send(conn, _wrong_password(req.id)))
+            return actions
+        if ticket:
+            self.ticket_throttle.succeed(ticket)
+        else:
+            self.pair_throttle.succeed(_pair(key, s.source_host))
+        try:
+            actions[:0] = self._go_online(s, req, now)
+        except StoreError as exc:
+            actions.insert(0, Send(conn, _storage_error(req.id, "login", exc)))
+        return actions
+
+    def _go_online(self, s: Session, req: Login, now: float) -> list[Action]:
+        """Every read first; then the session is online, all at once."""
+        key = req.username.casefold()
         account = self.store.get_account(req.username)
-        if account is None:  # deleted meanwhile
-            return [Send(conn, _no_user(req.id, req.username))]
+        rooms = self.store.rooms_of(req.username)
+        if account is None:  # the hash was checked against the stand-in: cannot be right
+            return [Send(s.conn, _wrong_password(req.id))]
         if key in self.online:
             return [
                 Send(
-                    conn,
+                    s.conn,
                     _err(req.id, ErrorCode.ALREADY_ONLINE, f"{account.username} is already online"),
                 )
             ]
         if s.user is not None:
             return [
                 Send(
-                    conn,
+                    s.conn,
                     _err(req.id, ErrorCode.ALREADY_LOGGED_IN, f"already logged in as {s.user}"),
                 )
             ]
@@ -451,14 +692,17 @@ class RegistryCore:
         s.host = req.host or s.source_host
         s.port = req.port
         s.last_seen = now
+        s.rooms = {room.casefold(): room for room in rooms}
         self.online[key] = s
+        bisect.insort(self._online_keys, key)
         self._by_token[token] = s
-        heapq.heappush(self._expiry, (now + self.config.timeout, conn, token))
+        self._anonymous.pop(s.conn, None)
+        heapq.heappush(self._expiry, (now + self.config.timeout, s.conn, token))
         log.info("%s logged in at %s:%d", account.username, s.host, s.port)
         cfg = self.config
         actions: list[Action] = [
             Send(
-                conn,
+                s.conn,
                 LoggedIn(
                     id=req.id,
                     username=account.username,
@@ -468,30 +712,59 @@ class RegistryCore:
                     udp_port=cfg.udp_port,
                     heartbeat_interval=cfg.heartbeat_interval,
                     timeout=cfg.timeout,
+                    ticket=self._issue_ticket(key),
                 ),
             )
         ]
-        for room in self.store.rooms_of(account.username):
-            actions.extend(self._tell_room(room, s, "online", host=s.host, port=s.port))
+        for room_key, room in s.rooms.items():
+            self._present.setdefault(room_key, set()).add(key)
+            actions.extend(self._tell_room(room_key, room, s, "online", host=s.host, port=s.port))
         return actions
+
+    # A login ticket is "NONCE.MAC": MAC = HMAC(the registry's key, account key, NONCE). It
+    # proves a past good login for that account and nothing else (it is not a credential);
+    # its throttle key is the account and the nonce.
+
+    def _issue_ticket(self, key: str) -> str:
+        nonce = secrets.token_hex(8)
+        return f"{nonce}.{self._ticket_mac(key, nonce)}"
+
+    def _ticket_mac(self, key: str, nonce: str) -> str:
+        msg = f"p2pchat-ticket\0{key}\0{nonce}".encode()
+        return hmac.new(self._ticket_key, msg, hashlib.sha256).hexdigest()[:32]
+
+    def _ticket_key_of(self, key: str, ticket: str) -> str:
+        """The throttle key of a valid ticket for account ``key``, or "" if it is not one."""
+        nonce, _, mac = ticket.partition(".")
+        expected = self._ticket_mac(key, nonce).encode()
+        if not nonce or not hmac.compare_digest(mac.encode(), expected):
+            return ""
+        return f"{key}\0{nonce}"
 
     def _logout(self, s: Session, user: str, req: Logout, now: float) -> list[Action]:
         log.info("%s logged out", user)
         actions = self._logout_session(s)
-        heapq.heappush(self._expiry, (now + self.config.timeout, s.conn, ""))  # idle rule again
+        self._anonymous[s.conn] = None
+        heapq.heappush(self._expiry, (now + self.config.login_timeout, s.conn, ""))
         actions.insert(0, Send(s.conn, Ok(id=req.id)))
         return actions
 
     def _logout_session(self, s: Session) -> list[Action]:
+        """Offline at once, from memory only: this cannot fail."""
         if s.user is None:
             return []
-        user = s.user
-        self.online.pop(s.key, None)
+        user, key = s.user, s.key
+        self.online.pop(key, None)
+        index = bisect.bisect_left(self._online_keys, key)
+        if index < len(self._online_keys) and self._online_keys[index] == key:
+            del self._online_keys[index]
         self._by_token.pop(s.token, None)
         s.user, s.key, s.token = None, "", ""
         actions: list[Action] = []
-        for room in self.store.rooms_of(user):
-            actions.extend(self._tell_room(room, None, "offline", username=user))
+        for room_key, room in s.rooms.items():
+            self._absent(room_key, key)
+            actions.extend(self._tell_room(room_key, room, None, "offline", username=user))
+        s.rooms = {}
         return actions
 
     def _tcp_ping(self, s: Session, req: Ping, now: float) -> list[Action]:
@@ -500,7 +773,8 @@ class RegistryCore:
         return [Send(s.conn, Ok(id=req.id))] if req.id is not None else []
 
     def _search(self, s: Session, user: str, req: Search, now: float) -> list[Action]:
-        account = self.store.get_account(req.username) if valid_name(req.username) else None
+        """An online user's address is given: it is what a direct message needs."""
+        account = self.store.get_account(req.username)
         if account is None:
             return [Send(s.conn, _no_user(req.id, req.username))]
         peer = self.online.get(account.username.casefold())
@@ -520,98 +794,140 @@ class RegistryCore:
         ]
 
     def _users(self, s: Session, user: str, req: ListUsers, now: float) -> list[Action]:
+        """Names only: an address is given by ``search`` and to fellow members."""
         limit = _limit(req.limit)
-        after = (req.after or "").casefold()
-        keys = sorted(k for k in self.online if k > after)
-        page = keys[:limit]
-        users = [
-            UserAddr(username=p.user or "", host=p.host, port=p.port)
-            for p in (self.online[k] for k in page)
-        ]
-        return [Send(s.conn, UserList(id=req.id, users=users, more=len(keys) > limit))]
+        keys = self._online_keys
+        start = bisect.bisect_right(keys, (req.after or "").casefold())
+        page = keys[start : start + limit]
+        users = [UserAddr(username=self.online[k].user or "") for k in page]
+        more = start + limit < len(keys)
+        return [Send(s.conn, UserList(id=req.id, users=users, more=more))]
 
     # ------------------------------------------------------------------ rooms
 
+    def _room_change(self, user: str, req_id: int, now: float) -> Error | None:
+        """Charge one room change to the user; the refusal if none is left."""
+        wait = self.room_changes.take(user.casefold(), now)
+        return _rate_limited(req_id, "too many room changes", wait) if wait > 0 else None
+
+    def _visible(self, s: Session, name: str) -> Room | None:
+        """The room, unless it does not exist or is private and ``s`` is not in it: to a
+        non-member, a private room and a missing one look the same."""
+        room = self.store.get_room(name)
+        if room is None or (room.private and room.room.casefold() not in s.rooms):
+            return None
+        return room
+
+    def _too_many_rooms(self, req_id: int, who: str, count: int) -> Error | None:
+        cap = self.config.max_rooms_per_user
+        if count < cap:
+            return None
+        return _err(req_id, ErrorCode.TOO_MANY_ROOMS, f"{who} in {cap} rooms, the most allowed")
+
     def _create_room(self, s: Session, user: str, req: CreateRoom, now: float) -> list[Action]:
-        if not valid_name(req.room):
-            return [Send(s.conn, _err(req.id, ErrorCode.INVALID_ROOM, _ROOM_RULE))]
+        refused = self._room_change(user, req.id, now)
+        if refused:
+            return [Send(s.conn, refused)]
+        too_many = self._too_many_rooms(req.id, "you are", len(s.rooms))
+        if too_many is None and self.store.owned_count(user) >= self.config.max_owned_rooms:
+            cap = self.config.max_owned_rooms
+            too_many = _err(req.id, ErrorCode.TOO_MANY_ROOMS, f"you own {cap} rooms, the most")
+        if too_many is not None:
+            return [Send(s.conn, too_many)]
         try:
-            self.store.create_room(req.room, req.private, user)
+            room = self.store.create_room(req.room, req.private, user)
         except RoomExists:
-            return [
-                Send(s.conn, _err(req.id, ErrorCode.ROOM_EXISTS, f"room {_q(req.room)} exists"))
-            ]
+            reason = f"the room id {_q(req.room)} is taken"
+            return [Send(s.conn, _err(req.id, ErrorCode.ROOM_EXISTS, reason))]
+        self._enter(s, room.room)
         return [Send(s.conn, Ok(id=req.id))]
 
     def _join_room(self, s: Session, user: str, req: JoinRoom, now: float) -> list[Action]:
-        room = self.store.get_room(req.room) if valid_name(req.room) else None
+        refused = self._room_change(user, req.id, now)
+        if refused:
+            return [Send(s.conn, refused)]
+        room = self._visible(s, req.room)
         if room is None:
             return [Send(s.conn, _no_room(req.id, req.room))]
-        if room.private and not self._is_member(room.room, user):
-            return [
-                Send(
-                    s.conn,
-                    _err(
-                        req.id,
-                        ErrorCode.PRIVATE_ROOM,
-                        f"{room.room} is private: a member must add you",
-                    ),
-                )
-            ]
+        if room.room.casefold() in s.rooms:
+            return [Send(s.conn, _err(req.id, ErrorCode.ALREADY_MEMBER, f"already in {room.room}"))]
+        if self.store.is_banned(room.room, user):
+            reason = f"you are banned from {room.room}"
+            return [Send(s.conn, _err(req.id, ErrorCode.BANNED, reason))]
+        too_many = self._too_many_rooms(req.id, "you are", len(s.rooms))
+        if too_many is not None:
+            return [Send(s.conn, too_many)]
         if not self.store.add_member(room.room, user):
             return [Send(s.conn, _err(req.id, ErrorCode.ALREADY_MEMBER, f"already in {room.room}"))]
+        self._enter(s, room.room)
         actions: list[Action] = [Send(s.conn, Ok(id=req.id))]
-        actions.extend(self._tell_room(room.room, s, "joined", host=s.host, port=s.port))
+        actions.extend(
+            self._tell_room(room.room.casefold(), room.room, s, "joined", host=s.host, port=s.port)
+        )
         return actions
 
     def _leave_room(self, s: Session, user: str, req: LeaveRoom, now: float) -> list[Action]:
-        room = self.store.get_room(req.room) if valid_name(req.room) else None
+        refused = self._room_change(user, req.id, now)
+        if refused:
+            return [Send(s.conn, refused)]
+        room = self._visible(s, req.room)
         if room is None:
             return [Send(s.conn, _no_room(req.id, req.room))]
-        if not self.store.remove_member(room.room, user):
+        if room.room.casefold() not in s.rooms or not self.store.leave_room(room.room, user):
             return [Send(s.conn, _not_member(req.id, user, room.room))]
-        if room.owner.casefold() == user.casefold():
-            self._hand_over(room.room)
+        self._leave(s, room.room)
         actions: list[Action] = [Send(s.conn, Ok(id=req.id))]
-        actions.extend(self._tell_room(room.room, s, "left", username=user))
+        actions.extend(self._tell_room(room.room.casefold(), room.room, s, "left", username=user))
         return actions
 
-    def _hand_over(self, room: str) -> None:
-        """An owner who leaves hands the room to the longest-standing member; empty rooms go."""
-        remaining = self.store.members(room)
-        if remaining:
-            self.store.set_owner(room, remaining[0])
-        else:
-            self.store.delete_room(room)
-
     def _add_member(self, s: Session, user: str, req: AddMember, now: float) -> list[Action]:
-        room = self.store.get_room(req.room) if valid_name(req.room) else None
+        refused = self._room_change(user, req.id, now)
+        if refused:
+            return [Send(s.conn, refused)]
+        room = self._visible(s, req.room)
         if room is None:
             return [Send(s.conn, _no_room(req.id, req.room))]
-        if not self._is_member(room.room, user):
+        if room.room.casefold() not in s.rooms:
             return [Send(s.conn, _not_member(req.id, user, room.room))]
-        account = self.store.get_account(req.username) if valid_name(req.username) else None
+        owner = room.owner.casefold() == user.casefold()
+        if not owner and (req.may_add is not None or room.private):
+            if req.may_add is not None:
+                reason = f"only {room.owner} may let members add others to {room.room}"
+                return [Send(s.conn, _err(req.id, ErrorCode.NOT_OWNER, reason))]
+            if not self.store.membership(room.room, user):
+                reason = f"only {room.owner}, or members they allowed, may add to {room.room}"
+                return [Send(s.conn, _err(req.id, ErrorCode.NOT_OWNER, reason))]
+        account = self.store.get_account(req.username)
         if account is None:
             return [Send(s.conn, _no_user(req.id, req.username))]
-        if not self.store.add_member(room.room, account.username):
-            return [
-                Send(
-                    s.conn,
-                    _err(
-                        req.id,
-                        ErrorCode.ALREADY_MEMBER,
-                        f"{account.username} is already in {room.room}",
-                    ),
-                )
-            ]
-        target = self.online.get(account.username.casefold())
+        name = account.username
+        if self.store.membership(room.room, name) is not None:
+            if owner and req.may_add is not None:
+                self.store.set_may_add(room.room, name, req.may_add)
+                return [Send(s.conn, Ok(id=req.id))]
+            reason = f"{name} is already in {room.room}"
+            return [Send(s.conn, _err(req.id, ErrorCode.ALREADY_MEMBER, reason))]
+        if not owner and self.store.is_banned(room.room, name):
+            reason = f"{name} is banned from {room.room}; only {room.owner} can let them back"
+            return [Send(s.conn, _err(req.id, ErrorCode.BANNED, reason))]
+        target = self.online.get(name.casefold())
+        count = len(target.rooms) if target else len(self.store.rooms_of(name))
+        too_many = self._too_many_rooms(req.id, f"{name} is", count)
+        if too_many is not None:
+            return [Send(s.conn, too_many)]
+        if not self.store.add_member(room.room, name, bool(req.may_add)):
+            reason = f"{name} is already in {room.room}"
+            return [Send(s.conn, _err(req.id, ErrorCode.ALREADY_MEMBER, reason))]
+        if target is not None:
+            self._enter(target, room.room)
         actions: list[Action] = [Send(s.conn, Ok(id=req.id))]
         actions.extend(
             self._tell_room(
+                room.room.casefold(),
                 room.room,
                 None,
                 "added",
-                username=account.username,
+                username=name,
                 by=user,
                 host=target.host if target else None,
                 port=target.port if target else None,
@@ -619,75 +935,75 @@ class RegistryCore:
         )
         return actions
 
-    def _remove_member(self, s: Session, user: str, req: RemoveMember, now: float) -> list[Action]:
-        room = self.store.get_room(req.room) if valid_name(req.room) else None
+    def _owned(
+        self, s: Session, user: str, req: RemoveMember | Unban, now: float
+    ) -> tuple[Room, str] | Error:
+        """The room and the user named by an owner's request, or the error for it."""
+        refused = self._room_change(user, req.id, now)
+        if refused:
+            return refused
+        room = self._visible(s, req.room)
         if room is None:
-            return [Send(s.conn, _no_room(req.id, req.room))]
+            return _no_room(req.id, req.room)
         if room.owner.casefold() != user.casefold():
-            return [
-                Send(
-                    s.conn,
-                    _err(req.id, ErrorCode.NOT_OWNER, f"only {room.owner} may remove members"),
-                )
-            ]
-        account = self.store.get_account(req.username) if valid_name(req.username) else None
+            return _err(req.id, ErrorCode.NOT_OWNER, f"only {room.owner} may do this")
+        account = self.store.get_account(req.username)
         if account is None:
-            return [Send(s.conn, _no_user(req.id, req.username))]
-        if account.username.casefold() == user.casefold():
-            return [
-                Send(
-                    s.conn,
-                    _err(req.id, ErrorCode.BAD_REQUEST, "to leave your own room, use leave_room"),
-                )
-            ]
-        if not self._is_member(room.room, account.username):
-            return [Send(s.conn, _not_member(req.id, account.username, room.room))]
+            return _no_user(req.id, req.username)
+        return room, account.username
+
+    def _remove_member(self, s: Session, user: str, req: RemoveMember, now: float) -> list[Action]:
+        found = self._owned(s, user, req, now)
+        if isinstance(found, Error):
+            return [Send(s.conn, found)]
+        room, name = found
+        if name.casefold() == user.casefold():
+            reason = "to leave your own room, use leave_room"
+            return [Send(s.conn, _err(req.id, ErrorCode.BAD_REQUEST, reason))]
         # told before the removal, so that the member being removed hears of it too
-        actions: list[Action] = [Send(s.conn, Ok(id=req.id))]
-        actions.extend(
-            self._tell_room(room.room, None, "removed", username=account.username, by=user)
-        )
-        self.store.remove_member(room.room, account.username)
-        return actions
+        room_key = room.room.casefold()
+        events = self._tell_room(room_key, room.room, None, "removed", username=name, by=user)
+        if not self.store.remove_member(room.room, name, ban=req.ban):
+            if req.ban:  # a ban needs no membership: it keeps them from joining
+                return [Send(s.conn, Ok(id=req.id))]
+            return [Send(s.conn, _not_member(req.id, name, room.room))]
+        target = self.online.get(name.casefold())
+        if target is not None:
+            self._leave(target, room.room)
+        return [Send(s.conn, Ok(id=req.id)), *events]
+
+    def _unban(self, s: Session, user: str, req: Unban, now: float) -> list[Action]:
+        found = self._owned(s, user, req, now)
+        if isinstance(found, Error):
+            return [Send(s.conn, found)]
+        self.store.unban(found[0].room, found[1])
+        return [Send(s.conn, Ok(id=req.id))]
 
     def _rooms(self, s: Session, user: str, req: ListRooms, now: float) -> list[Action]:
-        mine = {r.casefold() for r in self.store.rooms_of(user)}
         limit = _limit(req.limit)
         after = (req.after or "").casefold()
-        counts = self.store.member_counts()
-        visible = [
-            r
-            for r in self.store.list_rooms()
-            if r.room.casefold() > after and (not r.private or r.room.casefold() in mine)
-        ]
+        rows = self.store.rooms_page(user, after, limit + 1, req.mine)
         infos = [
             RoomInfo(
                 room=r.room,
                 private=r.private,
                 owner=r.owner,
-                members=counts.get(r.room, 0),
-                online=sum(1 for m in self.store.members(r.room) if m.casefold() in self.online),
-                member=r.room.casefold() in mine,
+                members=r.members,
+                online=self.online_in(r.room),
+                member=r.room.casefold() in s.rooms,
             )
-            for r in visible[:limit]
+            for r in rows[:limit]
         ]
-        return [Send(s.conn, RoomList(id=req.id, rooms=infos, more=len(visible) > limit))]
+        return [Send(s.conn, RoomList(id=req.id, rooms=infos, more=len(rows) > limit))]
 
     def _members(self, s: Session, user: str, req: ListMembers, now: float) -> list[Action]:
-        room = self.store.get_room(req.room) if valid_name(req.room) else None
+        """Addresses go to members only: they are the ones who link to each other."""
+        room = self._visible(s, req.room)
         if room is None:
             return [Send(s.conn, _no_room(req.id, req.room))]
-        members = self.store.members(room.room)
-        if room.private and user.casefold() not in _keys(members):
-            return [
-                Send(
-                    s.conn,
-                    _err(req.id, ErrorCode.PRIVATE_ROOM, f"{room.room} is private: members only"),
-                )
-            ]
         limit = _limit(req.limit)
-        after = (req.after or "").casefold()
-        names = sorted((m for m in members if m.casefold() > after), key=str.casefold)
+        names = self.store.members_page(room.room, (req.after or "").casefold(), limit + 1)
+        member = room.room.casefold() in s.rooms
         owner = room.owner.casefold()
         infos: list[MemberInfo] = []
         for name in names[:limit]:
@@ -697,8 +1013,8 @@ class RegistryCore:
                     username=name,
                     online=peer is not None,
                     owner=name.casefold() == owner,
-                    host=peer.host if peer else None,
-                    port=peer.port if peer else None,
+                    host=peer.host if peer and member else None,
+                    port=peer.port if peer and member else None,
                 )
             )
         return [
@@ -724,13 +1040,33 @@ class RegistryCore:
             return [Send(s.conn, Ok(id=req.id))]
         return [Send(s.conn, _err(req.id, ErrorCode.NOT_VOUCHED, reason))]
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ presence in rooms
 
-    def _is_member(self, room: str, user: str) -> bool:
-        return user.casefold() in _keys(self.store.members(room))
+    def _enter(self, s: Session, room: str) -> None:
+        """``s``'s user is now a member of ``room`` (already written to the store)."""
+        room_key = room.casefold()
+        s.rooms[room_key] = room
+        self._present.setdefault(room_key, set()).add(s.key)
+
+    def _leave(self, s: Session, room: str) -> None:
+        room_key = room.casefold()
+        s.rooms.pop(room_key, None)
+        self._absent(room_key, s.key)
+
+    def _absent(self, room_key: str, user_key: str) -> None:
+        present = self._present.get(room_key)
+        if present is not None:
+            present.discard(user_key)
+            if not present:
+                del self._present[room_key]
+
+    def online_in(self, room: str) -> int:
+        """Online members of ``room`` (from memory)."""
+        return len(self._present.get(room.casefold(), ()))
 
     def _tell_room(
         self,
+        room_key: str,
         room: str,
         subject: Session | None,
         change: RoomChange,
@@ -740,21 +1076,33 @@ class RegistryCore:
         port: int | None = None,
         by: str | None = None,
     ) -> list[Action]:
-        """An event for every online member of ``room`` except the session that caused it."""
+        """An event for every online member of the room except the session that caused it."""
         name = username or (subject.user if subject else None) or ""
         event = RoomEvent(room=room, username=name, change=change, host=host, port=port, by=by)
         skip = subject.conn if subject else -1
-        actions: list[Action] = []
-        for member in self.store.members(room):
-            peer = self.online.get(member.casefold())
-            if peer is not None and peer.conn != skip:
-                actions.append(Send(peer.conn, event))
-        return actions
+        online = self.online
+        return [
+            Send(peer.conn, event)
+            for key in self._present.get(room_key, ())
+            if (peer := online[key]).conn != skip
+        ]
 
 
-_NAME_RULE = "usernames are 1-32 letters, digits, '_', '.' or '-'"
-_ROOM_RULE = "room ids are 1-32 letters, digits, '_', '.' or '-'"
-_PASSWORD_RULE = "passwords are 6-256 characters"
+def _pair(key: str, host: str) -> str:
+    return f"{key}\0{host}"
+
+
+def _same_address(a: str, b: str) -> bool:
+    """Whether two addresses are one, an IPv4 address and its IPv6-mapped form alike."""
+    try:
+        x, y = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    except ValueError:
+        return a == b
+    if isinstance(x, ipaddress.IPv6Address) and x.ipv4_mapped is not None:
+        x = x.ipv4_mapped
+    if isinstance(y, ipaddress.IPv6Address) and y.ipv4_mapped is not None:
+        y = y.ipv4_mapped
+    return x == y
 
 
 def _q(name: str) -> str:
@@ -767,32 +1115,45 @@ def _rate_limited(req_id: int, what: str, wait: float) -> Error:
         req_id,
         ErrorCode.RATE_LIMITED,
         f"{what}; try again in {wait:.1f} s",
-        retry_after=round(wait, 3),
+        retry_after=round(max(wait, 0.001), 3),
     )
+
+
+def _busy_hashing(req_id: int) -> Error:
+    return _rate_limited(req_id, "too many password checks waiting", 1.0)
+
+
+def _storage_error(req_id: int | None, what: str, exc: StoreError) -> Error:
+    log.error("storage error in %s: %s", what, exc)  # one line, no traceback: it is not a bug
+    return _err(
+        req_id,
+        ErrorCode.STORAGE_ERROR,
+        "the registry cannot use its database just now; nothing was changed; try again later",
+    )
+
+
+def _wrong_password(req_id: int) -> Error:
+    return _err(req_id, ErrorCode.WRONG_PASSWORD, "wrong password, or no such user")
 
 
 def _no_user(req_id: int, name: str) -> Error:
     return _err(req_id, ErrorCode.NO_SUCH_USER, f"no user {_q(name)}")
 
 
-def _keys(names: list[str]) -> set[str]:
-    return {n.casefold() for n in names}
-
-
 def _limit(limit: int) -> int:
     return max(1, min(limit, LIST_LIMIT))
-
-
-def _req_id(request: RegistryRequest) -> int | None:
-    return request.id
 
 
 def _busy(req_id: int) -> Error:
     return _err(req_id, ErrorCode.BAD_REQUEST, "a register or login is already in progress")
 
 
-def _taken(req: Register) -> Error:
-    return _err(req.id, ErrorCode.NAME_TAKEN, f"the name {_q(req.username)} is taken")
+def _taken(req: Register, existing: str) -> Error:
+    if existing.casefold() == req.username.casefold():
+        reason = f"the name {_q(req.username)} is taken"
+    else:
+        reason = f"the name {_q(req.username)} looks too much like {existing!r}, which exists"
+    return _err(req.id, ErrorCode.NAME_TAKEN, reason)
 
 
 def _not_logged_in(req_id: int | None) -> Error:

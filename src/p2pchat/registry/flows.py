@@ -40,6 +40,7 @@ from p2pchat.protocol.messages import (
     RoomList,
     Search,
     SearchResult,
+    Unban,
     UserAddr,
     UserList,
     Vouch,
@@ -115,8 +116,10 @@ def register(username: str, password: str) -> Flow[None]:
     yield from call(Register(id=0, username=username, password=password), Ok)
 
 
-def login(username: str, password: str, port: int, host: str | None = None) -> Flow[LoggedIn]:
-    request = Login(id=0, username=username, password=password, port=port, host=host)
+def login(
+    username: str, password: str, port: int, host: str | None = None, ticket: str | None = None
+) -> Flow[LoggedIn]:
+    request = Login(id=0, username=username, password=password, port=port, host=host, ticket=ticket)
     return (yield from call(request, LoggedIn))
 
 
@@ -134,9 +137,9 @@ def users() -> Flow[list[UserAddr]]:
     return [user for page in got for user in page.users]
 
 
-def rooms() -> Flow[list[RoomInfo]]:
-    """Every room this session can see (all pages)."""
-    got = yield from pages(lambda after: ListRooms(id=0, after=after), RoomList)
+def rooms(mine: bool = False) -> Flow[list[RoomInfo]]:
+    """Every room this session can see (all pages); with ``mine``, only its user's."""
+    got = yield from pages(lambda after: ListRooms(id=0, after=after, mine=mine), RoomList)
     return [room for page in got for room in page.rooms]
 
 
@@ -158,12 +161,16 @@ def leave_room(room: str) -> Flow[None]:
     yield from call(LeaveRoom(id=0, room=room), Ok)
 
 
-def add_member(room: str, username: str) -> Flow[None]:
-    yield from call(AddMember(id=0, room=room, username=username), Ok)
+def add_member(room: str, username: str, may_add: bool | None = None) -> Flow[None]:
+    yield from call(AddMember(id=0, room=room, username=username, may_add=may_add), Ok)
 
 
-def remove_member(room: str, username: str) -> Flow[None]:
-    yield from call(RemoveMember(id=0, room=room, username=username), Ok)
+def remove_member(room: str, username: str, ban: bool = False) -> Flow[None]:
+    yield from call(RemoveMember(id=0, room=room, username=username, ban=ban), Ok)
+
+
+def unban(room: str, username: str) -> Flow[None]:
+    yield from call(Unban(id=0, room=room, username=username), Ok)
 
 
 def vouch(me: str, username: str, role: LinkRole, nonce: str, proof: str) -> Flow[None]:

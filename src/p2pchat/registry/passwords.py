@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Literal
 
 import argon2
@@ -25,11 +26,23 @@ class Passwords:
     def __init__(self, profile: Profile = "default") -> None:
         self.profile = profile
         self._hasher = PasswordHasher.from_parameters(_PROFILES[profile])
+        self._stand_in: str | None = None
 
     def hash(self, password: str) -> str:
         return str(self._hasher.hash(password))
 
-    def verify(self, password_hash: str, password: str) -> bool:
+    def verify(self, password_hash: str | None, password: str) -> bool:
+        """``password_hash`` None (a name with no account) is checked against a stand-in hash
+        of a random password: as slow as a real check, and always False."""
+        if password_hash is None:
+            if self._stand_in is None:
+                self._stand_in = self.hash(secrets.token_urlsafe(24))
+            password_hash = self._stand_in
+            self._verify(password_hash, password)
+            return False
+        return self._verify(password_hash, password)
+
+    def _verify(self, password_hash: str, password: str) -> bool:
         try:
             return bool(self._hasher.verify(password_hash, password))
         except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):

@@ -1,17 +1,37 @@
 """The registry's asyncio shell: moves bytes between sockets and ``RegistryCore``.
 
-Nothing here decides anything: it frames and decodes, feeds the core with the loop's clock,
-and carries out the actions the core returns (sends, closes, password hashing in a thread).
+Nothing here decides anything about accounts or rooms: it frames and decodes, feeds the core
+with the clock, and carries out the actions the core returns (sends, closes, password hashing
+in a bounded pool of threads). What it does decide is how the machine's resources are shared:
+
+- **Connections.** Its own accept loop admits at most ``max_connections`` (by default derived
+  from the open-files limit) and ``max_per_address`` from one address; beyond, a connection
+  gets one error frame and is closed without a transport being made. When the process runs out
+  of file descriptors anyway, accepting pauses for a second, with one log line, instead of
+  spinning.
+- **Fairness.** Frames wait in a small queue per connection and are served round-robin, a few
+  per connection per turn, so one connection's pipelined flood delays the others by at most a
+  turn each. A connection whose queue is full is not read until it drains; one that does not
+  read its replies (past the transport's high-water mark) is not served until it does.
+- **Memory.** Unprocessed input (partial frames and queued frames) is bounded in total; past
+  the bound, the connection holding the most is closed.
+- **Time.** One timer, re-armed after each batch of actions at the core's next deadline; the
+  clock is injectable, so tests can drive it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import itertools
 import logging
-from collections.abc import Coroutine
+import resource
+import socket
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
 
 import msgspec
 
@@ -20,9 +40,8 @@ from p2pchat.protocol.messages import (
     Bye,
     Error,
     ErrorCode,
-    Login,
     Message,
-    Register,
+    decode,
     decode_error,
     encode,
     ping_decoder,
@@ -45,37 +64,82 @@ log = logging.getLogger("p2pchat.registry")
 MAX_WRITE_BUFFER = 1 << 20
 """A session that lets this much unsent data pile up is not reading: it is closed."""
 MAX_DATAGRAM = 1024
+QUEUE_FRAMES = 32
+"""Frames a connection may have waiting; beyond, it is not read until they are served."""
+QUEUE_BYTES = 128 * 1024
+TURN_FRAMES = 4
+"""Frames served from one connection before the next connection's turn."""
+BATCH_FRAMES = 64
+"""Frames served before the event loop gets to do anything else (reading, timers)."""
+MAX_INPUT = 32 << 20
+"""Unprocessed input held for all connections together, in bytes."""
+MAX_PER_ADDRESS = 64
+ACCEPT_BATCH = 64
+ACCEPT_RETRY = 1.0
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+def default_max_connections(soft_limit: int | None = None) -> int:
+    """Connections the open-files limit allows, leaving room for the database, the UDP
+    socket, the listening sockets, threads and a connection being refused: the limit less
+    64, less a tenth."""
+    if soft_limit is None:
+        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft_limit == resource.RLIM_INFINITY or soft_limit > 1 << 20:
+        soft_limit = 1 << 20
+    return max(1, soft_limit - 64 - soft_limit // 10)
 
 
 class _TcpSession(asyncio.Protocol):
-    __slots__ = ("conn", "framer", "server", "transport")
+    __slots__ = (
+        "conn",
+        "dead",
+        "framer",
+        "full",
+        "held",
+        "host",
+        "queue",
+        "queued",
+        "reading",
+        "ready",
+        "reject",
+        "server",
+        "stalled",
+        "transport",
+    )
 
-    def __init__(self, server: RegistryServer) -> None:
+    def __init__(self, server: RegistryServer, host: str) -> None:
         self.server = server
+        self.host = host
         self.framer = LineFramer()
         self.conn = 0
         self.transport: asyncio.Transport | None = None
+        self.queue: deque[bytes] = deque()
+        self.queued = 0  # bytes in queue
+        self.held = 0  # bytes of input held for this session: queued and partial
+        self.ready = False  # in the server's round-robin
+        self.full = False  # its queue is full: not read until served
+        self.stalled = False  # it does not read its replies: not served until it does
+        self.reading = True
+        self.reject: Error | None = None  # to send once the queue is served, then close
+        self.dead = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self.server.accept(self, transport)
+        self.server.made(self)
 
     def data_received(self, data: bytes) -> None:
-        try:
-            frames = self.framer.feed(data)
-        except FrameTooLarge as exc:
-            for frame in exc.frames:  # answer what came before it, then close
-                self.server.receive(self, frame)
-            self.server.reject(
-                self, Error(id=None, code=ErrorCode.FRAME_TOO_LARGE, reason=str(exc))
-            )
-            return
-        for frame in frames:
-            self.server.receive(self, frame)
+        self.server.received(self, data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.lost(self)
+
+    def pause_writing(self) -> None:
+        self.server.stall(self, True)
+
+    def resume_writing(self) -> None:
+        self.server.stall(self, False)
 
 
 class _Heartbeats(asyncio.DatagramProtocol):
@@ -86,7 +150,7 @@ class _Heartbeats(asyncio.DatagramProtocol):
         if len(data) > MAX_DATAGRAM:
             return
         try:
-            ping = ping_decoder.decode(data.strip())
+            ping = decode(ping_decoder, data.strip())
         except msgspec.MsgspecError:
             log.debug("dropped a malformed datagram from %s", addr[0])
             return
@@ -106,25 +170,46 @@ class RegistryServer:
         udp_port: int = 15500,
         config: RegistryConfig | None = None,
         passwords: Passwords | None = None,
-        max_connections: int = 20_000,
+        max_connections: int | None = None,
+        max_per_address: int = MAX_PER_ADDRESS,
+        max_input: int = MAX_INPUT,
+        clock: Callable[[], float] | None = None,
     ) -> None:
-        self.core = RegistryCore(store, config or RegistryConfig())
+        self.max_connections = max_connections or default_max_connections()
+        config = config or RegistryConfig()
+        config = replace(
+            config, max_anonymous=min(config.max_anonymous, max(1, self.max_connections // 2))
+        )
+        self.core = RegistryCore(store, config)
         self.host = host
         self.port = port
         self.udp_port = udp_port
         self.passwords = passwords or Passwords()
-        self.max_connections = max_connections
-        self._sessions: dict[int, _TcpSession] = {}
-        self._conn_ids = itertools.count(1)
-        self._server: asyncio.Server | None = None
-        self._udp: asyncio.DatagramTransport | None = None
-        self._ticker: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Future[None]] = set()
+        self.max_per_address = max_per_address
+        self.max_input = max_input
         self._loop = asyncio.get_running_loop()
+        self.now: Callable[[], float] = clock or self._loop.time
+        self._sessions: dict[int, _TcpSession] = {}
+        self._per_address: dict[str, int] = {}
+        self._opening = 0  # accepted, transport not made yet
+        self._input = 0  # bytes held by all sessions
+        self._ready: deque[_TcpSession] = deque()
+        self._serving = False
+        self._conn_ids = itertools.count(1)
+        self._listeners: list[socket.socket] = []
+        self._udp: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._hashers = ThreadPoolExecutor(
+            max_workers=max(1, config.hash_workers), thread_name_prefix="p2pchat-argon2"
+        )
+        self._tasks: set[asyncio.Future[object]] = set()
         self._closing = False
+        self._accept_pauses = 0
+        self._accept_logged = -1e9
+        self.refused = 0  # connections refused at accept, for benchmarks and tests
 
-    def now(self) -> float:
-        return self._loop.time()
+    # ------------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
         loop = self._loop
@@ -134,90 +219,363 @@ class RegistryServer:
         self._udp = udp
         self.udp_port = udp.get_extra_info("sockname")[1]
         self.core.config = replace(self.core.config, udp_port=self.udp_port)
-        self._server = await loop.create_server(
-            lambda: _TcpSession(self), self.host, self.port, reuse_address=True, backlog=1024
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._ticker = asyncio.create_task(self._tick())
+        try:
+            self._listeners = await self._listen()
+        except BaseException:
+            udp.close()
+            raise
+        self.port = self._listeners[0].getsockname()[1]
+        self._start_accepting()
+        self._arm()
 
-    async def _tick(self) -> None:
-        period = min(1.0, self.core.config.timeout / 10)
-        while True:
-            await asyncio.sleep(period)
-            self._apply(self.core.expire(self.now()))
+    async def _listen(self) -> list[socket.socket]:
+        """Bound, listening, non-blocking sockets for ``host`` (every address it names)."""
+        infos = await self._loop.getaddrinfo(
+            self.host or None,
+            self.port,
+            family=socket.AF_UNSPEC,
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
+        )
+        sockets: list[socket.socket] = []
+        port = self.port
+        seen: set[tuple[int, object]] = set()
+        try:
+            for family, kind, proto, _, address in infos:
+                if (family, address[0]) in seen:
+                    continue
+                seen.add((family, address[0]))
+                sock = socket.socket(family, kind, proto)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((address[0], port, *address[2:]))
+                sock.listen(1024)
+                sock.setblocking(False)
+                port = port or sock.getsockname()[1]  # every address on the same port
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        return sockets
 
     async def close(self) -> None:
-        """Stop listening, say goodbye to every session, stop the timers."""
+        """Stop listening, say goodbye to every session, stop the timer and the hashers."""
         self._closing = True
-        if self._server is not None:
-            self._server.close()
+        self._stop_accepting()
+        for sock in self._listeners:
+            sock.close()
         if self._udp is not None:
             self._udp.close()
-        if self._ticker is not None:
-            self._ticker.cancel()
-        bye = encode(Bye(code="shutdown", reason="the registry is shutting down"))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        bye = encode(Bye(code=ErrorCode.SHUTDOWN, reason="the registry is shutting down"))
         for session in list(self._sessions.values()):
             if session.transport is not None:
                 session.transport.write(bye)
                 session.transport.close()
         for task in list(self._tasks):
             task.cancel()
-        if self._server is not None:
-            await self._server.wait_closed()
+        self._hashers.shutdown(wait=False, cancel_futures=True)
+        await asyncio.sleep(0)  # let the transports' close callbacks run
+
+    # ------------------------------------------------------------------ the one timer
+
+    def _arm(self) -> None:
+        """One timer, at the core's next deadline (none if it has none)."""
+        if self._closing:
+            return
+        deadline = self.core.next_deadline()
+        if deadline == self._timer_at and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self._loop.call_later(max(0.0, deadline - self.now()), self.on_timer)
+
+    @property
+    def timer_deadline(self) -> float | None:
+        """When the timer will fire, on the injected clock (None: not armed)."""
+        return self._timer_at if self._timer is not None else None
+
+    def on_timer(self) -> None:
+        """The timer fired (tests with an injected clock call it after moving the clock)."""
+        self._timer, self._timer_at = None, None
+        try:
+            self._apply(self.core.expire(self.now()))
+        except Exception:
+            # Never let expiry die: silent sessions would then stay online for good.
+            log.exception("expiring sessions failed; trying again in 1 s")
+            self._timer_at = self.now() + 1.0
+            self._timer = self._loop.call_later(1.0, self.on_timer)
+            return
+        self._arm()
+
+    # ------------------------------------------------------------------ accepting
+
+    def _start_accepting(self) -> None:
+        for sock in self._listeners:
+            self._loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _stop_accepting(self) -> None:
+        for sock in self._listeners:
+            if sock.fileno() >= 0:
+                self._loop.remove_reader(sock.fileno())
+
+    def _accept(self, sock: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, address = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    self._pause_accepting(exc)
+                else:
+                    log.warning("accepting a connection failed: %s", exc)
+                return
+            self._admit(conn, address[0])
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of file descriptors (or memory): stop accepting for a while, one log line."""
+        self._stop_accepting()
+        self._accept_pauses += 1
+        now = self._loop.time()
+        if now - self._accept_logged >= 30.0:
+            log.warning(
+                "cannot accept connections (%s) with %d open; pausing accepts for %g s "
+                "(%d pauses so far); lower --max-connections or raise the open-files limit",
+                exc.strerror or exc,
+                len(self._sessions),
+                ACCEPT_RETRY,
+                self._accept_pauses,
+            )
+            self._accept_logged = now
+        self._loop.call_later(ACCEPT_RETRY, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        if not self._closing:
+            self._start_accepting()
+
+    def _admit(self, conn: socket.socket, host: str) -> None:
+        if len(self._sessions) + self._opening >= self.max_connections:
+            self._refuse(conn, "the registry is full; try again later")
+            return
+        exempt = host in self.core.config.exempt
+        if not exempt and self._per_address.get(host, 0) >= self.max_per_address:
+            self._refuse(conn, "too many connections from your address")
+            return
+        self._per_address[host] = self._per_address.get(host, 0) + 1
+        self._opening += 1
+        session = _TcpSession(self, host)
+        try:
+            conn.setblocking(False)
+            task: asyncio.Future[object] = asyncio.ensure_future(
+                self._loop.connect_accepted_socket(lambda: session, sock=conn)
+            )
+        except Exception:
+            self._opening -= 1
+            self._release_address(host)
+            conn.close()
+            raise
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._opened(t, session, conn))
+
+    def _opened(
+        self, task: asyncio.Future[object], session: _TcpSession, conn: socket.socket
+    ) -> None:
+        self._tasks.discard(task)
+        failed = task.cancelled() or task.exception() is not None
+        if failed and session.transport is None:  # never made: undo what _admit counted
+            self._opening -= 1
+            self._release_address(session.host)
+            conn.close()
+
+    def _refuse(self, conn: socket.socket, reason: str) -> None:
+        """One error frame, best effort, and close: no transport, no task, no buffer."""
+        self.refused += 1
+        frame = encode(Error(id=None, code=ErrorCode.TOO_MANY_CONNECTIONS, reason=reason))
+        try:
+            conn.setblocking(False)
+            conn.send(frame)
+        except OSError:
+            pass
+        conn.close()
+
+    def _release_address(self, host: str) -> None:
+        left = self._per_address.get(host, 0) - 1
+        if left > 0:
+            self._per_address[host] = left
+        else:
+            self._per_address.pop(host, None)
 
     # ------------------------------------------------------------------ TCP sessions
 
-    def accept(self, session: _TcpSession, transport: asyncio.Transport) -> None:
-        peer = transport.get_extra_info("peername")
-        if len(self._sessions) >= self.max_connections:
-            transport.write(
-                encode(
-                    Error(
-                        id=None,
-                        code=ErrorCode.TOO_MANY_CONNECTIONS,
-                        reason="the registry is full; try again later",
-                    )
-                )
-            )
-            transport.close()
+    def made(self, session: _TcpSession) -> None:
+        self._opening -= 1
+        if self._closing:
+            assert session.transport is not None
+            session.transport.close()
             return
         session.conn = next(self._conn_ids)
         self._sessions[session.conn] = session
-        host = peer[0] if peer else "?"
-        self.core.connect(session.conn, host, self.now())
-        log.debug("session %d from %s", session.conn, host)
+        log.debug("session %d from %s", session.conn, session.host)
+        self._apply(self.core.connect(session.conn, session.host, self.now()))
+        self._arm()
 
-    def receive(self, session: _TcpSession, frame: bytes) -> None:
-        if session.conn not in self._sessions:
+    def received(self, session: _TcpSession, data: bytes) -> None:
+        if session.dead or session.reject is not None:
             return
         try:
-            request = request_decoder.decode(frame)
-        except msgspec.MsgspecError as exc:
-            self._write(session, decode_error(frame, exc))
-            return
-        try:
-            actions = self.core.handle(session.conn, request, self.now())
-        except Exception:
-            log.exception("internal error on %s", type(request).__name__)
-            self._write(
-                session,
-                Error(
-                    id=getattr(request, "id", None),
-                    code=ErrorCode.INTERNAL,
-                    reason="internal error",
-                ),
+            frames = session.framer.feed(data)
+        except FrameTooLarge as exc:
+            frames = exc.frames  # answered first, then the error, then the end
+            session.reject = Error(id=None, code=ErrorCode.FRAME_TOO_LARGE, reason=str(exc))
+            session.framer = LineFramer()
+        queue = session.queue
+        for frame in frames:
+            queue.append(frame)
+            session.queued += len(frame)
+        self._hold(session)
+        if queue or session.reject is not None:
+            self._schedule(session)
+        if len(queue) >= QUEUE_FRAMES or session.queued >= QUEUE_BYTES:
+            session.full = True
+        self._reading(session)
+        if self._input > self.max_input:
+            self._shed()
+
+    def _reading(self, session: _TcpSession) -> None:
+        """Read a connection only while its queue has room and it reads its own replies."""
+        want = not (session.full or session.stalled or session.reject or session.dead)
+        if want != session.reading and session.transport is not None:
+            session.reading = want
+            if want:
+                session.transport.resume_reading()
+            else:
+                session.transport.pause_reading()
+
+    def stall(self, session: _TcpSession, stalled: bool) -> None:
+        """The connection's unsent replies passed the transport's high-water mark (or fell
+        back under it): its requests wait, so its output stays near that mark, whatever it
+        sends."""
+        session.stalled = stalled
+        self._reading(session)
+        if not stalled and (session.queue or session.reject is not None):
+            self._schedule(session)
+
+    def _hold(self, session: _TcpSession) -> None:
+        """Account for the input ``session`` holds (its queue and its partial frame)."""
+        held = 0 if session.dead else session.queued + session.framer.buffered
+        self._input += held - session.held
+        session.held = held
+
+    def _shed(self) -> None:
+        """Too much input held in all: close the connections holding the most."""
+        while self._input > self.max_input:
+            victim = max(self._sessions.values(), key=lambda s: s.held, default=None)
+            if victim is None or victim.held == 0:
+                return
+            log.warning(
+                "input buffers full (%d bytes); closing session %d from %s, which held %d",
+                self._input,
+                victim.conn,
+                victim.host,
+                victim.held,
             )
-            return
-        self._apply(actions)
+            reason = "the registry is short of input buffers; this connection held the most"
+            self._kill(victim, Error(id=None, code=ErrorCode.OVERLOADED, reason=reason))
 
-    def reject(self, session: _TcpSession, error: Error) -> None:
-        self._write(session, error)
+    def _kill(self, session: _TcpSession, error: Error | None) -> None:
+        """Drop everything the session holds and close it (after ``error``, if any)."""
+        if error is not None:
+            self._write(session, error)
+        session.dead = True
+        session.queue.clear()
+        session.queued = 0
+        session.framer = LineFramer()
+        self._hold(session)
         if session.transport is not None:
             session.transport.close()
 
+    def _schedule(self, session: _TcpSession) -> None:
+        if not session.ready:
+            session.ready = True
+            self._ready.append(session)
+        if not self._serving:
+            self._serving = True
+            self._loop.call_soon(self._serve)
+
+    def _serve(self) -> None:
+        """Serve queued frames round-robin: ``TURN_FRAMES`` per connection per turn, at most
+        ``BATCH_FRAMES`` before the loop gets its turn."""
+        self._serving = False
+        budget = BATCH_FRAMES
+        ready = self._ready
+        while ready and budget > 0:
+            session = ready.popleft()
+            session.ready = False
+            if session.dead or session.stalled or session.conn not in self._sessions:
+                continue  # a stalled one is scheduled again when it reads
+            turn = min(TURN_FRAMES, budget)
+            queue = session.queue
+            while queue and turn > 0:
+                frame = queue.popleft()
+                session.queued -= len(frame)
+                turn -= 1
+                budget -= 1
+                self._handle(session, frame)
+            self._hold(session)
+            if queue:
+                session.ready = True
+                ready.append(session)
+            elif session.reject is not None:
+                self._kill(session, session.reject)
+            elif session.full:
+                session.full = False
+                self._reading(session)
+        if ready and not self._serving:
+            self._serving = True
+            self._loop.call_soon(self._serve)
+        self._arm()
+
+    def _handle(self, session: _TcpSession, frame: bytes) -> None:
+        if session.conn not in self._sessions:
+            return
+        request_id: int | None = None
+        try:
+            try:
+                request = decode(request_decoder, frame)
+            except msgspec.MsgspecError as exc:
+                self._write(session, decode_error(frame, exc))
+                return
+            request_id = request.id
+            self._apply(self.core.handle(session.conn, request, self.now()))
+        except Exception:  # a bug: one traceback, one answer, and the session goes on
+            log.exception("internal error on a frame from session %d", session.conn)
+            self._write(
+                session, Error(id=request_id, code=ErrorCode.INTERNAL, reason="internal error")
+            )
+
     def lost(self, session: _TcpSession) -> None:
+        if session.transport is None:
+            return
+        session.dead = True
+        session.queue.clear()
+        session.queued = 0
+        session.framer = LineFramer()
+        self._hold(session)
+        self._release_address(session.host)
+        session.transport = None
         if self._sessions.pop(session.conn, None) is not None and not self._closing:
             self._apply(self.core.disconnect(session.conn, self.now()))
+            self._arm()
 
     def _write(self, session: _TcpSession, msg: Message) -> None:
         self._write_frame(session, encode(msg))
@@ -245,34 +603,44 @@ class RegistryServer:
             elif isinstance(action, Close):
                 session = self._sessions.pop(action.conn, None)
                 if session is not None and session.transport is not None:
-                    log.info("session %d expired", action.conn)
+                    log.info("session %d closed by the registry", action.conn)
                     session.transport.close()
-            elif isinstance(action, HashPassword):
-                self._spawn(self._hash(action.conn, action.request))
-            elif isinstance(action, VerifyPassword):
-                self._spawn(self._verify(action.conn, action.request, action.password_hash))
+            else:
+                self._hash(action)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    # ------------------------------------------------------------------ password work
 
-    async def _hash(self, conn: int, request: Register) -> None:
+    def _hash(self, job: HashPassword | VerifyPassword) -> None:
+        """Run one password job on a worker thread; the core has counted it as running."""
+        if isinstance(job, HashPassword):
+            work: Future[object] = self._hashers.submit(self.passwords.hash, job.request.password)
+        else:
+            work = self._hashers.submit(
+                self.passwords.verify, job.password_hash, job.request.password
+            )
+        work.add_done_callback(lambda done: self._from_worker(job, done))
+
+    def _from_worker(self, job: HashPassword | VerifyPassword, done: Future[object]) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: the registry has stopped
+            self._loop.call_soon_threadsafe(self._hashed, job, done)
+
+    def _hashed(self, job: HashPassword | VerifyPassword, done: Future[object]) -> None:
+        if self._closing or done.cancelled():
+            return
+        request = job.request
+        now = self.now()
         try:
-            digest = await asyncio.to_thread(self.passwords.hash, request.password)
-            actions = self.core.register_hashed(conn, request, digest, self.now())
+            result = done.result()
+            if isinstance(job, HashPassword):
+                actions = self.core.register_hashed(job.conn, job.request, str(result), now)
+            else:
+                if not result:
+                    log.info("wrong password for %s", job.request.username)
+                actions = self.core.login_verified(
+                    job.conn, job.request, bool(result), now, job.ticket
+                )
         except Exception:
-            log.exception("registering %s failed", request.username)
-            actions = self.core.auth_failed(conn, request.id)
+            log.exception("%s of %s failed", type(request).__name__, request.username)
+            actions = self.core.auth_failed(job.conn, request.id)
         self._apply(actions)
-
-    async def _verify(self, conn: int, request: Login, password_hash: str) -> None:
-        try:
-            ok = await asyncio.to_thread(self.passwords.verify, password_hash, request.password)
-            if not ok:
-                log.info("wrong password for %s", request.username)
-            actions = self.core.login_verified(conn, request, ok, self.now())
-        except Exception:
-            log.exception("login of %s failed", request.username)
-            actions = self.core.auth_failed(conn, request.id)
-        self._apply(actions)
+        self._arm()

@@ -1,0 +1,183 @@
+"""Drives a ``RegistryCore`` by hand: requests through the codec, hashing at once, a clock
+that only moves when told. No sockets, no sleeping."""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from typing import Any
+
+import msgspec
+
+from p2pchat.protocol.messages import (
+    Error,
+    Hello,
+    LoggedIn,
+    Login,
+    Message,
+    Ok,
+    Register,
+    RoomEvent,
+    Welcome,
+    decode,
+    decode_error,
+    encode,
+    request_decoder,
+)
+from p2pchat.registry.core import (
+    Action,
+    Close,
+    HashPassword,
+    RegistryConfig,
+    RegistryCore,
+    Send,
+    VerifyPassword,
+)
+from p2pchat.registry.passwords import Passwords
+from p2pchat.registry.server import RegistryServer
+from p2pchat.store import SqliteStore
+from p2pchat.store.base import Store, StoreError
+
+PW = "secret-pw"
+
+
+class Harness:
+    """Runs the core's actions at once, hashing synchronously, and records what was sent.
+
+    With ``hold_jobs``, password jobs are kept in ``jobs`` instead, to be finished by
+    ``finish`` (tests of the work queue use it).
+    """
+
+    def __init__(
+        self,
+        timeout: float = 60.0,
+        store: Store | None = None,
+        hold_jobs: bool = False,
+        **config: Any,
+    ) -> None:
+        tokens = itertools.count(1)
+        config.setdefault("register_burst", 10_000)
+        self.core = RegistryCore(
+            store or SqliteStore(":memory:"),
+            RegistryConfig(timeout=timeout, udp_port=15500, **config),
+            token_factory=lambda: f"tok{next(tokens)}",
+        )
+        self.passwords = Passwords("cheapest")
+        self.now = 0.0
+        self.out: dict[int, list[Message]] = defaultdict(list)
+        self.closed: set[int] = set()
+        self.hold_jobs = hold_jobs
+        self.jobs: list[HashPassword | VerifyPassword] = []
+        self._ids = itertools.count(1)
+        self._conns = itertools.count(1)
+
+    def run(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self.out[action.conn].append(action.msg)
+            elif isinstance(action, Close):
+                self.closed.add(action.conn)
+            elif self.hold_jobs:
+                self.jobs.append(action)
+            else:
+                self.finish(action)
+
+    def finish(self, job: HashPassword | VerifyPassword) -> None:
+        if isinstance(job, HashPassword):
+            digest = self.passwords.hash(job.request.password)
+            self.run(self.core.register_hashed(job.conn, job.request, digest, self.now))
+        else:
+            ok = self.passwords.verify(job.password_hash, job.request.password)
+            self.run(self.core.login_verified(job.conn, job.request, ok, self.now, job.ticket))
+
+    def id(self) -> int:
+        return next(self._ids)
+
+    def connect(self, host: str = "10.0.0.1", greet: bool = True) -> int:
+        conn = next(self._conns)
+        self.run(self.core.connect(conn, host, self.now))
+        if greet:
+            assert isinstance(self.req(conn, Hello(id=self.id(), version=1)), Welcome)
+        return conn
+
+    def send(self, conn: int, msg: Any) -> None:
+        """A request through the codec, as the shell does (the field rules are the
+        decoder's)."""
+        frame = encode(msg)
+        try:
+            request = decode(request_decoder, frame)
+        except msgspec.MsgspecError as exc:
+            self.out[conn].append(decode_error(frame, exc))
+        else:
+            self.run(self.core.handle(conn, request, self.now))
+
+    def req(self, conn: int, msg: Any) -> Message:
+        """Send a request; return its reply (the one message carrying its id)."""
+        before = len(self.out[conn])
+        self.send(conn, msg)
+        replies = [m for m in self.out[conn][before:] if getattr(m, "id", None) == msg.id]
+        assert len(replies) == 1, self.out[conn][before:]
+        return replies[0]
+
+    def events(self, conn: int) -> list[RoomEvent]:
+        found = [m for m in self.out[conn] if isinstance(m, RoomEvent)]
+        self.out[conn] = [m for m in self.out[conn] if not isinstance(m, RoomEvent)]
+        return found
+
+    def register(self, conn: int, name: str) -> None:
+        reply = self.req(conn, Register(id=self.id(), username=name, password=PW))
+        assert isinstance(reply, Ok), reply
+
+    def user(self, name: str, host: str = "10.0.0.1", port: int = 7000) -> int:
+        """A connected, registered, logged-in session for ``name``."""
+        conn = self.connect(host)
+        if self.core.store.get_account(name) is None:
+            self.register(conn, name)
+        reply = self.req(conn, Login(id=self.id(), username=name, password=PW, port=port))
+        assert isinstance(reply, LoggedIn), reply
+        return conn
+
+
+def code(msg: Message) -> str:
+    assert isinstance(msg, Error), msg
+    return msg.code
+
+
+def login(name: str, password: str, port: int = 7000, **kw: Any) -> Login:
+    return Login(id=1000, username=name, password=password, port=port, **kw)
+
+
+class FaultyStore:
+    """A store whose named methods fail (``StoreError``) while listed in ``failing``: a full
+    disk, an I/O error or a damaged page, as the registry sees them."""
+
+    def __init__(self, inner: Store | None = None) -> None:
+        self.inner = inner or SqliteStore(":memory:")
+        self.failing: set[str] = set()
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            if name in self.failing or "*" in self.failing:
+                raise StoreError(f"{name}: disk I/O error")
+            return method(*args, **kwargs)
+
+        return call
+
+
+async def start_server(**kw: Any) -> RegistryServer:
+    """A started ``RegistryServer`` on 127.0.0.1 (ephemeral ports), cheapest hashing."""
+    server = RegistryServer(
+        kw.pop("store", None) or SqliteStore(":memory:"),
+        host="127.0.0.1",
+        port=0,
+        udp_port=0,
+        config=kw.pop("config", None) or RegistryConfig(),
+        passwords=Passwords("cheapest"),
+        **kw,
+    )
+    await server.start()
+    return server
