@@ -65,8 +65,13 @@ def fixed_clock(ts: float) -> str:
     return "12:00"
 
 
+def fixed_day(ts: float) -> str:
+    return "Today"
+
+
 def make_app(registry: RegistryServer, **kwargs: object) -> ChatApp:
     kwargs.setdefault("clock", fixed_clock)
+    kwargs.setdefault("day", fixed_day)
     return ChatApp(peer_config(registry), **kwargs)  # type: ignore[arg-type]
 
 

@@ -1,4 +1,4 @@
-"""The login screen, and the question asked when a plain line has nowhere to go."""
+"""The login screen."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, Input, Label, OptionList, Static
-from textual.widgets.option_list import Option
+from textual.screen import Screen
+from textual.widgets import Button, Input, Label, Static
 
 from p2pchat.protocol.messages import PASSWORD_MIN
+from p2pchat.ui.tui.widgets import OrderedInput
 
 LoginFn = Callable[[str, str, str, bool], Awaitable[str | None]]
 """``(registry, username, password, register)``: an error sentence, or None once logged in."""
@@ -24,6 +24,10 @@ class LoginScreen(Screen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+r", "submit(True)", "Register", show=False),
+        # moving between fields must happen as the key arrives, so the keys typed after Tab
+        # go to the next field however fast they come (the fields take keys in order)
+        Binding("tab", "app.focus_next", show=False, priority=True),
+        Binding("shift+tab", "app.focus_previous", show=False, priority=True),
     ]
     DEFAULT_CSS = """
     LoginScreen { align: center middle; }
@@ -53,13 +57,19 @@ class LoginScreen(Screen[None]):
         with box:
             with Horizontal():
                 yield Label("Registry", classes="field")
-                yield Input(self._registry, placeholder="host:port", id="registry", compact=True)
+                yield OrderedInput(
+                    self._registry, placeholder="host:port", id="registry", compact=True
+                )
             with Horizontal():
                 yield Label("Username", classes="field")
-                yield Input(self._username, placeholder="your name", id="username", compact=True)
+                yield OrderedInput(
+                    self._username, placeholder="your name", id="username", compact=True
+                )
             with Horizontal():
                 yield Label("Password", classes="field")
-                yield Input(password=True, placeholder="password", id="password", compact=True)
+                yield OrderedInput(
+                    password=True, placeholder="password", id="password", compact=True
+                )
             with Horizontal(id="login-buttons"):
                 yield Button("Log in", id="login", variant="primary", compact=True)
                 yield Button("Register", id="register", compact=True)
@@ -106,105 +116,13 @@ class LoginScreen(Screen[None]):
             self.busy = False
         if error is not None:
             self.show_error(error)
+            # a wrong password is typed again from scratch, not appended to
+            field = self.query_one("#password", Input)
+            field.value = ""
+            field.focus()
 
     def show_error(self, text: str, error: bool = True) -> None:
         widget = self.query_one("#login-error", Static)
         widget.styles.color = None if error else "gray"
         widget.display = bool(text)
         widget.update(text)
-
-
-class TargetScreen(ModalScreen[str | None]):
-    """A plain line typed with no conversation in view: to which room or peer?
-
-    Up/Down pick from the list and Enter sends; or type a room name or ``@user``.
-    """
-
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Cancel"),
-        Binding("up", "move(-1)", show=False),
-        Binding("down", "move(1)", show=False),
-    ]
-    DEFAULT_CSS = """
-    TargetScreen { align: center middle; }
-    #target-box {
-        width: 56; height: auto; max-height: 20; padding: 0 1;
-        border: round $accent; background: $surface;
-    }
-    #target-box OptionList { height: auto; max-height: 8; border: none; padding: 0; }
-    #target-answer { margin: 1 0 0 0; }
-    #target-error { color: $text-error; height: auto; }
-    #target-help { color: $text-muted; }
-    """
-
-    def __init__(self, text: str, rooms: list[str], users: list[str]) -> None:
-        super().__init__()
-        self.text = text
-        self.rooms = rooms
-        self.users = users
-
-    def compose(self) -> ComposeResult:
-        box = Vertical(id="target-box")
-        box.border_title = "Send to a room or to a peer?"
-        shown = self.text if len(self.text) <= 48 else self.text[:47] + "…"
-        with box:
-            yield Label(f"“{shown}”", markup=False)  # the user's own text, brackets and all
-            options = [Option(f"#{r}", id=r) for r in self.rooms]
-            options += [Option(f"@{u}", id=f"@{u}") for u in self.users]
-            options_list = OptionList(*options, id="target-options")
-            options_list.can_focus = False
-            options_list.display = bool(options)
-            yield options_list
-            yield Input(
-                placeholder="a room name, or @user for a peer",
-                id="target-answer",
-                compact=True,
-            )
-            yield Static("", id="target-error", markup=False)
-            yield Static(
-                "Up/Down and Enter pick; or type a name. Esc: don't send.", id="target-help"
-            )
-
-    def on_mount(self) -> None:
-        options = self.query_one(OptionList)
-        if options.option_count:
-            options.highlighted = 0
-        self.query_one("#target-answer", Input).focus()
-
-    def action_move(self, delta: int) -> None:
-        options = self.query_one(OptionList)
-        if options.option_count:
-            current = options.highlighted if options.highlighted is not None else -delta
-            options.highlighted = (current + delta) % options.option_count
-
-    @on(OptionList.OptionSelected)
-    def _picked(self, event: OptionList.OptionSelected) -> None:
-        event.stop()
-        self.dismiss(event.option_id)
-
-    @on(Input.Submitted)
-    def _typed(self, event: Input.Submitted) -> None:
-        event.stop()
-        answer = event.value.strip().removeprefix("#")
-        if answer.lower().startswith("/to "):
-            answer = answer[4:].strip()
-        if not answer:
-            picked = self.query_one(OptionList).highlighted_option
-            if picked is not None:
-                self.dismiss(picked.id)
-                return
-        if not answer or answer == "@":
-            self.query_one("#target-error", Static).update("Type a room name or @user.")
-            return
-        if not answer.startswith("@"):
-            match = [r for r in self.rooms if r.casefold() == answer.casefold()]
-            if not match:
-                self.query_one("#target-error", Static).update(
-                    f"You are not a member of {answer}; /join {answer} first, or type @user."
-                )
-                return
-            answer = match[0]
-        self.dismiss(answer)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
