@@ -9,6 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from rich.console import Console
+from textual import events
+from textual.app import App
+from textual.keys import _character_to_key
 from textual.pilot import Pilot
 from textual.widgets import Input
 
@@ -123,6 +126,22 @@ async def write(pilot: Pilot[int], text: str, enter: bool = True) -> None:
         await pilot.press("enter")
     else:
         await pilot.pause()
+
+
+def burst(app: App[int], *parts: str) -> None:
+    """Keys as a terminal delivers a paste without bracketed paste, or a slow link a backlog:
+    all queued at once, before the app handles the first. Each part is text typed as is, or
+    a key name in angle brackets (``"<enter>"``, ``"<ctrl+u>"``)."""
+    for part in parts:
+        if part.startswith("<") and part.endswith(">") and len(part) > 2:
+            app.post_message(events.Key(part[1:-1], None))
+            continue
+        for char in part:
+            if char == "\n":
+                app.post_message(events.Key("enter", "\r"))
+            else:
+                key = char if char.isalnum() else _character_to_key(char)
+                app.post_message(events.Key(key, char))
 
 
 async def logged_in(pilot: Pilot[int], app: ChatApp, room: str | None = "lobby") -> None:

@@ -166,9 +166,6 @@ class ChatApp(App[int]):
         Binding("ctrl+q", "quit", "Quit", priority=True),
         Binding("ctrl+n", "step(1)", "Next", show=False),
         Binding("ctrl+p", "step(-1)", "Previous", show=False),
-        Binding("pageup", "scroll_log(-1)", show=False),
-        Binding("pagedown", "scroll_log(1)", show=False),
-        Binding("ctrl+end", "scroll_log(0)", show=False),
         Binding("ctrl+r", "resend", "Resend", show=False),
         Binding("escape", "cancel_pick", show=False),
         *(Binding(f"alt+{n}", f"jump({n})", show=False) for n in range(1, 10)),
@@ -375,7 +372,8 @@ class ChatApp(App[int]):
                 self._new_session()
             self.session_user = node.username
         self._sync_rooms()
-        with_room = self.autologin.room if self.autologin else None
+        auto = self.autologin
+        with_room = auto.room if auto and auto.username == node.username else None
         if with_room is not None and node.room_name(with_room) not in node.my_rooms():
             try:
                 await node.join_room(with_room)

@@ -117,6 +117,10 @@ class ChatInput(OrderedInput):
         Binding("up", "history_previous", "Previous line", show=False),
         Binding("down", "history_next", "Next line", show=False),
         Binding("tab", "complete", "Complete", show=False),
+        # the conversation scrolls, not this one-line widget (Widget binds these to itself)
+        Binding("pageup", "app.scroll_log(-1)", show=False),
+        Binding("pagedown", "app.scroll_log(1)", show=False),
+        Binding("ctrl+end", "app.scroll_log(0)", show=False),
     ]
 
     def __init__(
@@ -294,9 +298,9 @@ class ChatLog(ScrollView, can_focus=False):
         self._set_below(0)
         if first_new is not None:
             row = self._starts[first_new] if first_new < len(self._starts) else 0
-            self.scroll_to(y=min(max(0, row - 1), self._max_y()), animate=False, immediate=True)
+            self.scroll_to(y=min(max(0, row - 1), self._max_y()), animate=False, force=True)
         else:
-            self.scroll_to(y=self._max_y(), animate=False, immediate=True)
+            self.scroll_to(y=self._max_y(), animate=False, force=True)
 
     def append(self, lines: list[Line], *, follow: bool = False) -> None:
         """Add lines at the bottom; scroll to them if we were at the bottom, or if ``follow``
@@ -310,7 +314,7 @@ class ChatLog(ScrollView, can_focus=False):
             self._versions.append(_version(line))
         self._reindex()
         if at_end or follow:
-            self.scroll_to(y=self._max_y(), animate=False, immediate=True)
+            self.scroll_to(y=self._max_y(), animate=False, force=True)
             self._set_below(0)
         else:
             self._set_below(self.below + len(lines))
@@ -326,7 +330,7 @@ class ChatLog(ScrollView, can_focus=False):
                     at_end = self.at_bottom()
                     self._reindex()
                     if at_end:
-                        self.scroll_to(y=self._max_y(), animate=False, immediate=True)
+                        self.scroll_to(y=self._max_y(), animate=False, force=True)
                     self.refresh()
                 return
 
@@ -348,12 +352,12 @@ class ChatLog(ScrollView, can_focus=False):
     def page(self, direction: int) -> None:
         height = max(1, self.scrollable_content_region.height - 1)
         y = min(max(0, self.scroll_offset.y + direction * height), self._max_y())
-        self.scroll_to(y=y, animate=False, immediate=True)
+        self.scroll_to(y=y, animate=False, force=True)
         if self.at_bottom():
             self._set_below(0)
 
     def to_bottom(self) -> None:
-        self.scroll_to(y=self._max_y(), animate=False, immediate=True)
+        self.scroll_to(y=self._max_y(), animate=False, force=True)
         self._set_below(0)
 
     def watch_scroll_y(self, old_value: float, new_value: float) -> None:
@@ -372,7 +376,7 @@ class ChatLog(ScrollView, can_focus=False):
         at_end = self.at_bottom()
         self._rewrap()
         if at_end:
-            self.scroll_to(y=self._max_y(), animate=False, immediate=True)
+            self.scroll_to(y=self._max_y(), animate=False, force=True)
 
     def _content_width(self) -> int:
         return max(10, self.scrollable_content_region.width)
