@@ -203,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="line: scriptable, one event per line; tui: full-screen; auto: tui on a terminal",
     )
     peer.add_argument(
+        "--no-bell",
+        action="store_true",
+        help="terminal UI: do not ring the bell for direct messages and lines that name you",
+    )
+    peer.add_argument(
         "--log-level",
         default="warning",
         choices=["debug", "info", "warning", "error"],
@@ -236,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop by itself after this long (with --no-tui, end of input then does not stop it)",
     )
     demo.add_argument("--user", default=None, help="your username (default: your login name)")
+    demo.add_argument(
+        "--no-bell",
+        action="store_true",
+        help="do not ring the bell for direct messages and lines that name you",
+    )
     demo.add_argument("--seed", type=int, default=1, help="seed of the bots' small talk (1)")
     demo.add_argument(
         "--log-level",
@@ -353,7 +363,7 @@ async def _run_peer(args: argparse.Namespace, ui: str) -> int:
     if ui == "tui":
         from p2pchat.ui.tui import run_tui
 
-        code = await run_tui(config, stop=stop)
+        code = await run_tui(config, stop=stop, bell=not args.no_bell)
     else:
         from p2pchat.ui.line import run_line_mode
 
@@ -386,7 +396,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         tui = not args.no_tui and on_a_terminal()
         return asyncio.run(
-            run_demo(tui=tui, duration=args.duration, user=args.user, seed=args.seed)
+            run_demo(
+                tui=tui,
+                duration=args.duration,
+                user=args.user,
+                seed=args.seed,
+                bell=not args.no_bell,
+            )
         )
     except KeyboardInterrupt:  # before the handlers were in place, or after
         return exits.INTERRUPTED

@@ -267,7 +267,12 @@ def pick_username(wanted: str | None = None, taken: tuple[str, ...] = BOTS) -> s
 
 
 async def run_demo(
-    *, tui: bool = True, duration: float | None = None, user: str | None = None, seed: int = 1
+    *,
+    tui: bool = True,
+    duration: float | None = None,
+    user: str | None = None,
+    seed: int = 1,
+    bell: bool = True,
 ) -> int:
     """Start everything, hand over to the user, stop everything; the exit status."""
     demo = Demo(user=user, seed=seed)
@@ -298,7 +303,7 @@ async def run_demo(
             from p2pchat.ui.tui import AutoLogin, run_tui
 
             login = AutoLogin(demo.username, demo.password, room=LOBBY)
-            code = await run_tui(demo.user_config, autologin=login, stop=stop)
+            code = await run_tui(demo.user_config, autologin=login, stop=stop, bell=bell)
         else:
             code = await _line_mode(demo, stop, stop_on_eof=duration is None)
     finally:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import io
+from pathlib import Path
 
 import pytest
 
 from p2pchat.peer.events import CommandError, DirectText, Notice, RoomsChanged, RoomText, Status
+from p2pchat.protocol.messages import RoomInfo
 from p2pchat.ui import commands
 from p2pchat.ui.line import NO_TARGET, LineUI, format_event
 
@@ -87,6 +90,8 @@ def test_control_characters_from_peers_cannot_break_lines() -> None:
 
 
 class _FakeNode:
+    username = "me"
+
     def __init__(self) -> None:
         self.said: list[tuple[str, str]] = []
 
@@ -157,3 +162,49 @@ async def test_a_leading_slash_is_sent_with_two() -> None:
     assert ui.failures == 0
     await ui.handle("/clear")
     assert out.getvalue().splitlines()[-1].startswith("error: /clear")
+
+
+class _Registry(_FakeNode):
+    """Rooms as the registry lists them: ``private`` is not ours and not visible to us."""
+
+    async def list_rooms(self) -> list[RoomInfo]:
+        return [
+            RoomInfo(room="annex", private=False, owner="bob", members=1, online=1, member=False)
+        ]
+
+
+async def test_saying_to_a_room_that_does_not_exist_says_so() -> None:
+    out = io.StringIO()
+    ui = LineUI(out, interactive=False)
+    ui.node = _Registry()  # type: ignore[assignment]
+    await ui.handle("/say nosuch hi")
+    await ui.handle("/say annex hi")
+    assert out.getvalue().splitlines() == [
+        "error: there is no room nosuch; /rooms lists them, /create nosuch makes it",
+        "error: you are not a member of annex; /join annex first",
+    ]
+
+
+async def test_results_carry_what_they_listed_as_data() -> None:
+    node = _Registry()
+    result = await commands.run(node, commands.parse("/rooms"))  # type: ignore[arg-type]
+    assert result.summary == "1 room"
+    assert [r.room for r in result.rooms] == ["annex"]
+    result = await commands.run(node, commands.parse("/say DEN hi"))  # type: ignore[arg-type]
+    assert (result.room, result.links) == ("den", 1)
+
+
+def test_the_interfaces_do_not_import_the_command_line() -> None:
+    """cli -> demo -> tui -> app -> cli was a circle: the UI reads addresses from below."""
+    ui = Path(commands.__file__).parent
+    for path in [*ui.rglob("*.py"), ui.parent / "demo.py"]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "p2pchat.cli":
+                raise AssertionError(f"{path.name} imports p2pchat.cli")
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module == "p2pchat"
+                and any(a.name == "cli" for a in node.names)
+            ):
+                raise AssertionError(f"{path.name} imports p2pchat.cli")

@@ -26,6 +26,7 @@ from textual import events, on
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Input, OptionList, Static
@@ -672,11 +673,15 @@ class ChatApp(App[int]):
         return self.node.username if self.node else None
 
     def _refresh_status(self) -> None:
+        # the 1 s timer is stopped when quitting begins; a late call finds nothing to update
         if self._quitting or not self.is_running:
-            return  # the widgets may be going away
+            return
+        try:
+            status = self.query_one("#status", Static)
+            banner = self.query_one("#banner", Static)
+        except NoMatches:  # the app is closing some other way: its widgets are gone
+            return
         node = self.node
-        status = self.query_one("#status", Static)
-        banner = self.query_one("#banner", Static)
         if node is None:
             status.update(Text("not logged in", style="dim"))
             banner.remove_class("shown")
