@@ -64,7 +64,7 @@ from p2pchat.ui.tui.state import (
     plain,
     user_colour,
 )
-from p2pchat.ui.tui.widgets import COUNT_FROM, ChatInput, ChatLog, Sidebar
+from p2pchat.ui.tui.widgets import BURST, COUNT_FROM, ChatInput, ChatLog, Sidebar
 
 NodeFactory = Callable[[PeerConfig, Callable[[PeerEvent], None]], PeerNode]
 Job = Callable[[], Awaitable[None]]
@@ -242,6 +242,7 @@ class ChatApp(App[int]):
         self._node_closed = False
         self._status_timer: Timer | None = None
         self._last_bell = float("-inf")
+        self._keys_seen = 0
         self.session_user: str | None = None
         """Whose conversations are on screen: another login starts from nothing."""
 
@@ -429,6 +430,16 @@ class ChatApp(App[int]):
         """A signal or the demo's ``--duration``: the same as Ctrl+Q."""
         await stop.wait()
         await self.action_quit()
+
+    async def on_event(self, event: events.Event) -> None:
+        # a paste without bracketed paste arrives as thousands of keys at once, and Textual
+        # handles queued events without letting anything else run: give the peer (heartbeats,
+        # links, the registry) a turn every BURST keys, as the input line does
+        if isinstance(event, events.Key):
+            self._keys_seen += 1
+            if self._keys_seen % BURST == 0:
+                await asyncio.sleep(0)
+        await super().on_event(event)
 
     # ------------------------------------------------------------------ peer events
 
