@@ -134,7 +134,11 @@ def burst(app: App[int], *parts: str) -> None:
     a key name in angle brackets (``"<enter>"``, ``"<ctrl+u>"``)."""
     for part in parts:
         if part.startswith("<") and part.endswith(">") and len(part) > 2:
-            app.post_message(events.Key(part[1:-1], None))
+            key = part[1:-1]
+            last = key.rpartition("+")[2]
+            # as a terminal reports it: Alt+1 carries the character "1"
+            char = last if key.startswith("alt+") and len(last) == 1 else None
+            app.post_message(events.Key(key, char))
             continue
         for char in part:
             if char == "\n":

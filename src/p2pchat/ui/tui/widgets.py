@@ -75,6 +75,16 @@ class OrderedInput(Input):
         self._flush_queued = False
 
     async def _on_key(self, event: events.Key) -> None:
+        # a plain character: typed (Alt+1 is printable too, but a key binding goes first)
+        typed = event.is_printable and event.character is not None and "+" not in event.key
+        if not typed:
+            self.flush_typed()
+            active = self.screen.active_bindings.get(event.key)
+            if active is not None and active.enabled and not active.binding.priority:
+                event.stop()
+                event.prevent_default()
+                await self.app.run_action(active.binding.action, active.node)
+                return
         if event.is_printable and event.character is not None:
             event.stop()
             event.prevent_default()
@@ -85,14 +95,6 @@ class OrderedInput(Input):
             elif not self._flush_queued:
                 self._flush_queued = True
                 self.call_later(self.flush_typed)  # after the keys already queued
-            return
-        self.flush_typed()
-        active = self.screen.active_bindings.get(event.key)
-        if active is None or active.binding.priority or not active.enabled:
-            return
-        event.stop()
-        event.prevent_default()
-        await self.app.run_action(active.binding.action, active.node)
 
     def flush_typed(self) -> None:
         """Insert the characters typed so far (before anything reads or edits the line)."""
