@@ -806,16 +806,28 @@ class ChatApp(App[int]):
             else:
                 self._send(where, text)
             return
-        self._system(f"» {mask_secret(body)}", where, style="dim")
+        echo = f"» {mask_secret(body)}"
         try:
             command = commands.parse(body)
         except CommandError as exc:
+            self._system(echo, where, style="dim")
             self._error(str(exc), where)
             return
+        if not self._sends_here(command, where):  # else the line sent shows it
+            self._system(echo, where, style="dim")
         try:
             self._typed_command(command, where)
         except CommandError as exc:
             self._error(str(exc), where)
+
+    def _sends_here(self, command: commands.Command, where: str) -> bool:
+        if command.name == "me":
+            return True
+        if command.name == "say":
+            return self._room(command.args[0]) == where
+        if command.name == "msg":
+            return self.convs.find(dm_key(command.args[0])) == where
+        return False
 
     def _typed_command(self, command: commands.Command, where: str) -> None:
         """Commands that act on the screen at once, or send a message; the rest queue up."""
@@ -956,6 +968,8 @@ class ChatApp(App[int]):
                 out.settle(Delivery.SENT, "" if result.links else "(nobody linked now)")
         if convs is self.convs and not self._quitting:
             self._changed(out)
+            if out.state is Delivery.FAILED and out.key != self.convs.current:
+                self._error(f"not sent to {label(out.key)}: {out.detail}; ^R there sends it again")
 
     def _changed(self, out: Outgoing) -> None:
         if out.key == self.convs.current:
