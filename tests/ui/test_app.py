@@ -160,6 +160,14 @@ async def test_a_plain_line_from_home_asks_where(
         await settle(pilot, lambda: "matches '[nope]'" in screen_text(app))
         assert app.picker is not None  # still asking, the text kept
         await pilot.press("ctrl+u")
+        await write(pilot, "@car")  # nobody we know: the registry is asked, and says no
+        await settle(pilot, lambda: "no user 'car'" in screen_text(app))
+        assert app.picker is not None and app.picker.texts == [text]
+        assert app.query_one(ChatInput).value == "@car"  # to correct, not to type again
+        await pilot.press("ctrl+u")
+        await write(pilot, "lo", enter=False)  # the list narrows as we type
+        await settle(pilot, lambda: "@bob" not in screen_text(app))
+        await pilot.press("ctrl+u")
         await write(pilot, "lobby")
         await bob.until(lambda: any(isinstance(e, RoomText) and e.text == text for e in bob.events))
         await settle(pilot, lambda: app.convs.current == "lobby")

@@ -1022,6 +1022,9 @@ class ChatApp(App[int]):
         self._picked_target(target)
 
     def _retry_pick(self, typed: str) -> None:
+        """The answer goes back in the input to be corrected, the error showing."""
+        if self.picker is not None:
+            self.picker.last = typed  # putting it back is not a change that clears the error
         entry = self.query_one(ChatInput)
         entry.value = typed
         entry.cursor_position = len(typed)
