@@ -71,6 +71,22 @@ async def test_a_login_typed_in_one_burst(registry: RegistryServer, tmp_path: Pa
         assert app.node is not None and app.node.username == "alice"
 
 
+async def test_a_login_burst_across_fields_registers_the_name_typed(
+    registry: RegistryServer, tmp_path: Path
+) -> None:
+    """The name remembered from last time is replaced in the same burst as the password and
+    Ctrl+R: what is registered is what was typed, whichever field takes its keys first."""
+    memory = tmp_path / "last.json"
+    memory.write_text(f'{{"registry": "127.0.0.1:{registry.port}", "username": "you"}}')
+    app = make_app(registry, memory_path=memory)
+    async with running(app) as pilot:
+        await settle(pilot, lambda: isinstance(app.screen, LoginScreen))
+        await settle(pilot, lambda: app.focused is app.screen.query_one("#password"))
+        burst(app, "<shift+tab>", "<ctrl+u>", "eve", "<tab>", PASSWORD, "<ctrl+r>")
+        await logged_in(pilot, app, room=None)
+        assert app.node is not None and app.node.username == "eve"
+
+
 async def test_a_bracketed_paste_of_lines_sends_each(
     registry: RegistryServer, peer: PeerFactory
 ) -> None:

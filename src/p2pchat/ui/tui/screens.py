@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
@@ -14,6 +16,9 @@ from textual.widgets import Button, Input, Label, Static
 
 from p2pchat.protocol.messages import PASSWORD_MIN
 from p2pchat.ui.tui.widgets import OrderedInput
+
+SETTLE_SECONDS = 2.0
+"""How long a submit waits for the fields to take in the keys typed before it."""
 
 LoginFn = Callable[[str, str, str, bool], Awaitable[str | None]]
 """``(registry, username, password, register)``: an error sentence, or None once logged in."""
@@ -95,22 +100,36 @@ class LoginScreen(Screen[None]):
         event.stop()
         self.action_submit(event.button.id == "register")
 
+    async def _fields_settled(self) -> None:
+        """Each field takes its keys in its own turn: keys typed into the username before Tab
+        and Enter may not be in it yet. Wait until every field has handled what it was given."""
+        waits = []
+        for field in self.query(OrderedInput):
+            done = asyncio.Event()
+            field.call_later(done.set)  # queued behind the keys the field already holds
+            waits.append(done.wait())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*waits), SETTLE_SECONDS)
+        for field in self.query(OrderedInput):
+            field.flush_typed()
+
     def action_submit(self, register: bool) -> None:
         if self.busy:
             return
-        values = [self.query_one(f"#{f}", Input).value.strip() for f in ("registry", "username")]
-        password = self.query_one("#password", Input).value
-        if not all(values) or not password:
-            self.show_error("Fill in the registry, a username and a password.")
-            return
         self.busy = True
-        self.show_error("Registering…" if register else "Logging in…", error=False)
-        self.run_worker(
-            self._attempt(values[0], values[1], password, register), exit_on_error=False
-        )
+        self.run_worker(self._submit(register), exit_on_error=False)
 
-    async def _attempt(self, registry: str, username: str, password: str, register: bool) -> None:
+    async def _submit(self, register: bool) -> None:
         try:
+            await self._fields_settled()
+            registry, username = (
+                self.query_one(f"#{f}", Input).value.strip() for f in ("registry", "username")
+            )
+            password = self.query_one("#password", Input).value
+            if not (registry and username and password):
+                self.show_error("Fill in the registry, a username and a password.")
+                return
+            self.show_error("Registering…" if register else "Logging in…", error=False)
             error = await self._login(registry, username, password, register)
         finally:
             self.busy = False
