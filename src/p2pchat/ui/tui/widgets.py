@@ -18,7 +18,9 @@ from typing import ClassVar
 from rich.console import RenderableType
 from rich.text import Text
 from textual import events
+from textual.actions import parse as parse_action
 from textual.binding import Binding, BindingType
+from textual.dom import DOMNode
 from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
@@ -79,11 +81,11 @@ class OrderedInput(Input):
         typed = event.is_printable and event.character is not None and "+" not in event.key
         if not typed:
             self.flush_typed()
-            active = self.screen.active_bindings.get(event.key)
-            if active is not None and active.enabled and not active.binding.priority:
+            bound = self._bound(event.key)
+            if bound is not None:
                 event.stop()
                 event.prevent_default()
-                await self.app.run_action(active.binding.action, active.node)
+                await self.app.run_action(*bound)
                 return
         if event.is_printable and event.character is not None:
             event.stop()
@@ -95,6 +97,20 @@ class OrderedInput(Input):
             elif not self._flush_queued:
                 self._flush_queued = True
                 self.call_later(self.flush_typed)  # after the keys already queued
+
+    def _bound(self, key: str) -> tuple[str, DOMNode] | None:
+        """The action ``key`` is bound to, looked up from this widget to the app: not from
+        whatever has the focus by now (a key typed before Tab belongs here, not in the next
+        field). Priority bindings are left out: the app ran them as the key arrived."""
+        for node in self.ancestors_with_self:
+            for binding in node._bindings.key_to_bindings.get(key, ()):
+                if binding.priority:
+                    continue
+                where, name, params = parse_action(binding.action)
+                target = {"app": self.app, "screen": self.screen}.get(where, node)
+                if target.check_action(name, params):
+                    return binding.action, node
+        return None
 
     def flush_typed(self) -> None:
         """Insert the characters typed so far (before anything reads or edits the line)."""
