@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -71,6 +73,9 @@ class Terminal:
 
         return test
 
+    def pid(self) -> int:
+        return int(self.tmux("display-message", "-p", "-t", "ui", "#{pane_pid}"))
+
     def screen(self) -> str:
         return self.tmux("capture-pane", "-p", "-t", "ui")
 
@@ -111,6 +116,7 @@ def start_tui(terminal: Terminal, registry: Registry, home: Path, username: str)
     env = {"XDG_CONFIG_HOME": str(home), "TERM": "xterm-256color"}
     command = " ".join(
         [
+            "exec env",  # the program is the pane's process: its pid is the pane's
             *(f"{k}={v!r}" for k, v in env.items()),
             sys.executable,
             "-m p2pchat peer --host 127.0.0.1 --advertise 127.0.0.1 --ui tui",
@@ -137,5 +143,28 @@ async def test_a_login_typed_in_one_burst_in_a_real_terminal(
     for i in range(5):
         assert screen.count(f"eve: line {i} ✓") == 1, screen
         assert screen.count(f"eve: typed {i} ✓") == 1, screen
+    terminal.keys("C-q")
+    await terminal.gone()
+
+
+def threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc to count threads")
+async def test_stopped_and_continued_from_outside_the_terminal_still_works(
+    registry: Registry, terminal: Terminal, tmp_path: Path
+) -> None:
+    """``kill -STOP`` then ``kill -CONT`` (not Ctrl+Z): the keys are still read by one
+    thread, and Ctrl+Q still ends the program."""
+    start_tui(terminal, registry, tmp_path, username="you")
+    await terminal.until(terminal.cursor_on("Password"), "the cursor in the password field")
+    pid = terminal.pid()
+    before = threads(pid)
+    os.kill(pid, signal.SIGSTOP)
+    os.kill(pid, signal.SIGCONT)
+    terminal.keys("x")
+    await terminal.until(lambda s: "•" in s, "the key typed after it")  # it runs again
+    assert threads(pid) == before, "a second thread reads the terminal"
     terminal.keys("C-q")
     await terminal.gone()

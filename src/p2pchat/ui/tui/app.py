@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from types import FrameType
 from typing import Any, ClassVar
 
 from rich.console import RenderableType
@@ -123,6 +126,39 @@ def _alt_digits_as_alt() -> None:
 
         for digit in "0123456789":
             _ansi_sequences.ANSI_SEQUENCES_KEYS.pop(f"\x1b{digit}", None)  # type: ignore[attr-defined]
+
+
+def _resume_only_after_suspend(app: App[Any]) -> None:
+    """Textual's terminal driver takes every SIGCONT as the end of its own Ctrl+Z and starts
+    the terminal again: after a SIGSTOP from outside (a debugger, ``kill -STOP``, a frozen
+    session) a second thread then reads the keys beside the first, which splits escape
+    sequences between them and outlives the app (a key typed after quitting is posted to a
+    closed loop: "coroutine 'MessagePump._post_message' was never awaited"). Let SIGCONT
+    through only after a SIGTSTP; otherwise just redraw.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    on_stop, on_cont = signal.getsignal(signal.SIGTSTP), signal.getsignal(signal.SIGCONT)
+    if not (callable(on_stop) and callable(on_cont)):
+        return  # no terminal driver (headless): nothing to guard
+    suspended = False
+    loop = asyncio.get_running_loop()
+
+    def stopping(signum: int, frame: FrameType | None) -> None:
+        nonlocal suspended
+        suspended = True
+        on_stop(signum, frame)
+
+    def continuing(signum: int, frame: FrameType | None) -> None:
+        nonlocal suspended
+        if suspended:
+            suspended = False
+            on_cont(signum, frame)
+        else:
+            loop.call_soon_threadsafe(app.refresh)
+
+    signal.signal(signal.SIGTSTP, stopping)
+    signal.signal(signal.SIGCONT, continuing)
 
 
 def local_clock(ts: float) -> str:
@@ -274,6 +310,7 @@ class ChatApp(App[int]):
             yield Static(id="count")
 
     def on_mount(self) -> None:
+        _resume_only_after_suspend(self)
         self.run_worker(self._command_loop(), name="commands", exit_on_error=False)
         self._status_timer = self.set_interval(1.0, self._refresh_status)
         self.query_one(ChatLog).on_below = self._below_changed
