@@ -13,7 +13,7 @@ from p2pchat.peer.events import RoomText
 from p2pchat.protocol.messages import MAX_TEXT
 from p2pchat.registry.server import RegistryServer
 from p2pchat.ui.tui.screens import LoginScreen
-from p2pchat.ui.tui.widgets import ChatInput
+from p2pchat.ui.tui.widgets import MAX_PASTE_LINES, ChatInput
 from tests.ui.harness import (
     PASSWORD,
     Peer,
@@ -170,3 +170,15 @@ async def test_login_fields_take_a_paste(registry: RegistryServer, tmp_path: Pat
         app.post_message(events.Paste("alice"))
         field = app.screen.query_one("#username", Input)
         await settle(pilot, lambda: field.value == "alice")
+
+
+async def test_a_paste_of_too_many_lines_is_refused(
+    registry: RegistryServer, peer: PeerFactory
+) -> None:
+    async with alice_with_bob(registry, peer) as (bob, app, pilot):
+        app.post_message(events.Paste("".join(f"line {i}\n" for i in range(MAX_PASTE_LINES + 1))))
+        note = f"paste of {MAX_PASTE_LINES + 1} lines not sent (at most {MAX_PASTE_LINES})"
+        await settle(pilot, lambda: any(note in s for s in app.lines()))
+        app.post_message(events.Paste("".join(f"line {i}\n" for i in range(MAX_PASTE_LINES))))
+        await bob.until(lambda: len(said(bob)) == MAX_PASTE_LINES)
+        assert said(bob) == [f"line {i}" for i in range(MAX_PASTE_LINES)]

@@ -7,13 +7,25 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import pytest
 from textual.pilot import Pilot
 
 from p2pchat.peer.events import CommandError, DirectText, PeerEvent
 from p2pchat.peer.node import PeerConfig, PeerNode
 from p2pchat.registry.server import RegistryServer
 from p2pchat.ui.tui import ChatApp
-from tests.ui.harness import Peer, PeerFactory, auto, logged_in, make_app, running, settle, write
+from p2pchat.ui.tui import app as app_module
+from tests.ui.harness import (
+    Peer,
+    PeerFactory,
+    auto,
+    burst,
+    logged_in,
+    make_app,
+    running,
+    settle,
+    write,
+)
 
 
 class GatedNode(PeerNode):
@@ -102,3 +114,21 @@ async def test_room_messages_show_when_handed_to_the_mesh(
         await logged_in(pilot, app)
         await write(pilot, "anyone?")  # alone in the room
         await settle(pilot, lambda: "12:00 alice: anyone? ✓ (nobody linked now)" in app.lines())
+
+
+async def test_messages_on_their_way_are_bounded(
+    registry: RegistryServer, peer: PeerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app_module, "MAX_SENDING", 3)
+    async with alice_talking_to_bob(registry, peer) as (bob, app, pilot, node):
+        gate = asyncio.Event()
+        for i in range(4):
+            node.gates[f"held {i}"] = gate
+        burst(app, "".join(f"held {i}\n" for i in range(4)))
+        too_many = "12:00 alice: held 3 ✗ too many messages still on their way; ^R sends it again"
+        await settle(pilot, lambda: too_many in app.lines())
+        assert app.lines()[-4:-1] == [f"12:00 alice: held {i} …" for i in range(3)]
+        gate.set()
+        await settle(pilot, lambda: "12:00 alice: held 2 ✓✓" in app.lines())
+        await pilot.press("ctrl+r")  # room again: it goes
+        await bob.until(lambda: "held 3" in got(bob))

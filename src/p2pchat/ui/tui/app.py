@@ -67,13 +67,20 @@ from p2pchat.ui.tui.state import (
     plain,
     user_colour,
 )
-from p2pchat.ui.tui.widgets import BURST, COUNT_FROM, ChatInput, ChatLog, Sidebar
+from p2pchat.ui.tui.widgets import (
+    BURST,
+    COUNT_FROM,
+    MAX_PASTE_LINES,
+    ChatInput,
+    ChatLog,
+    Sidebar,
+)
 
 NodeFactory = Callable[[PeerConfig, Callable[[PeerEvent], None]], PeerNode]
 Job = Callable[[], Awaitable[None]]
 
 MAX_SENDING = 100
-"""Messages on their way at once; more fail at once ("too many still sending")."""
+"""Messages waiting to go or on their way at once; more fail at once, to be sent again."""
 QUIT_SECONDS = 5.0
 """Ctrl+Q waits this long for the peer to log out and close its links, then leaves anyway."""
 BELL_GAP = 1.0
@@ -271,6 +278,8 @@ class ChatApp(App[int]):
         self.picker: Picker | None = None
         self._jobs: asyncio.Queue[Job] = asyncio.Queue()
         self._sending: set[asyncio.Task[None]] = set()
+        self._outstanding = 0
+        """Messages accepted and not finished (queued or on their way): at most MAX_SENDING."""
         self.pending = 0
         """Commands typed but not finished yet, and messages still on their way (tests wait
         for 0)."""
@@ -825,7 +834,9 @@ class ChatApp(App[int]):
         """A line handed over by the input, in the order typed (see ``widgets.py``)."""
         entry = self.query_one(ChatInput)
         if self.picker is not None:
-            if pasted:
+            if pasted and len(self.picker.texts) >= MAX_PASTE_LINES:
+                self._error(f"at most {MAX_PASTE_LINES} lines wait for a destination")
+            elif pasted:
                 self.picker.texts.append(line)
                 self._draw_picker()
             else:
@@ -970,16 +981,18 @@ class ChatApp(App[int]):
         self._start(out)
 
     def _start(self, out: Outgoing) -> None:
-        if len(self._sending) >= MAX_SENDING:
+        if self._outstanding >= MAX_SENDING:
             out.settle(Delivery.FAILED, "too many messages still on their way")
             self._changed(out)
             return
+        self._outstanding += 1
         # through the command queue: a line typed after a command goes after it (a /join
         # before a line to that room), but no message waits for an earlier message
         self.submit(partial(self._launch, out, self.convs))
 
     async def _launch(self, out: Outgoing, convs: Conversations) -> None:
         if convs is not self.convs:  # logged out meanwhile
+            self._outstanding -= 1
             return
         self.pending += 1
         task = asyncio.create_task(self._deliver(out, convs))
@@ -988,6 +1001,7 @@ class ChatApp(App[int]):
 
     def _sent(self, task: asyncio.Task[Any]) -> None:
         self._sending.discard(task)
+        self._outstanding -= 1
         self.pending -= 1
 
     async def _deliver(self, out: Outgoing, convs: Conversations) -> None:

@@ -206,7 +206,7 @@ class ChatInput(OrderedInput):
         tail = self.value[self.cursor_position :]
         lines = (head + text + tail).split("\n")
         if len(lines) - 1 > MAX_PASTE_LINES:
-            self._refuse(f"paste of {len(lines)} lines not sent (at most {MAX_PASTE_LINES})")
+            self._refuse(f"paste of {len(lines) - 1} lines not sent (at most {MAX_PASTE_LINES})")
             return
         if any(utf8_len(line) > self.limit for line in lines):
             self._refuse("paste not sent: a line of it is longer than a message")
