@@ -870,7 +870,7 @@ class ChatApp(App[int]):
 
     def _sends_here(self, command: commands.Command, where: str) -> bool:
         if command.name == "me":
-            return True
+            return where != HOME
         if command.name == "say":
             return self._room(command.args[0]) == where
         if command.name == "msg":
@@ -891,8 +891,8 @@ class ChatApp(App[int]):
             if where == HOME:
                 raise CommandError("/me goes to the conversation in view: open a room first")
             self._send(where, commands.ACTION + command.text)
-        elif name == "say" and self._room(command.args[0]) is not None:
-            self._send(self._room(command.args[0]) or "", command.text)
+        elif name == "say" and (room := self._room(command.args[0])) is not None:
+            self._send(room, command.text)
         elif name == "msg" and self._me() is not None:
             user = command.args[0]
             if user.casefold() == (self._me() or "").casefold():

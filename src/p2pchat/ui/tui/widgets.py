@@ -65,10 +65,10 @@ def fitting(text: str, room: int) -> str:
 class OrderedInput(Input):
     """An Input that handles every key in the order typed, however fast they come.
 
-    Its own bindings and those of the screen and app (except priority ones, which the app
-    runs as the key arrives) run in this widget's turn; characters typed in a burst are
-    inserted together, which also keeps a long burst linear (Textual's Input measures the
-    whole line for each character inserted).
+    Its own bindings and those of its screen and the app (except priority ones, which the app
+    runs as the key arrives) run in this widget's turn, looked up from this widget; characters
+    typed in a burst are inserted together, which also keeps a long burst linear (Textual's
+    Input measures the whole line for each character inserted).
     """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
