@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from p2pchat import __version__
-from p2pchat.protocol.messages import valid_host
-
-DEFAULT_TCP_PORT = 15600
-DEFAULT_UDP_PORT = 15500
+from p2pchat.address import (
+    DEFAULT_TCP_PORT,
+    DEFAULT_UDP_PORT,
+    AddressError,
+    parse_address,
+    parse_port,
+)
+from p2pchat.ui import exits
 
 
 def _seconds(text: str) -> float:
@@ -57,12 +61,39 @@ def _addresses(text: str) -> frozenset[str]:
 
 def _port(text: str) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value < 65536:
-        raise argparse.ArgumentTypeError("ports are 0-65535")
-    return value
+        return parse_port(text)
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _registry(text: str) -> tuple[str, int]:
+    try:
+        return parse_address(text, DEFAULT_TCP_PORT)
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}")
+        return value
+
+    return parse
+
+
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Say the default only where there is one: an option whose default is None explains
+    itself in its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Run the registry: accounts, presence (UDP heartbeats) and chat rooms, over TCP. "
             "It never relays chat text. Stop it with Ctrl+C or SIGTERM."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     reg.add_argument("--host", default="0.0.0.0", help="address to listen on (TCP and UDP)")
     reg.add_argument("--port", type=_port, default=DEFAULT_TCP_PORT, help="TCP port; 0 picks one")
@@ -206,10 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
             "of peer links. In line mode, commands are read from standard input (one per "
             "line, /help lists them) and events are written to standard output, one per line."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     peer.add_argument(
         "--registry",
+        type=_registry,
         default=f"127.0.0.1:{DEFAULT_TCP_PORT}",
         metavar="HOST[:PORT]",
         help="the registry's address",
@@ -233,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     peer.add_argument(
         "--max-links",
-        type=int,
+        type=_at_least(2),
         default=6,
         help="cap on this peer's mesh links in one room: 2 gives a plain ring; 3 or more "
         "adds one chord per member, which is all the mesh uses (at most 3 links a room)",
@@ -243,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "line", "tui"],
         default="auto",
         help="line: scriptable, one event per line; tui: full-screen; auto: tui on a terminal",
+    )
+    peer.add_argument(
+        "--no-bell",
+        action="store_true",
+        help="terminal UI: do not ring the bell for direct messages and lines that name you",
     )
     peer.add_argument(
         "--log-level",
@@ -278,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop by itself after this long (with --no-tui, end of input then does not stop it)",
     )
     demo.add_argument("--user", default=None, help="your username (default: your login name)")
+    demo.add_argument(
+        "--no-bell",
+        action="store_true",
+        help="do not ring the bell for direct messages and lines that name you",
+    )
     demo.add_argument("--seed", type=int, default=1, help="seed of the bots' small talk (1)")
     demo.add_argument(
         "--log-level",
@@ -286,21 +328,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="how much to log (warning); in the terminal UI, log lines show in the home pane",
     )
     return parser
-
-
-def parse_address(text: str, default_port: int) -> tuple[str, int]:
-    """``HOST``, ``HOST:PORT`` or ``[V6]:PORT``."""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest.removeprefix(":") or str(default_port)
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    else:
-        host, port = text, str(default_port)
-    host = host or "127.0.0.1"
-    if not valid_host(host):
-        raise argparse.ArgumentTypeError(f"not a host name or address: {host!r}")
-    return host, _port(port)
 
 
 def _setup_logging(level: str) -> None:
@@ -321,7 +348,7 @@ async def _run_registry(args: argparse.Namespace) -> int:
         store = SqliteStore(args.db)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exits.CANNOT_START
     config = RegistryConfig(
         heartbeat_interval=args.heartbeat_interval,
         timeout=args.timeout,
@@ -364,9 +391,10 @@ async def _run_registry(args: argparse.Namespace) -> int:
     try:
         await server.start()
     except OSError as exc:
-        print(f"error: cannot listen on {args.host}: {exc}", file=sys.stderr)
+        where = _which_port_is_busy(args.host, args.port, args.udp_port)
+        print(f"error: cannot listen on {args.host} {where}: {exc}", file=sys.stderr)
         store.close()
-        return 2
+        return exits.CANNOT_START
     print(
         f"registry listening on {args.host} tcp {server.port} udp {server.udp_port} "
         f"(database {args.db})",
@@ -382,13 +410,43 @@ async def _run_registry(args: argparse.Namespace) -> int:
     await server.close()
     store.close()
     print("registry stopped", flush=True)
-    return 0
+    return exits.OK
+
+
+def _which_port_is_busy(host: str, tcp: int, udp: int) -> str:
+    """Name the port that could not be had: the error alone does not say which."""
+    for kind, port in ((socket.SOCK_STREAM, tcp), (socket.SOCK_DGRAM, udp)):
+        name = "tcp" if kind == socket.SOCK_STREAM else "udp"
+        if port == 0:
+            continue
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as s:
+                if kind == socket.SOCK_STREAM:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((host, port))
+        except OSError:
+            return f"{name} port {port}"
+    return f"tcp port {tcp}, udp port {udp}"
+
+
+def _stop_on_signals(stop: asyncio.Event, interrupted: list[bool], *, sigint: bool) -> None:
+    """SIGTERM (and SIGINT unless the terminal UI reads Ctrl+C itself) stop cleanly; an
+    interrupt is remembered for the exit status."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+    def interrupt() -> None:
+        interrupted.append(True)
+        stop.set()
+
+    if sigint:
+        loop.add_signal_handler(signal.SIGINT, interrupt)
 
 
 async def _run_peer(args: argparse.Namespace, ui: str) -> int:
     from p2pchat.peer.node import PeerConfig
 
-    host, port = args.registry_address
+    host, port = args.registry
     config = PeerConfig(
         registry_host=host,
         registry_port=port,
@@ -399,48 +457,54 @@ async def _run_peer(args: argparse.Namespace, ui: str) -> int:
         max_links=args.max_links,
     )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    interrupted: list[bool] = []
+    _stop_on_signals(stop, interrupted, sigint=True)
     if ui == "tui":
         from p2pchat.ui.tui import run_tui
 
-        return await run_tui(config, stop=stop)
-    from p2pchat.ui.line import run_line_mode
+        code = await run_tui(config, stop=stop, bell=not args.no_bell)
+    else:
+        from p2pchat.ui.line import run_line_mode
 
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    return await run_line_mode(config, stop)
+        code = await run_line_mode(config, stop)
+    return exits.INTERRUPTED if interrupted else code
+
+
+def on_a_terminal() -> bool:
+    """Both ends are a terminal: the full-screen UI can work. Otherwise (a pipe, a file,
+    /dev/null) the line mode is the one that makes sense."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
 
 
 def _pick_ui(choice: str) -> str:
     if choice != "auto":
         return choice
-    return "tui" if sys.stdin.isatty() and sys.stdout.isatty() else "line"
+    return "tui" if on_a_terminal() else "line"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "peer":
-        try:
-            args.registry_address = parse_address(args.registry, DEFAULT_TCP_PORT)
-        except argparse.ArgumentTypeError as exc:
-            parser.error(f"--registry: {exc}")
-        if args.max_links < 2:
-            parser.error("--max-links must be at least 2")
     _setup_logging(args.log_level)
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         if args.command == "registry":
             return asyncio.run(_run_registry(args))
         if args.command == "peer":
             return asyncio.run(_run_peer(args, _pick_ui(args.ui)))
-        if args.command == "demo":
-            from p2pchat.demo import run_demo
+        from p2pchat.demo import run_demo
 
-            tui = not args.no_tui
-            return asyncio.run(
-                run_demo(tui=tui, duration=args.duration, user=args.user, seed=args.seed)
+        tui = not args.no_tui and on_a_terminal()
+        return asyncio.run(
+            run_demo(
+                tui=tui,
+                duration=args.duration,
+                user=args.user,
+                seed=args.seed,
+                bell=not args.no_bell,
             )
-    return 0
+        )
+    except KeyboardInterrupt:  # before the handlers were in place, or after
+        return exits.INTERRUPTED
 
 
 if __name__ == "__main__":

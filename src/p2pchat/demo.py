@@ -33,6 +33,7 @@ from p2pchat.registry.core import RegistryConfig
 from p2pchat.registry.passwords import Passwords
 from p2pchat.registry.server import RegistryServer
 from p2pchat.store import SqliteStore
+from p2pchat.ui import exits
 
 log = logging.getLogger("p2pchat.demo")
 
@@ -266,14 +267,29 @@ def pick_username(wanted: str | None = None, taken: tuple[str, ...] = BOTS) -> s
 
 
 async def run_demo(
-    *, tui: bool = True, duration: float | None = None, user: str | None = None, seed: int = 1
+    *,
+    tui: bool = True,
+    duration: float | None = None,
+    user: str | None = None,
+    seed: int = 1,
+    bell: bool = True,
 ) -> int:
     """Start everything, hand over to the user, stop everything; the exit status."""
     demo = Demo(user=user, seed=seed)
     stop = asyncio.Event()
+    interrupted: list[int] = []
     loop = asyncio.get_running_loop()
+
+    def stop_on(sig: int) -> None:
+        if sig == signal.SIGINT:
+            interrupted.append(sig)
+        stop.set()
+
     for sig in _SIGNALS:
-        handler = functools.partial(_hung_up, demo) if tui and sig == signal.SIGHUP else stop.set
+        if tui and sig == signal.SIGHUP:
+            handler = functools.partial(_hung_up, demo)
+        else:
+            handler = functools.partial(stop_on, sig)
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, handler)
     timer = loop.call_later(duration, stop.set) if duration is not None else None
@@ -282,12 +298,12 @@ async def run_demo(
             await demo.start()
         except (OSError, CommandError) as exc:
             print(f"error: the demo could not start: {exc}", file=sys.stderr)
-            return 2
+            return exits.CANNOT_START
         if tui:
             from p2pchat.ui.tui import AutoLogin, run_tui
 
             login = AutoLogin(demo.username, demo.password, room=LOBBY)
-            code = await run_tui(demo.user_config, autologin=login, stop=stop)
+            code = await run_tui(demo.user_config, autologin=login, stop=stop, bell=bell)
         else:
             code = await _line_mode(demo, stop, stop_on_eof=duration is None)
     finally:
@@ -298,7 +314,7 @@ async def run_demo(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
     print("demo stopped: bots logged out, registry closed, temporary folder removed", flush=True)
-    return code
+    return exits.INTERRUPTED if interrupted else code
 
 
 def _hung_up(demo: Demo) -> None:

@@ -9,6 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from rich.console import Console
+from textual import events
+from textual.app import App
+from textual.keys import _character_to_key
 from textual.pilot import Pilot
 from textual.widgets import Input
 
@@ -65,8 +68,13 @@ def fixed_clock(ts: float) -> str:
     return "12:00"
 
 
+def fixed_day(ts: float) -> str:
+    return "Today"
+
+
 def make_app(registry: RegistryServer, **kwargs: object) -> ChatApp:
     kwargs.setdefault("clock", fixed_clock)
+    kwargs.setdefault("day", fixed_day)
     return ChatApp(peer_config(registry), **kwargs)  # type: ignore[arg-type]
 
 
@@ -118,6 +126,26 @@ async def write(pilot: Pilot[int], text: str, enter: bool = True) -> None:
         await pilot.press("enter")
     else:
         await pilot.pause()
+
+
+def burst(app: App[int], *parts: str) -> None:
+    """Keys as a terminal delivers a paste without bracketed paste, or a slow link a backlog:
+    all queued at once, before the app handles the first. Each part is text typed as is, or
+    a key name in angle brackets (``"<enter>"``, ``"<ctrl+u>"``)."""
+    for part in parts:
+        if part.startswith("<") and part.endswith(">") and len(part) > 2:
+            key = part[1:-1]
+            last = key.rpartition("+")[2]
+            # as a terminal reports it: Alt+1 carries the character "1"
+            char = last if key.startswith("alt+") and len(last) == 1 else None
+            app.post_message(events.Key(key, char))
+            continue
+        for char in part:
+            if char == "\n":
+                app.post_message(events.Key("enter", "\r"))
+            else:
+                key = char if char.isalnum() else _character_to_key(char)
+                app.post_message(events.Key(key, char))
 
 
 async def logged_in(pilot: Pilot[int], app: ChatApp, room: str | None = "lobby") -> None:

@@ -14,7 +14,7 @@ from p2pchat.registry.passwords import Passwords
 from p2pchat.registry.server import RegistryServer
 from p2pchat.ui import commands
 from p2pchat.ui.tui import AutoLogin, ChatApp
-from p2pchat.ui.tui.screens import LoginScreen, TargetScreen
+from p2pchat.ui.tui.screens import LoginScreen
 from p2pchat.ui.tui.state import HOME
 from p2pchat.ui.tui.widgets import ChatInput
 from tests.ui.harness import (
@@ -83,7 +83,7 @@ async def test_join_a_room_and_send(registry: RegistryServer, peer: PeerFactory)
                 for e in bob.events
             )
         )
-        await settle(pilot, lambda: "12:00 alice: hello bob" in app.lines("lobby"))
+        await settle(pilot, lambda: "12:00 alice: hello bob ✓" in app.lines("lobby"))
         text = screen_text(app)
         assert "#lobby" in text and "alice: hello bob" in text
         assert "● bob" in text  # the member list shows who is online
@@ -148,20 +148,30 @@ async def test_a_plain_line_from_home_asks_where(
         await pilot.press("alt+1")
         text = "where does [/]this[b] go"  # brackets are text, not markup
         await write(pilot, text)
-        await settle(pilot, lambda: isinstance(app.screen, TargetScreen))
-        assert "Send to a room or to a peer?" in screen_text(app)
+        await settle(pilot, lambda: app.picker is not None)
+        assert "to a room or a peer?" in screen_text(app)
         assert text in screen_text(app)
         await pilot.press("escape")
         await settle(pilot, lambda: app.query_one(ChatInput).value == text)
+        assert app.picker is None
         await pilot.press("enter")
-        await settle(pilot, lambda: isinstance(app.screen, TargetScreen))
+        await settle(pilot, lambda: app.picker is not None)
         await write(pilot, "[nope]")
-        await settle(pilot, lambda: "not a member of [nope]" in screen_text(app))
+        await settle(pilot, lambda: "matches '[nope]'" in screen_text(app))
+        assert app.picker is not None  # still asking, the text kept
+        await pilot.press("ctrl+u")
+        await write(pilot, "@car")  # nobody we know: the registry is asked, and says no
+        await settle(pilot, lambda: "no user 'car'" in screen_text(app))
+        assert app.picker is not None and app.picker.texts == [text]
+        assert app.query_one(ChatInput).value == "@car"  # to correct, not to type again
+        await pilot.press("ctrl+u")
+        await write(pilot, "lo", enter=False)  # the list narrows as we type
+        await settle(pilot, lambda: "@bob" not in screen_text(app))
         await pilot.press("ctrl+u")
         await write(pilot, "lobby")
         await bob.until(lambda: any(isinstance(e, RoomText) and e.text == text for e in bob.events))
         await settle(pilot, lambda: app.convs.current == "lobby")
-        assert f"12:00 alice: {text}" in app.lines("lobby")
+        await settle(pilot, lambda: f"12:00 alice: {text} ✓" in app.lines("lobby"))
 
 
 async def test_help_completion_and_history(registry: RegistryServer, peer: PeerFactory) -> None:
@@ -176,7 +186,7 @@ async def test_help_completion_and_history(registry: RegistryServer, peer: PeerF
             assert f"/{name}" in shown
         assert "Ctrl+Q" in shown and "Ctrl+N" in shown
         entry = app.query_one(ChatInput)
-        await pilot.press("/", "m", "e", "tab")
+        await pilot.press("/", "m", "e", "m", "tab")
         assert entry.value == "/members "
         await pilot.press("l", "o", "tab")
         assert entry.value == "/members lobby "
@@ -287,7 +297,7 @@ async def test_a_line_goes_where_it_was_typed(registry: RegistryServer, peer: Pe
         await bob.until(
             lambda: any(isinstance(e, RoomText) and e.text == "typed in lobby" for e in bob.events)
         )
-        assert not isinstance(app.screen, TargetScreen)
+        assert app.picker is None
 
 
 async def test_quit_logs_out(registry: RegistryServer, peer: PeerFactory) -> None:

@@ -16,7 +16,11 @@ from p2pchat.ui.tui import memory
 from p2pchat.ui.tui.state import (
     HOME,
     Conversations,
+    Delivery,
+    Divider,
     History,
+    Outgoing,
+    Picker,
     complete,
     mask_secret,
     user_colour,
@@ -28,11 +32,12 @@ def test_conversation_order_unread_and_stepping() -> None:
     convs.sync_rooms(["lobby", "Annex"])
     convs.ensure("@bob")
     assert convs.order() == [HOME, "Annex", "lobby", "@bob"]
-    assert convs.add("lobby", Text("x"), unread=True) is False
-    assert convs.add("lobby", Text("y"), unread=True, mention=True) is False
-    assert convs.add(HOME, Text("z"), unread=False) is True
+    assert convs.add("lobby", Text("x"), unread=True) == []  # not in view: nothing to draw
+    assert convs.add("lobby", Text("y"), unread=True, mention=True) == []
+    z = Text("z")
+    assert convs.add(HOME, z, unread=False) == [z]
     assert convs.by_key["lobby"].unread == 2
-    assert convs.by_key["lobby"].mentioned
+    assert convs.by_key["lobby"].mentions == 1
     convs.select("LOBBY")  # names are case-insensitive
     assert convs.current == "lobby"
     assert convs.by_key["lobby"].unread == 0
@@ -116,3 +121,73 @@ def test_memory_lives_under_xdg_config_home(
 ) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     assert memory.default_path() == tmp_path / "p2pchat" / "last.json"
+
+
+def test_numbers_are_kept_and_the_lowest_free_one_is_reused() -> None:
+    convs = Conversations()
+    convs.sync_rooms(["lobby"])
+    convs.ensure("@bob")
+    convs.sync_rooms(["lobby", "aardvarks"])  # sorts first, comes last
+    assert [convs.by_key[k].number for k in convs.order()] == [1, 2, 3, 4]
+    assert convs.order() == [HOME, "lobby", "@bob", "aardvarks"]
+    convs.sync_rooms(["aardvarks"])  # lobby goes: nobody moves up
+    assert convs.numbered(4) == "aardvarks" and convs.numbered(2) is None
+    convs.ensure("@carol")
+    assert convs.numbered(2) == "@carol"
+
+
+def test_the_unread_divider_marks_where_new_lines_begin() -> None:
+    convs = Conversations()
+    convs.sync_rooms(["lobby"])
+    convs.select("lobby")
+    seen = Text("seen")
+    convs.add("lobby", seen)
+    convs.select(HOME)
+    first, second = Text("first new"), Text("second new")
+    convs.add("lobby", first, unread=True)
+    convs.add("lobby", second, unread=True)
+    convs.select("lobby")
+    view = convs.view()
+    assert view[0] is seen and isinstance(view[1], Divider) and view[2] is first
+    convs.select(HOME)  # looked at: next time, no divider
+    convs.select("lobby")
+    assert not any(isinstance(x, Divider) for x in convs.view())
+
+
+def test_a_new_day_inserts_its_name() -> None:
+    convs = Conversations(day=lambda ts: "day two" if ts >= 100 else "day one")
+    convs.select("lobby")
+    assert len(convs.add("lobby", Text("a"), ts=10)) == 1
+    assert len(convs.add("lobby", Text("b"), ts=20)) == 1
+    added = convs.add("lobby", Text("c"), ts=100)
+    assert added[0] == Divider("day two") and len(added) == 2
+
+
+def test_failed_lines_are_found_in_order() -> None:
+    convs = Conversations()
+    a, b, c = Outgoing("@bob", "a", 0), Outgoing("@bob", "b", 0), Outgoing("@bob", "c", 0)
+    for out in (a, b, c):
+        convs.add("@bob", out)
+    a.settle(Delivery.FAILED, "bob is offline")
+    c.settle(Delivery.FAILED, "bob is offline")
+    b.settle(Delivery.DELIVERED)
+    assert convs.failed("@bob") == [a, c]
+    assert a.version == 1
+
+
+def test_the_picker_filters_as_you_type_and_never_guesses_a_stranger() -> None:
+    picker = Picker(["hello"], ["lobby", "dev"], ["bob", "carol"])
+    assert picker.choices("") == ["#lobby", "#dev", "@bob", "@carol"]
+    assert picker.choices("b") == ["@bob", "#lobby"]  # prefix matches first
+    assert picker.choices("@") == ["@bob", "@carol"]
+    assert picker.choices("#") == ["#lobby", "#dev"]
+    assert picker.answer("DEV") == "dev"
+    assert picker.answer("@CAROL") == "@carol"
+    picker.move(1, "b")
+    assert picker.answer("b") == "lobby"  # the highlighted one
+    assert picker.answer("@zed") == "@zed"  # not in the list: the caller checks it
+    assert picker.answer("kitchen") is None
+    assert "kitchen" in picker.error
+    assert picker.texts == ["hello"]  # nothing lost
+    picker.typed("kitche")
+    assert picker.error == ""

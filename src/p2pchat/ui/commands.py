@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from p2pchat.peer.events import CommandError
 from p2pchat.peer.node import PeerNode
+from p2pchat.protocol.messages import MemberInfo, RoomInfo, UserAddr
 
 HELP = """\
 /register USER PASSWORD   create an account
@@ -29,6 +30,9 @@ HELP = """\
 /msg USER TEXT            send a direct message
 /say ROOM TEXT            send a message to a room
 /to ROOM  or  /to @USER   send the plain lines that follow there
+/me TEXT                  an action (shown as "* you TEXT") where plain lines go
+//TEXT                    send a line that starts with / (as /TEXT)
+/clear                    empty the conversation in view (terminal UI)
 /help                     this list"""
 
 USAGE = {
@@ -49,6 +53,8 @@ USAGE = {
     "msg": "/msg USER TEXT",
     "say": "/say ROOM TEXT",
     "to": "/to ROOM  or  /to @USER",
+    "me": "/me TEXT",
+    "clear": "/clear",
 }
 COMMANDS = sorted(USAGE)
 
@@ -71,18 +77,54 @@ _SHAPE: dict[str, tuple[int, int, bool]] = {
     "msg": (1, 1, True),
     "say": (1, 1, True),
     "to": (1, 1, False),
+    "me": (0, 0, True),
+    "clear": (0, 0, False),
 }
+
+ACTION = "/me "
+"""How an action travels: a plain text starting with this (IRC's /me, without a new message
+type); interfaces show it as ``* alice waves``."""
 
 
 @dataclass(slots=True)
 class Result:
-    """What a command produced: rows to list, then one summary sentence."""
+    """What a command produced: rows to list, then one summary sentence; and as data, what it
+    concerned, so an interface never reads names back out of the printed text."""
 
     summary: str
     rows: list[str] = field(default_factory=list)
     quit: bool = False
     target: str | None = None
     """Set by ``/to``: the new target for plain lines (a room, or ``@user``)."""
+    room: str | None = None
+    """The room the command concerned, spelt as the registry spells it."""
+    user: str | None = None
+    """The user the command concerned."""
+    rooms: list[RoomInfo] = field(default_factory=list)
+    users: list[UserAddr] = field(default_factory=list)
+    members: list[MemberInfo] = field(default_factory=list)
+    clear: bool = False
+    """``/clear``: empty the conversation in view."""
+    links: int | None = None
+    """``/say``: how many mesh links the message was handed to."""
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def plain_text(line: str) -> str | None:
+    """The text a typed line sends, or None if it is a command. ``//x`` sends ``/x``."""
+    body = line.lstrip()
+    if body.startswith("//"):
+        return body[1:]
+    if body.startswith("/"):
+        return None
+    return line
+
+
+def is_action(text: str) -> bool:
+    return text.startswith(ACTION) and bool(text[len(ACTION) :].strip())
 
 
 @dataclass(slots=True)
@@ -120,13 +162,13 @@ Handler = Callable[[PeerNode, Command], Awaitable[Result]]
 
 async def _register(node: PeerNode, c: Command) -> Result:
     await node.register(c.args[0], c.args[1])
-    return Result(f"registered {c.args[0]}; now /login {c.args[0]} PASSWORD")
+    return Result(f"registered {c.args[0]}; now /login {c.args[0]} PASSWORD", user=c.args[0])
 
 
 async def _login(node: PeerNode, c: Command) -> Result:
     name = await node.login(c.args[0], c.args[1])
     rooms = ", ".join(node.my_rooms()) or "none yet"
-    return Result(f"logged in as {name}, listening on port {node.port}; rooms: {rooms}")
+    return Result(f"logged in as {name}, listening on port {node.port}; rooms: {rooms}", user=name)
 
 
 async def _logout(node: PeerNode, c: Command) -> Result:
@@ -145,41 +187,43 @@ async def _help(node: PeerNode, c: Command) -> Result:
 async def _search(node: PeerNode, c: Command) -> Result:
     r = await node.search(c.args[0])
     if r.online:
-        return Result(f"{r.username} is online at {r.host}:{r.port}")
-    return Result(f"{r.username} is offline")
+        return Result(f"{r.username} is online at {r.host}:{r.port}", user=r.username)
+    return Result(f"{r.username} is offline", user=r.username)
 
 
 async def _users(node: PeerNode, c: Command) -> Result:
     users = await node.users()
-    rows = [f"  {u.username} {u.host}:{u.port}" for u in users]
-    return Result(f"{len(users)} online", rows)
+    rows = [f"  {u.username}" for u in users]  # addresses go only to those who need them
+    return Result(f"{len(users)} online", rows, users=users)
 
 
 async def _create(node: PeerNode, c: Command) -> Result:
     private = len(c.args) == 2
     await node.create_room(c.args[0], private)
-    return Result(f"created {'private' if private else 'public'} room {c.args[0]}")
+    room = node.room_name(c.args[0])
+    return Result(f"created {'private' if private else 'public'} room {room}", room=room)
 
 
 async def _join(node: PeerNode, c: Command) -> Result:
     await node.join_room(c.args[0])
-    return Result(f"joined {node.room_name(c.args[0])}")
+    room = node.room_name(c.args[0])
+    return Result(f"joined {room}", room=room)
 
 
 async def _leave(node: PeerNode, c: Command) -> Result:
     room = node.room_name(c.args[0])
     await node.leave_room(room)
-    return Result(f"left {room}")
+    return Result(f"left {room}", room=room)
 
 
 async def _add(node: PeerNode, c: Command) -> Result:
     await node.add_member(c.args[0], c.args[1])
-    return Result(f"added {c.args[1]} to {c.args[0]}")
+    return Result(f"added {c.args[1]} to {c.args[0]}", room=c.args[0], user=c.args[1])
 
 
 async def _remove(node: PeerNode, c: Command) -> Result:
     await node.remove_member(c.args[0], c.args[1])
-    return Result(f"removed {c.args[1]} from {c.args[0]}")
+    return Result(f"removed {c.args[1]} from {c.args[0]}", room=c.args[0], user=c.args[1])
 
 
 async def _rooms(node: PeerNode, c: Command) -> Result:
@@ -189,32 +233,47 @@ async def _rooms(node: PeerNode, c: Command) -> Result:
         f"members={r.members} online={r.online}{' (member)' if r.member else ''}"
         for r in rooms
     ]
-    return Result(f"{len(rooms)} rooms", rows)
+    return Result(plural(len(rooms), "room"), rows, rooms=rooms)
 
 
 async def _members(node: PeerNode, c: Command) -> Result:
     members = await node.members(c.args[0])
     rows = [
         f"  {m.username} "
-        + (f"online {m.host}:{m.port}" if m.online else "offline")
+        + ("offline" if not m.online else f"online {m.host}:{m.port}" if m.host else "online")
         + (" (owner)" if m.owner else "")
         for m in members
     ]
     online = sum(m.online for m in members)
-    return Result(f"{len(members)} members, {online} online", rows)
+    summary = f"{plural(len(members), 'member')}, {online} online"
+    return Result(summary, rows, room=node.room_name(c.args[0]), members=members)
 
 
 async def _msg(node: PeerNode, c: Command) -> Result:
     peer = await node.send_direct(c.args[0], c.text)
-    return Result(f"delivered to {peer}")
+    return Result(f"delivered to {peer}", user=peer)
+
+
+async def room_of_mine(node: PeerNode, room: str) -> str:
+    """Our spelling of ``room``; else a CommandError that says whether it exists at all."""
+    name = node.room_name(room)
+    if name in node.my_rooms() or node.username is None:  # the node says "log in first"
+        return name
+    try:
+        visible = any(r.room.casefold() == room.casefold() for r in await node.list_rooms())
+    except CommandError:  # the registry cannot tell us now: say what we know
+        visible = True
+    if visible:
+        raise CommandError(f"you are not a member of {room}; /join {room} first")
+    raise CommandError(f"there is no room {room}; /rooms lists them, /create {room} makes it")
 
 
 async def _say(node: PeerNode, c: Command) -> Result:
-    count = await node.say(c.args[0], c.text)
-    room = node.room_name(c.args[0])
+    room = await room_of_mine(node, c.args[0])
+    count = await node.say(room, c.text)
     if count == 0:
-        return Result(f"sent to {room} (no other member is linked now)")
-    return Result(f"sent to {room} over {count} link{'s' if count != 1 else ''}")
+        return Result(f"sent to {room} (no other member is linked now)", room=room, links=0)
+    return Result(f"sent to {room} over {plural(count, 'link')}", room=room, links=count)
 
 
 async def _to(node: PeerNode, c: Command) -> Result:
@@ -222,11 +281,17 @@ async def _to(node: PeerNode, c: Command) -> Result:
     if target.startswith("@"):
         if len(target) < 2:
             raise CommandError(f"usage: {USAGE['to']}")
-        return Result(f"plain lines now go to {target[1:]}", target=target)
-    name = node.room_name(target)
-    if name not in node.my_rooms():
-        raise CommandError(f"you are not a member of {target}")
-    return Result(f"plain lines now go to {name}", target=name)
+        return Result(f"plain lines now go to {target[1:]}", target=target, user=target[1:])
+    name = await room_of_mine(node, target)
+    return Result(f"plain lines now go to {name}", target=name, room=name)
+
+
+async def _me(node: PeerNode, c: Command) -> Result:
+    raise CommandError("/me needs a conversation: /to ROOM or /to @USER first")
+
+
+async def _clear(node: PeerNode, c: Command) -> Result:
+    return Result("cleared", clear=True)
 
 
 HANDLERS: dict[str, Handler] = {
@@ -247,11 +312,16 @@ HANDLERS: dict[str, Handler] = {
     "msg": _msg,
     "say": _say,
     "to": _to,
+    "me": _me,
+    "clear": _clear,
 }
 
 
-async def run(node: PeerNode, command: Command) -> Result:
-    """Run one parsed command; raises CommandError."""
+async def run(node: PeerNode, command: Command, target: str | None = None) -> Result:
+    """Run one parsed command; raises CommandError. ``target`` is where plain lines go now
+    (a room, or ``@user``): ``/me`` is sent there."""
+    if command.name == "me" and target is not None:
+        return await send_plain(node, target, ACTION + command.text)
     return await HANDLERS[command.name](node, command)
 
 

@@ -17,28 +17,22 @@ from typing import TextIO
 
 from p2pchat.peer.events import CommandError, DirectText, Notice, PeerEvent, RoomText
 from p2pchat.peer.node import PeerConfig, PeerNode
-from p2pchat.ui import commands
-
-_CONTROL = {c: "\ufffd" for c in [*range(0x20), 0x7F] if c != 0x09}
-
-
-def clean(text: str) -> str:
-    """Control characters from other peers must not break lines or drive the terminal."""
-    return text.translate(_CONTROL)
+from p2pchat.ui import commands, exits
+from p2pchat.ui.text import safe
 
 
 def format_event(event: PeerEvent) -> str | None:
-    """The one line line-mode prints for an event, or None."""
+    """The one line line-mode prints for an event, or None. Always exactly one line."""
     if isinstance(event, RoomText):
         if event.mine:
             return None
-        return f"Message from {event.sender} at {event.room}: {clean(event.text)}"
+        return safe(f"Message from {event.sender} at {event.room}: {event.text}")
     if isinstance(event, DirectText):
         if event.mine:
             return None
-        return f"Message from {event.sender}: {clean(event.text)}"
+        return safe(f"Message from {event.sender}: {event.text}")
     if isinstance(event, Notice):
-        return f"* {clean(event.text)}"
+        return safe(f"* {event.text}")
     return None
 
 
@@ -55,10 +49,13 @@ class LineUI:
         self.interactive = interactive
         self.node: PeerNode | None = None
         self.target: str | None = None
+        self.failures = 0
+        """Commands answered ``error:``: the exit status says whether there were any."""
         self._pending_text: str | None = None
 
     def write(self, line: str) -> None:
-        self.out.write(line + "\n")
+        """One line out, whatever ``line`` holds (names and reasons come from the network)."""
+        self.out.write(safe(line) + "\n")
         self.out.flush()
 
     def on_event(self, event: PeerEvent) -> None:
@@ -70,22 +67,27 @@ class LineUI:
         """Handle one input line; False once the user asked to quit."""
         assert self.node is not None
         line = line.rstrip("\r\n")
-        if not line.strip():
+        if self._pending_text is None and not line.strip():
             return True
         try:
+            text = commands.plain_text(line)
             if self._pending_text is not None:
                 result = await self._answer_target(line.strip())
-            elif line.lstrip().startswith("/"):
-                result = await commands.run(self.node, commands.parse(line))
+            elif text is None:
+                command = commands.parse(line)
+                if command.name == "clear":
+                    raise CommandError("/clear empties a conversation of the terminal UI")
+                result = await commands.run(self.node, command, self.target)
             elif self.target is not None:
-                result = await commands.send_plain(self.node, self.target, line)
+                result = await commands.send_plain(self.node, self.target, text)
             elif self.interactive:
-                self._pending_text = line
-                self.write("Send to a room or to a peer? Type a room name, or @user for a peer:")
+                self._pending_text = text
+                self.write(self._question())
                 return True
             else:
                 raise CommandError(NO_TARGET)
         except CommandError as exc:
+            self.failures += 1
             self.write(f"error: {exc}")
             return True
         for row in result.rows:
@@ -95,16 +97,33 @@ class LineUI:
         self.write(f"ok: {result.summary}")
         return not result.quit
 
+    def _question(self) -> str:
+        assert self.node is not None
+        rooms = ", ".join(self.node.my_rooms())
+        choices = f"a room ({rooms})" if rooms else "a room name"
+        return (
+            "Send to a room or to a peer? "
+            f"Type {choices}, or @user for a peer; an empty line does not send it:"
+        )
+
     async def _answer_target(self, answer: str) -> commands.Result:
         assert self.node is not None
         text, self._pending_text = self._pending_text or "", None
-        if answer.startswith("/to "):
+        if answer.lower().startswith("/to "):
             answer = answer[4:].strip()
-        target = answer if answer.startswith("@") else self.node.room_name(answer)
-        if not target.startswith("@") and target not in self.node.my_rooms():
-            raise CommandError(f"you are not a member of {answer}; message not sent")
+        answer = answer.removeprefix("#")
+        if not answer or answer == "@":
+            raise CommandError("message not sent: no room or peer given")
+        if answer.startswith("@"):
+            target = answer
+        else:
+            try:
+                target = await commands.room_of_mine(self.node, answer)
+            except CommandError as exc:
+                raise CommandError(f"{exc}; message not sent") from None
+        result = await commands.send_plain(self.node, target, text)
         self.target = target
-        return await commands.send_plain(self.node, target, text)
+        return result
 
 
 def stdin_lines(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
@@ -153,15 +172,18 @@ async def run_line_mode(
     stop_on_eof: bool = True,
 ) -> int:
     """Run the line mode until /quit, the end of input (unless ``stop_on_eof`` is off: then
-    until ``stop``), or ``stop``. ``setup`` runs first (the demo logs in with it)."""
+    until ``stop``), or ``stop``. ``setup`` runs first (the demo logs in with it).
+
+    The exit status: 0 if every command succeeded, 1 if any answered ``error:``, 2 if the
+    peer could not even listen."""
     ui = LineUI(sys.stdout, interactive=sys.stdin.isatty())
     node = PeerNode(config, on_event=ui.on_event)
     ui.node = node
     try:
         await node.start()
     except OSError as exc:
-        print(f"error: cannot listen on {config.listen_host}:{config.listen_port}: {exc}")
-        return 2
+        ui.write(f"error: cannot listen on {config.listen_host}:{config.listen_port}: {exc}")
+        return exits.CANNOT_START
     stopped = stop or asyncio.Event()
     try:
         if setup is not None:
@@ -177,4 +199,4 @@ async def run_line_mode(
                 break
     finally:
         await node.close()
-    return 0
+    return exits.FAILED if ui.failures else exits.OK

@@ -58,6 +58,7 @@ async def run_tui(
     autologin: AutoLogin | None = None,
     memory_path: Path | None = None,
     stop: asyncio.Event | None = None,
+    bell: bool = True,
 ) -> int:
     """Run the app on the current event loop until the user quits; the exit status."""
     app = ChatApp(
@@ -65,6 +66,7 @@ async def run_tui(
         memory_path=memory_path or memory.default_path(),
         autologin=autologin,
         stop=stop,
+        bell=bell,
     )
     try:
         with _logging_into(app):

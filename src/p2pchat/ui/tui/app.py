@@ -1,33 +1,40 @@
 """The full-screen chat client: a Textual app that consumes peer events and issues commands.
 
 It never touches sockets. The ``PeerNode`` runs on the app's own event loop; its events are
-posted into the app as messages, and every command typed (the same ones as the line mode,
-from ``ui/commands.py``) runs in order in one worker so the screen never freezes on a slow
-peer.
+posted into the app as messages. Lines are taken in the order typed (see ``widgets.py``):
+commands run one after another in one worker, while every message sent is shown at once,
+with its state, and goes in a task of its own, so a slow peer never holds back the next line.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import re
+import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import ClassVar
+from types import FrameType
+from typing import Any, ClassVar
 
+from rich.console import RenderableType
+from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 from textual import events, on
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.message import Message
-from textual.widgets import Input, OptionList, RichLog, Static
+from textual.timer import Timer
+from textual.widgets import Input, OptionList, Static
 
+from p2pchat.address import AddressError, format_address, parse_address
 from p2pchat.peer.events import (
     CommandError,
     DirectText,
@@ -38,33 +45,54 @@ from p2pchat.peer.events import (
     Status,
 )
 from p2pchat.peer.node import PeerConfig, PeerNode
-from p2pchat.registry.client import RegistryError
 from p2pchat.ui import commands
-from p2pchat.ui.line import clean
+from p2pchat.ui.text import safe
 from p2pchat.ui.tui import memory
-from p2pchat.ui.tui.screens import LoginScreen, TargetScreen
+from p2pchat.ui.tui.screens import LoginScreen
 from p2pchat.ui.tui.state import (
     HOME,
+    MAX_LINES,
     Block,
     Conversations,
+    Delivery,
+    Divider,
     Line,
+    Outgoing,
+    Picker,
     dm_key,
     is_dm,
     label,
+    local_day,
     mask_secret,
+    plain,
     user_colour,
 )
-from p2pchat.ui.tui.widgets import ChatInput, Sidebar
+from p2pchat.ui.tui.widgets import (
+    BURST,
+    COUNT_FROM,
+    MAX_PASTE_LINES,
+    ChatInput,
+    ChatLog,
+    Sidebar,
+)
 
 NodeFactory = Callable[[PeerConfig, Callable[[PeerEvent], None]], PeerNode]
 Job = Callable[[], Awaitable[None]]
 
+MAX_SENDING = 100
+"""Messages waiting to go or on their way at once; more fail at once, to be sent again."""
+QUIT_SECONDS = 5.0
+"""Ctrl+Q waits this long for the peer to log out and close its links, then leaves anyway."""
+BELL_GAP = 1.0
+"""At most one bell a second, however many mentions arrive together."""
+
 KEYS_HELP = (
     ("Ctrl+N / Ctrl+P", "next / previous conversation"),
-    ("Alt+1..9", "jump to a conversation by its number"),
+    ("Alt+1..9", "jump to a conversation by its number (numbers never move)"),
     ("Tab", "complete a command, room or name; again: the next match"),
     ("Up / Down", "walk the history"),
-    ("PgUp / PgDn", "scroll the conversation"),
+    ("PgUp / PgDn", "scroll the conversation (Ctrl+End: back to the bottom)"),
+    ("Ctrl+R", "send again the messages that failed here"),
     ("Ctrl+Q", "log out and quit"),
     ("a plain line", "goes to the conversation in view; from home you are asked where"),
 )
@@ -107,6 +135,39 @@ def _alt_digits_as_alt() -> None:
             _ansi_sequences.ANSI_SEQUENCES_KEYS.pop(f"\x1b{digit}", None)  # type: ignore[attr-defined]
 
 
+def _resume_only_after_suspend(app: App[Any]) -> None:
+    """Textual's terminal driver takes every SIGCONT as the end of its own Ctrl+Z and starts
+    the terminal again: after a SIGSTOP from outside (a debugger, ``kill -STOP``, a frozen
+    session) a second thread then reads the keys beside the first, which splits escape
+    sequences between them and outlives the app (a key typed after quitting is posted to a
+    closed loop: "coroutine 'MessagePump._post_message' was never awaited"). Let SIGCONT
+    through only after a SIGTSTP; otherwise just redraw.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    on_stop, on_cont = signal.getsignal(signal.SIGTSTP), signal.getsignal(signal.SIGCONT)
+    if not (callable(on_stop) and callable(on_cont)):
+        return  # no terminal driver (headless): nothing to guard
+    suspended = False
+    loop = asyncio.get_running_loop()
+
+    def stopping(signum: int, frame: FrameType | None) -> None:
+        nonlocal suspended
+        suspended = True
+        on_stop(signum, frame)
+
+    def continuing(signum: int, frame: FrameType | None) -> None:
+        nonlocal suspended
+        if suspended:
+            suspended = False
+            on_cont(signum, frame)
+        else:
+            loop.call_soon_threadsafe(app.refresh)
+
+    signal.signal(signal.SIGTSTP, stopping)
+    signal.signal(signal.SIGCONT, continuing)
+
+
 def local_clock(ts: float) -> str:
     return time.strftime("%H:%M", time.localtime(ts))
 
@@ -137,23 +198,21 @@ class LogPosted(Message):
         self.text = text
 
 
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 class ChatApp(App[int]):
     """Sidebar of conversations, message pane, member list, status line and input line."""
 
     TITLE = "p2pchat"
     ENABLE_COMMAND_PALETTE = False
     AUTO_FOCUS = "ChatInput"
+    # Only Ctrl+Q acts as the key arrives; every other key waits its turn behind the keys
+    # typed before it (the input line runs them in order: see widgets.OrderedInput).
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+q", "quit", "Quit", priority=True),
-        Binding("ctrl+n", "step(1)", "Next", show=False, priority=True),
-        Binding("ctrl+p", "step(-1)", "Previous", show=False, priority=True),
-        Binding("pageup", "scroll_log(-1)", show=False),
-        Binding("pagedown", "scroll_log(1)", show=False),
-        *(Binding(f"alt+{n}", f"jump({n - 1})", show=False, priority=True) for n in range(1, 10)),
+        Binding("ctrl+n", "step(1)", "Next", show=False),
+        Binding("ctrl+p", "step(-1)", "Previous", show=False),
+        Binding("ctrl+r", "resend", "Resend", show=False),
+        Binding("escape", "cancel_pick", show=False),
+        *(Binding(f"alt+{n}", f"jump({n})", show=False) for n in range(1, 10)),
     ]
     CSS = """
     #banner {
@@ -171,13 +230,22 @@ class ChatApp(App[int]):
     }
     Sidebar { height: 1fr; border: none; padding: 0 0 0 1; background: $panel; }
     #log { height: 1fr; padding: 0 0 0 1; scrollbar-size-vertical: 1; }
+    #below { height: 1; display: none; padding: 0 1; background: $accent; color: $text; }
+    #below.shown { display: block; }
     #members-scroll { height: 1fr; padding: 0 0 0 1; background: $panel; }
+    #picker {
+        height: auto; max-height: 12; display: none; padding: 0 1;
+        background: $surface; border-top: solid $accent;
+    }
+    #picker.shown { display: block; }
     #statusbar { height: 1; background: $primary-muted; }
     #status { width: 1fr; padding: 0 1; }
     #keys { width: auto; padding: 0 1; color: $text-muted; }
     #entry { height: 1; }
     #prompt { width: auto; padding: 0 0 0 1; text-style: bold; }
     ChatInput { width: 1fr; }
+    #count { width: auto; padding: 0 1; display: none; }
+    #count.shown { display: block; }
     """
 
     def __init__(
@@ -188,7 +256,9 @@ class ChatApp(App[int]):
         autologin: AutoLogin | None = None,
         node_factory: NodeFactory = PeerNode,
         clock: Callable[[float], str] = local_clock,
+        day: Callable[[float], str] = local_day,
         stop: asyncio.Event | None = None,
+        bell: bool = True,
     ) -> None:
         super().__init__()
         _alt_digits_as_alt()
@@ -197,16 +267,29 @@ class ChatApp(App[int]):
         self.autologin = autologin
         self.node_factory = node_factory
         self.clock = clock
+        self.day = day
         self.stop = stop
+        self.ring = bell
+        """Ring the terminal bell for direct messages and lines that name us."""
         self.node: PeerNode | None = None
-        self.convs = Conversations()
+        self.convs = Conversations(day)
         self.known_rooms: set[str] = set()
         self.known_users: set[str] = set()
+        self.picker: Picker | None = None
         self._jobs: asyncio.Queue[Job] = asyncio.Queue()
+        self._sending: set[asyncio.Task[None]] = set()
+        self._outstanding = 0
+        """Messages accepted and not finished (queued or on their way): at most MAX_SENDING."""
         self.pending = 0
-        """Commands typed but not finished yet (tests wait for 0)."""
+        """Commands typed but not finished yet, and messages still on their way (tests wait
+        for 0)."""
         self._quitting = False
         self._node_closed = False
+        self._status_timer: Timer | None = None
+        self._last_bell = float("-inf")
+        self._keys_seen = 0
+        self.session_user: str | None = None
+        """Whose conversations are on screen: another login starts from nothing."""
 
     # ------------------------------------------------------------------ layout
 
@@ -220,23 +303,26 @@ class ChatApp(App[int]):
                 yield Sidebar(id="sidebar")
             with Vertical(id="main"):
                 yield Static(id="title", classes="head")
-                log = RichLog(id="log", wrap=True, min_width=20, markup=False)
-                log.can_focus = False
-                yield log
+                yield ChatLog(self._render_line, id="log")
+                yield Static(id="below")
             with Vertical(id="people"):
                 yield Static("members", id="members-head", classes="head")
                 with VerticalScroll(id="members-scroll", can_focus=False):
                     yield Static(id="members")
+        yield Static(id="picker")
         with Horizontal(id="statusbar"):
             yield Static(id="status")
             yield Static(KEYS_HINT, id="keys")
         with Horizontal(id="entry"):
             yield Static(id="prompt")
-            yield ChatInput(self._completions, id="input")
+            yield ChatInput(self._completions, self._line, self._input_notice, id="input")
+            yield Static(id="count")
 
     def on_mount(self) -> None:
+        _resume_only_after_suspend(self)
         self.run_worker(self._command_loop(), name="commands", exit_on_error=False)
-        self.set_interval(1.0, self._refresh_status)
+        self._status_timer = self.set_interval(1.0, self._refresh_status)
+        self.query_one(ChatLog).on_below = self._below_changed
         self._show(HOME)
         self._system("Welcome to p2pchat. /help lists the commands and keys.", HOME)
         if self.stop is not None:
@@ -268,11 +354,9 @@ class ChatApp(App[int]):
         self, registry: str, username: str, password: str, register: bool = False
     ) -> str | None:
         """Log in (registering first if asked); an error sentence, or None on success."""
-        from p2pchat.cli import DEFAULT_TCP_PORT, parse_address
-
         try:
-            host, port = parse_address(registry, DEFAULT_TCP_PORT)
-        except argparse.ArgumentTypeError as exc:
+            host, port = parse_address(registry)
+        except AddressError as exc:
             return f"registry address {registry!r}: {exc}"
         try:
             node = await self._node_for(host, port)
@@ -281,8 +365,6 @@ class ChatApp(App[int]):
             await node.login(username, password)
         except CommandError as exc:
             return str(exc)
-        except RegistryError as exc:  # PeerNode lets a refused hello through as is
-            return exc.reason
         except OSError as exc:
             return f"cannot listen for peers: {exc}"
         if self.autologin is None:
@@ -317,11 +399,29 @@ class ChatApp(App[int]):
             await self.push_screen(screen)
             screen.show_error(error)
 
+    def _new_session(self) -> None:
+        """Nothing of the previous user stays on screen: conversations, what they typed,
+        what they knew, the messages they were still sending."""
+        for task in list(self._sending):
+            task.cancel()
+        self.convs = Conversations(self.day)
+        self.known_rooms.clear()
+        self.known_users.clear()
+        self.query_one(ChatInput).history.clear()
+        self._close_picker()
+        self.session_user = None
+        self._show(HOME)
+
     async def _after_login(self) -> None:
         node = self.node
         assert node is not None and node.username is not None
+        if self.session_user != node.username:
+            if self.session_user is not None:
+                self._new_session()
+            self.session_user = node.username
         self._sync_rooms()
-        with_room = self.autologin.room if self.autologin else None
+        auto = self.autologin
+        with_room = auto.room if auto and auto.username == node.username else None
         if with_room is not None and node.room_name(with_room) not in node.my_rooms():
             try:
                 await node.join_room(with_room)
@@ -347,6 +447,10 @@ class ChatApp(App[int]):
         with contextlib.suppress(CommandError):
             self.known_rooms.update(r.room for r in await node.list_rooms())
 
+    def _logged_out(self) -> None:
+        self._new_session()
+        self._show_login()
+
     async def close_node(self) -> None:
         """Log out and close the node (idempotent): every way out goes through here."""
         if self._node_closed:
@@ -359,14 +463,29 @@ class ChatApp(App[int]):
         if self._quitting:
             return
         self._quitting = True
+        if self._status_timer is not None:
+            self._status_timer.stop()
         self.query_one("#status", Static).update("logging out…")
-        await self.close_node()
+        # a peer that cannot finish closing (its registry gone, a link stuck) must not keep
+        # the user in: after a while, leave anyway
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.close_node(), QUIT_SECONDS)
         self.exit(0)
 
     async def _quit_on(self, stop: asyncio.Event) -> None:
         """A signal or the demo's ``--duration``: the same as Ctrl+Q."""
         await stop.wait()
         await self.action_quit()
+
+    async def on_event(self, event: events.Event) -> None:
+        # a paste without bracketed paste arrives as thousands of keys at once, and Textual
+        # handles queued events without letting anything else run: give the peer (heartbeats,
+        # links, the registry) a turn every BURST keys, as the input line does
+        if isinstance(event, events.Key):
+            self._keys_seen += 1
+            if self._keys_seen % BURST == 0:
+                await asyncio.sleep(0)
+        await super().on_event(event)
 
     # ------------------------------------------------------------------ peer events
 
@@ -375,29 +494,34 @@ class ChatApp(App[int]):
 
     @on(PeerEventPosted)
     def _on_peer_event(self, message: PeerEventPosted) -> None:
-        if self.is_running:  # not while shutting down: the widgets are going away
+        if self.is_running and not self._quitting:  # the widgets are going away
             self.handle_event(message.event)
 
     @on(LogPosted)
     def _on_log(self, message: LogPosted) -> None:
-        if self.is_running:
+        if self.is_running and not self._quitting:
             self._system(message.text, HOME)
 
     def handle_event(self, event: PeerEvent) -> None:
         me = self._me()
         if isinstance(event, RoomText):
+            if event.mine:  # shown when typed, with its state
+                return
             room = self.convs.find(event.room) or event.room
-            mention = not event.mine and _mentions(event.text, me)
+            mention = _mentions(event.text, me)
             line = self._chat_line(event.ts, event.sender, event.text, mention)
-            self._add(room, line, unread=not event.mine, mention=mention)
-            if not event.mine:
-                self._add(HOME, self._home_line(event.ts, event.sender, event.text, event.room))
+            self._add(room, line, ts=event.ts, unread=True, mention=mention)
+            self._add(HOME, self._home_line(event.ts, event.sender, event.text, event.room))
+            if mention:
+                self._ring()
         elif isinstance(event, DirectText):
+            if event.mine:
+                return
             key = self.convs.ensure(dm_key(event.peer)).key
-            line = self._chat_line(event.ts, event.sender, event.text, not event.mine)
-            self._add(key, line, unread=not event.mine, mention=not event.mine)
-            if not event.mine:
-                self._add(HOME, self._home_line(event.ts, event.sender, event.text, None))
+            line = self._chat_line(event.ts, event.sender, event.text, True)
+            self._add(key, line, ts=event.ts, unread=True, mention=True)
+            self._add(HOME, self._home_line(event.ts, event.sender, event.text, None))
+            self._ring()
         elif isinstance(event, Notice):
             self._notice(event)
         elif isinstance(event, RoomsChanged):
@@ -405,25 +529,35 @@ class ChatApp(App[int]):
         elif isinstance(event, Status):
             self._refresh_status()
 
+    def _ring(self) -> None:
+        now = time.monotonic()
+        if self.ring and now - self._last_bell >= BELL_GAP:
+            self._last_bell = now
+            self.bell()
+
     def _notice(self, event: Notice) -> None:
-        line = Text.assemble(
-            (self.clock(time.time()) + " ", "dim"), ("-- " + clean(event.text), "italic")
-        )
+        now = time.time()
+        line = Text.assemble((self.clock(now) + " ", "dim"), ("-- " + safe(event.text), "italic"))
         room = self.convs.find(event.room) if event.room else None
         if room is not None:
-            self._add(room, line)
+            self._add(room, line, ts=now)
         elif self.convs.current != HOME:
-            self._add(self.convs.current, line)
-        self._add(HOME, line)
+            self._add(self.convs.current, line, ts=now)
+        self._add(HOME, line, ts=now)
 
     # ------------------------------------------------------------------ lines
 
     def _chat_line(self, ts: float, sender: str, text: str, highlight: bool = False) -> Text:
         line = Text()
         line.append(self.clock(ts) + " ", style="dim")
+        if commands.is_action(text):
+            line.append("* ", style="bold")
+            line.append(sender, style=f"bold {user_colour(sender)}")
+            line.append(" " + safe(text[len(commands.ACTION) :]), style="italic")
+            return line
         line.append(sender, style=f"bold {user_colour(sender)}")
         line.append(": ")
-        line.append(clean(text), style="bold" if highlight else "")
+        line.append(safe(text), style="bold" if highlight else "")
         return line
 
     def _home_line(self, ts: float, sender: str, text: str, room: str | None) -> Text:
@@ -435,14 +569,35 @@ class ChatApp(App[int]):
         if room is not None:
             line.append(" at ")
             line.append(room, style="bold")
-        line.append(": " + clean(text))
+        line.append(": " + safe(text))
+        return line
+
+    def _render_line(self, line: Line) -> RenderableType:
+        """What the log draws for a line; sent messages show their state after the text."""
+        if isinstance(line, Block):
+            return line.renderable
+        if isinstance(line, Divider):
+            return Rule(line.text, style="bold red" if line.unread else "dim")
+        if isinstance(line, Outgoing):
+            text = self._chat_line(line.ts, self.session_user or "me", line.text)
+            if line.state is Delivery.SENDING:
+                text.append(" …", style="dim")
+            elif line.state is Delivery.SENT:
+                text.append(" ✓", style="green")
+                if line.detail:
+                    text.append(f" {line.detail}", style="dim")
+            elif line.state is Delivery.DELIVERED:
+                text.append(" ✓✓", style="green")
+            else:
+                text.append(f" ✗ {safe(line.detail)}; ^R sends it again", style="bold red")
+            return text
         return line
 
     def _system(self, text: str, key: str | None = None, style: str = "") -> None:
-        self._add(self._here(key), Text(clean(text), style=style or "cyan"))
+        self._add(self._here(key), Text(safe(text), style=style or "cyan"))
 
     def _error(self, text: str, key: str | None = None) -> None:
-        self._add(self._here(key), Text("! " + clean(text), style="bold red"))
+        self._add(self._here(key), Text("! " + safe(text), style="bold red"))
 
     def _here(self, key: str | None) -> str:
         """``key`` if that conversation still exists (a room may have been left meanwhile),
@@ -454,42 +609,58 @@ class ChatApp(App[int]):
         key: str,
         line: Line,
         *,
+        ts: float | None = None,
         unread: bool = False,
         mention: bool = False,
+        follow: bool = False,
     ) -> None:
-        if self.convs.add(key, line, unread=unread, mention=mention):
-            log = self.query_one("#log", RichLog)
-            # reading further up: stay there; the new line is waiting at the bottom
-            _write(log, line, scroll_end=log.is_vertical_scroll_end or log.max_scroll_y == 0)
+        shown = self.convs.add(key, line, ts=ts, unread=unread, mention=mention)
+        if shown:
+            log = self.query_one(ChatLog)
+            log.append(shown, follow=follow)
+            log.trim(MAX_LINES + 1)
         elif unread:
             self._refresh_sidebar()
 
     def lines(self, key: str | None = None) -> list[str]:
-        """The plain text of a conversation (the one in view by default)."""
+        """The plain text of a conversation (the one in view by default), as drawn."""
         conv = self.convs.by_key.get(key or self.convs.current)
-        return [line.plain for line in conv.lines] if conv else []
+        if conv is None:
+            return []
+        out = []
+        for line in conv.lines:
+            drawn = self._render_line(line)
+            out.append(drawn.plain if isinstance(drawn, Text) else plain(line))
+        return out
 
     # ------------------------------------------------------------------ showing things
 
     def _show(self, key: str) -> None:
         conv = self.convs.select(key)
-        self._render_log()
-        self.query_one("#title", Static).update(self._title(conv.key))
-        self.query_one("#prompt", Static).update(Text(f"{label(conv.key)}> ", style="bold"))
-        entry = self.query_one(ChatInput)
-        entry.placeholder = (
-            "type /help, or a message (you will be asked where to send it)"
-            if conv.key == HOME
-            else f"message {label(conv.key)}  (/help for commands)"
+        lines = self.convs.view()
+        first_new = next(
+            (i for i, x in enumerate(lines) if isinstance(x, Divider) and x.unread), None
         )
+        self.query_one(ChatLog).show(lines, first_new=first_new)
+        self.query_one("#title", Static).update(self._title(conv.key))
+        self._refresh_prompt()
         self._refresh_sidebar()
         self._refresh_members()
 
-    def _render_log(self) -> None:
-        log = self.query_one("#log", RichLog)
-        log.clear()
-        for line in self.convs.by_key[self.convs.current].lines:
-            _write(log, line)
+    def _refresh_prompt(self) -> None:
+        key = self.convs.current
+        entry = self.query_one(ChatInput)
+        if self.picker is not None:
+            prompt = "to? "
+            entry.placeholder = "a room or @user (Up/Down pick, Enter sends, Esc keeps it)"
+        else:
+            prompt = f"{label(key)}> "
+            entry.placeholder = (
+                "type /help, or a message (you will be asked where to send it)"
+                if key == HOME
+                else f"message {label(key)}  (/help for commands)"
+            )
+        self.query_one("#prompt", Static).update(Text(prompt, style="bold"))
 
     def _title(self, key: str) -> Text:
         if key == HOME:
@@ -497,6 +668,13 @@ class ChatApp(App[int]):
         if is_dm(key):
             return Text(f"{label(key)}: direct, peer to peer")
         return Text(label(key))
+
+    def _below_changed(self, count: int) -> None:
+        below = self.query_one("#below", Static)
+        below.set_class(count > 0, "shown")
+        if count:
+            s = "s" if count != 1 else ""
+            below.update(f"▼ {count} new line{s} below: PgDn or Ctrl+End")
 
     def _refresh_sidebar(self) -> None:
         self.query_one(Sidebar).show(self.convs)
@@ -552,11 +730,15 @@ class ChatApp(App[int]):
         return self.node.username if self.node else None
 
     def _refresh_status(self) -> None:
-        node = self.node
-        status = self.query_one("#status", Static)
-        banner = self.query_one("#banner", Static)
-        if self._quitting:
+        # the 1 s timer is stopped when quitting begins; a late call finds nothing to update
+        if self._quitting or not self.is_running:
             return
+        try:
+            status = self.query_one("#status", Static)
+            banner = self.query_one("#banner", Static)
+        except NoMatches:  # the app is closing some other way: its widgets are gone
+            return
+        node = self.node
         if node is None:
             status.update(Text("not logged in", style="dim"))
             banner.remove_class("shown")
@@ -591,31 +773,38 @@ class ChatApp(App[int]):
         self._refresh_sidebar()
         self._refresh_members()
 
-    @on(events.Resize)
-    def _resized(self) -> None:
-        self.call_after_refresh(self._render_log)
-
     # ------------------------------------------------------------------ keys
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("step", "jump", "scroll_log"):
+        if action in ("step", "jump", "scroll_log", "resend", "cancel_pick"):
             return len(self.screen_stack) == 1
         return True
 
     def action_step(self, delta: int) -> None:
         self._show(self.convs.step(delta))
 
-    def action_jump(self, index: int) -> None:
-        keys = self.convs.order()
-        if index < len(keys):
-            self._show(keys[index])
+    def action_jump(self, number: int) -> None:
+        key = self.convs.numbered(number)
+        if key is None:
+            self.bell()
+        else:
+            self._show(key)
 
     def action_scroll_log(self, direction: int) -> None:
-        log = self.query_one("#log", RichLog)
-        if direction < 0:
-            log.scroll_page_up()
+        log = self.query_one(ChatLog)
+        if direction:
+            log.page(direction)
         else:
-            log.scroll_page_down()
+            log.to_bottom()
+
+    def action_resend(self) -> None:
+        failed = self.convs.failed(self.convs.current)
+        if not failed:
+            self.bell()
+        for out in failed:
+            out.settle(Delivery.SENDING)
+            self._changed(out)
+            self._start(out)
 
     @on(OptionList.OptionSelected, "#sidebar")
     def _picked(self, event: OptionList.OptionSelected) -> None:
@@ -623,18 +812,102 @@ class ChatApp(App[int]):
             self._show(event.option_id)
         self.query_one(ChatInput).focus()
 
-    # ------------------------------------------------------------------ input and commands
+    # ------------------------------------------------------------------ input
 
-    @on(Input.Submitted, "#input")
-    def _submitted(self, event: Input.Submitted) -> None:
+    def _input_notice(self, text: str) -> None:
+        self._error(text)
+
+    @on(Input.Changed, "#input")
+    def _typed(self, event: Input.Changed) -> None:
         entry = self.query_one(ChatInput)
-        line = event.value
-        entry.value = ""
+        count = self.query_one("#count", Static)
+        used = entry.bytes_used()
+        count.set_class(used >= COUNT_FROM, "shown")
+        if used >= COUNT_FROM:
+            style = "bold red" if used >= entry.limit else "bold yellow"
+            count.update(Text(f"{used}/{entry.limit}", style=style))
+        if self.picker is not None:
+            self.picker.typed(entry.value)  # now, not as it was when the event left
+            self._draw_picker()
+
+    def _line(self, line: str, pasted: bool) -> None:
+        """A line handed over by the input, in the order typed (see ``widgets.py``)."""
+        entry = self.query_one(ChatInput)
+        if self.picker is not None:
+            if pasted and len(self.picker.texts) >= MAX_PASTE_LINES:
+                self._error(f"at most {MAX_PASTE_LINES} lines wait for a destination")
+            elif pasted:
+                self.picker.texts.append(line)
+                self._draw_picker()
+            else:
+                self._answer_pick(line)
+            return
         if not line.strip():
             return
-        entry.remember(mask_secret(line.strip()) if line.lstrip().startswith("/") else line)
-        # the conversation in view now, not when the job's turn comes (switching meanwhile)
-        self.submit(partial(self._execute, line, self.convs.current))
+        body = line.strip()
+        entry.remember(mask_secret(body) if body.startswith("/") else line)
+        where = self.convs.current
+        text = commands.plain_text(line)
+        if text is not None:
+            if where == HOME:
+                self._ask_where(text)
+            else:
+                self._send(where, text)
+            return
+        echo = f"» {mask_secret(body)}"
+        try:
+            command = commands.parse(body)
+        except CommandError as exc:
+            self._system(echo, where, style="dim")
+            self._error(str(exc), where)
+            return
+        if not self._sends_here(command, where):  # else the line sent shows it
+            self._system(echo, where, style="dim")
+        try:
+            self._typed_command(command, where)
+        except CommandError as exc:
+            self._error(str(exc), where)
+
+    def _sends_here(self, command: commands.Command, where: str) -> bool:
+        if command.name == "me":
+            return where != HOME
+        if command.name == "say":
+            return self._room(command.args[0]) == where
+        if command.name == "msg":
+            return self.convs.find(dm_key(command.args[0])) == where
+        return False
+
+    def _typed_command(self, command: commands.Command, where: str) -> None:
+        """Commands that act on the screen at once, or send a message; the rest queue up."""
+        name = command.name
+        if name == "quit":
+            self.run_worker(self.action_quit(), exit_on_error=False)
+        elif name == "help":
+            self._add(where, help_block())
+        elif name == "clear":
+            self.convs.clear(where)
+            self._show(where)
+        elif name == "me":
+            if where == HOME:
+                raise CommandError("/me goes to the conversation in view: open a room first")
+            self._send(where, commands.ACTION + command.text)
+        elif name == "say" and (room := self._room(command.args[0])) is not None:
+            self._send(room, command.text)
+        elif name == "msg" and self._me() is not None:
+            user = command.args[0]
+            if user.casefold() == (self._me() or "").casefold():
+                raise CommandError("that is you")
+            self._send(self.convs.ensure(dm_key(user)).key, command.text)
+        else:
+            self.submit(partial(self._command, command, where))
+
+    def _room(self, room: str) -> str | None:
+        """Our spelling of a room we are in, else None."""
+        node = self.node
+        if node is None:
+            return None
+        name = node.room_name(room)
+        return name if name in node.my_rooms() else None
 
     def submit(self, job: Job) -> None:
         self.pending += 1
@@ -658,34 +931,19 @@ class ChatApp(App[int]):
             raise CommandError("log in first")
         return self.node
 
-    async def _execute(self, line: str, where: str) -> None:
-        """One line typed while ``where`` was in view; what it prints goes there."""
-        body = line.strip()
+    async def _command(self, command: commands.Command, where: str) -> None:
+        node = self._require_node()
+        target = None if where == HOME else where
         try:
-            if not body.startswith("/"):
-                if where == HOME:
-                    self._ask_target(line)
-                else:
-                    await commands.send_plain(self._require_node(), where, line)
-                return
-            self._system(f"» {mask_secret(body)}", where, style="dim")
-            await self._command(commands.parse(body), where)
+            result = await commands.run(node, command, target)
         except CommandError as exc:
             self._error(str(exc), where)
-
-    async def _command(self, command: commands.Command, where: str) -> None:
-        if command.name == "quit":
-            await self.action_quit()
             return
-        if command.name == "help":
-            self._add(self._here(where), help_block())
-            return
-        node = self._require_node()
-        try:
-            result = await commands.run(node, command)
         finally:
             if command.name == "logout" and node.username is None:
-                self._show_login()  # logged out here even if the registry did not answer
+                self._logged_out()  # logged out here even if the registry did not answer
+        if command.name == "logout":
+            return
         for row in result.rows:
             self._system(row, where, style="default")
         self._system(f"-- {result.summary}", where)
@@ -694,46 +952,192 @@ class ChatApp(App[int]):
             self._system(f"-- {result.summary}")
 
     async def _after_command(self, command: commands.Command, result: commands.Result) -> None:
-        node = self._require_node()
         name = command.name
         if name == "login":
             await self._after_login()
         elif name in ("join", "create"):
             self._sync_rooms()
-            room = node.room_name(command.args[0])
-            if room in node.my_rooms():
-                self._show(room)
-                self._system(f"-- {result.summary}; plain lines now go to {label(room)}")
+            if result.room is not None and self._room(result.room) is not None:
+                self._show(result.room)
+                self._system(f"-- {result.summary}; plain lines now go to {label(result.room)}")
         elif name == "leave":
             self._sync_rooms()
         elif name == "to" and result.target is not None:
             target = result.target
             self._show(dm_key(target[1:]) if target.startswith("@") else target)
-        elif name == "rooms":
-            self.known_rooms.update(row.split()[0] for row in result.rows if row.strip())
-        elif name == "users":
-            self.known_users.update(row.split()[0] for row in result.rows if row.strip())
+        self.known_rooms.update(r.room for r in result.rooms)
+        self.known_users.update(u.username for u in result.users)
+        self.known_users.update(m.username for m in result.members)
+        if result.user is not None:
+            self.known_users.add(result.user)
 
-    def _ask_target(self, text: str) -> None:
-        self._require_node()
+    # ------------------------------------------------------------------ sending
 
-        def chosen(target: str | None) -> None:
-            if target is None:
-                entry = self.query_one(ChatInput)
-                if not entry.value:
-                    entry.value = text
-                    entry.cursor_position = len(text)
-                self._system("not sent; the line is back in the input", style="dim")
-                return
-            self.submit(partial(self._send_to, target, text))
+    def _send(self, key: str, text: str) -> None:
+        """Show the line at once, as sending, where it goes; send it in a task of its own."""
+        key = self.convs.ensure(key).key
+        out = Outgoing(key, text, time.time())
+        self._add(key, out, ts=out.ts, follow=key == self.convs.current)
+        self._start(out)
 
-        screen = TargetScreen(text, self._my_rooms(), self._people(online_only=True))
-        self.push_screen(screen, chosen)
+    def _start(self, out: Outgoing) -> None:
+        if self._outstanding >= MAX_SENDING:
+            out.settle(Delivery.FAILED, "too many messages still on their way")
+            self._changed(out)
+            return
+        self._outstanding += 1
+        # through the command queue: a line typed after a command goes after it (a /join
+        # before a line to that room), but no message waits for an earlier message
+        self.submit(partial(self._launch, out, self.convs))
 
-    async def _send_to(self, target: str, text: str) -> None:
-        """The answer to "send where?" (a room of ours, or ``@user``): send, then go there."""
-        await commands.send_plain(self._require_node(), target, text)
-        self._show(dm_key(target[1:]) if target.startswith("@") else target)
+    async def _launch(self, out: Outgoing, convs: Conversations) -> None:
+        if convs is not self.convs:  # logged out meanwhile
+            self._outstanding -= 1
+            return
+        self.pending += 1
+        task = asyncio.create_task(self._deliver(out, convs))
+        self._sending.add(task)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[Any]) -> None:
+        self._sending.discard(task)
+        self._outstanding -= 1
+        self.pending -= 1
+
+    async def _deliver(self, out: Outgoing, convs: Conversations) -> None:
+        try:
+            result = await commands.send_plain(self._require_node(), out.key, out.text)
+        except CommandError as exc:
+            out.settle(Delivery.FAILED, str(exc))
+        except Exception as exc:  # a bug must not leave the line "sending" for ever
+            self.log.error(f"send failed: {exc!r}")
+            out.settle(Delivery.FAILED, f"internal error: {exc!r}")
+        else:
+            if is_dm(out.key):
+                out.settle(Delivery.DELIVERED)
+            else:
+                out.settle(Delivery.SENT, "" if result.links else "(nobody linked now)")
+        if convs is self.convs and not self._quitting:
+            self._changed(out)
+            if out.state is Delivery.FAILED and out.key != self.convs.current:
+                self._error(f"not sent to {label(out.key)}: {out.detail}; ^R there sends it again")
+
+    def _changed(self, out: Outgoing) -> None:
+        if out.key == self.convs.current:
+            self.query_one(ChatLog).changed(out)
+
+    # ------------------------------------------------------------------ where does it go
+
+    def _ask_where(self, text: str) -> None:
+        if self.node is None or self.node.username is None:
+            self._error("log in first")
+            return
+        self.picker = Picker([text], self._my_rooms(), self._people(online_only=False))
+        self.query_one(ChatInput).picking = self._pick_move
+        self._refresh_prompt()
+        self._draw_picker()
+
+    def _pick_move(self, delta: int) -> bool:
+        if self.picker is None:
+            return False
+        self.picker.move(delta, self.query_one(ChatInput).value)
+        self._draw_picker()
+        return True
+
+    def action_cancel_pick(self) -> None:
+        picker = self.picker
+        if picker is None:
+            return
+        self._close_picker()
+        entry = self.query_one(ChatInput)
+        for text in picker.texts[:-1]:
+            entry.remember(text)
+        entry.value = picker.texts[-1]
+        entry.cursor_position = len(entry.value)
+        more = len(picker.texts) - 1
+        also = f"; {more} more in the history (Up)" if more else ""
+        self._system(f"not sent; the line is back in the input{also}", style="dim")
+
+    def _answer_pick(self, typed: str) -> None:
+        picker = self.picker
+        assert picker is not None
+        target = picker.answer(typed)
+        if target is None:
+            self._retry_pick(typed)
+            return
+        if target.startswith("@") and target[1:].casefold() not in (
+            u.casefold() for u in picker.users
+        ):
+            self.submit(partial(self._check_user, target[1:], typed))
+            return
+        self._picked_target(target)
+
+    def _retry_pick(self, typed: str) -> None:
+        """The answer goes back in the input to be corrected, the error showing."""
+        if self.picker is not None:
+            self.picker.last = typed  # putting it back is not a change that clears the error
+        entry = self.query_one(ChatInput)
+        entry.value = typed
+        entry.cursor_position = len(typed)
+        self._draw_picker()
+
+    async def _check_user(self, user: str, typed: str) -> None:
+        """A ``@name`` not among the people we know: send only if the registry knows it."""
+        picker = self.picker
+        try:
+            found = await self._require_node().search(user)
+        except CommandError as exc:
+            if self.picker is picker and picker is not None:
+                picker.error = f"{exc}; pick another, or Esc to keep the line"
+                self._retry_pick(typed)
+            return
+        if self.picker is picker:
+            self._picked_target(f"@{found.username}")
+
+    def _picked_target(self, target: str) -> None:
+        picker = self.picker
+        assert picker is not None
+        self._close_picker()
+        key = self.convs.ensure(dm_key(target[1:]) if target.startswith("@") else target).key
+        self._show(key)
+        for text in picker.texts:
+            self._send(key, text)
+
+    def _close_picker(self) -> None:
+        self.picker = None
+        self.query_one(ChatInput).picking = None
+        self.query_one("#picker", Static).remove_class("shown")
+        self._refresh_prompt()
+
+    def _draw_picker(self) -> None:
+        picker = self.picker
+        if picker is None:
+            return
+        typed = self.query_one(ChatInput).value
+        text = Text()
+        first = picker.texts[0]
+        shown = first if len(first) <= 50 else first[:49] + "…"
+        text.append("Send “", style="bold")
+        text.append(safe(shown))
+        more = len(picker.texts) - 1
+        if more:
+            text.append(f"” and {commands.plural(more, 'more line')}", style="bold")
+        else:
+            text.append("”", style="bold")
+        text.append(" to a room or a peer?\n", style="bold")
+        choices = picker.choices(typed)
+        if not choices:
+            text.append("  (nothing matches; @name sends to any user)\n", style="dim")
+        start = max(0, min(picker.highlighted - 3, len(choices) - 7))
+        for i, choice in enumerate(choices[start : start + 7], start):
+            mark = "▸ " if i == picker.highlighted else "  "
+            text.append(mark + choice + "\n", style="reverse" if i == picker.highlighted else "")
+        if picker.error:
+            text.append(safe(picker.error) + "\n", style="bold red")
+        text.append("Up/Down and Enter pick; or type a name. Esc: don't send.", style="dim")
+        widget = self.query_one("#picker", Static)
+        widget.update(text)
+        widget.add_class("shown")
 
     def _completions(self) -> tuple[list[str], list[str]]:
         rooms = self.known_rooms.union(self._my_rooms())
@@ -741,9 +1145,9 @@ class ChatApp(App[int]):
         users.discard(self._me() or "")
         return sorted(rooms), sorted(users)
 
-
-def _write(log: RichLog, line: Line, scroll_end: bool | None = None) -> None:
-    log.write(line.renderable if isinstance(line, Block) else line, scroll_end=scroll_end)
+    @on(events.Resize)
+    def _resized(self) -> None:
+        self._refresh_status()
 
 
 def _mentions(text: str, me: str | None) -> bool:
