@@ -49,11 +49,15 @@ from p2pchat.protocol.messages import (
 from p2pchat.registry import core as registry_core
 from p2pchat.registry.core import RegistryConfig, RegistryCore
 from p2pchat.store import SqliteStore
+from p2pchat.trust.certs import Authority
+from p2pchat.trust.signing import Signer
 
 REGISTRY_HOST = "10.0.0.1"
 REGISTRY_PORT = 15600
 UDP_PORT = 15500
 PASSWORD = "secret-pw"
+WALL = 1.8e9
+"""The simulated wall clock at virtual time 0 (certificates are dated with it)."""
 KEEPALIVE = 25.0
 """A stalled connection is declared dead after this (TCP keepalive in the real shell)."""
 
@@ -125,13 +129,15 @@ class SimPeer(Seen):
     crashed: bool = False
     record: Callable[[PeerEvent], bool] = lambda event: True
     timer_at: float | None = None
+    signer: Signer | None = None
 
     # -- commands: start one, or run one to its end
 
     def start(self, method: str, *args: Any) -> int:
         """Start a command of the core (``say``, ``login``...); returns its id."""
         command = next(self.net._commands)
-        self.net._feed(self, getattr(self.core, method)(command, *args, self.net.now))
+        extra = (self.signer,) if method == "login" else ()
+        self.net._feed(self, getattr(self.core, method)(command, *args, self.net.now, *extra))
         return command
 
     def do(self, method: str, *args: Any, timeout: float = 60.0) -> Any:
@@ -186,6 +192,7 @@ class SimNet:
         self._partitions: list[tuple[frozenset[str], frozenset[str]]] = []
         self._conns: set[Conn] = set()
         self.store = SqliteStore(":memory:")
+        self.authority = Authority.create(WALL)
         self.registry: RegistryCore | None = None
         self._registry_conns: dict[int, tuple[Conn, _End, LineFramer]] = {}
         self._registry_ids = itertools.count(1)
@@ -309,8 +316,8 @@ class SimNet:
     ) -> SimPeer:
         host = next(self._hosts)
         rng = random.Random(f"{self.seed}:{name}")
-        core = PeerCore(config or self.peer_config, rand=rng.randbytes, wall_offset=1.8e9)
-        peer = SimPeer(name, host, core, self)
+        core = PeerCore(config or self.peer_config, rand=rng.randbytes, wall_offset=WALL)
+        peer = SimPeer(name, host, core, self, signer=Signer(rng.randbytes(32)))
         if record is not None:
             peer.record = record
         core.port = peer.port
@@ -337,8 +344,10 @@ class SimNet:
         old = self.peers.pop(name)
         assert old.crashed, "crash it first"
         rng = random.Random(f"{self.seed}:{name}:{self.now}")
-        core = PeerCore(old.core.config, rand=rng.randbytes, wall_offset=1.8e9)
-        peer = SimPeer(name, old.host, core, self, port=old.port + 1, record=old.record)
+        core = PeerCore(old.core.config, rand=rng.randbytes, wall_offset=WALL)
+        peer = SimPeer(
+            name, old.host, core, self, port=old.port + 1, record=old.record, signer=old.signer
+        )
         core.port = peer.port
         self.peers[name] = peer
         self._listening[peer.host, peer.port] = peer
@@ -386,7 +395,7 @@ class SimNet:
                 if entry is not None:
                     self._close(entry[0], entry[1], action.abort)
             elif isinstance(action, ConnectRegistry):
-                self._connect_registry(peer)
+                self._connect_registry(peer, action.identity is not None)
             elif isinstance(action, SendRegistry):
                 if peer.registry_end is not None:
                     self._send(*peer.registry_end, action.data)
@@ -443,7 +452,7 @@ class SimNet:
         def syn() -> None:  # the acceptor's kernel completes the handshake
             if target.crashed or not dialer.alive:
                 return
-            accepted_id, actions = target.core.accept(self.now)
+            accepted_id, actions = target.core.accept(self.now, peer.core.certificate)
             target.conns[accepted_id] = (conn, acceptor)
             acceptor.deliver = lambda d: self._feed(
                 target, target.core.link_data(accepted_id, d, self.now)
@@ -474,7 +483,9 @@ class SimNet:
 
     def start_registry(self) -> None:
         """Start (or restart) the registry on the same database."""
-        self.registry = RegistryCore(self.store, self.registry_config)
+        self.registry = RegistryCore(
+            self.store, self.registry_config, authority=self.authority, wall_offset=WALL
+        )
 
     def stop_registry(self) -> None:
         """The registry process dies: every session's connection resets."""
@@ -483,7 +494,7 @@ class SimNet:
             self._close(conn, end, abort=True)
         self._registry_conns.clear()
 
-    def _connect_registry(self, peer: SimPeer) -> None:
+    def _connect_registry(self, peer: SimPeer, with_cert: bool) -> None:
         one_way = self._delay(peer.host, REGISTRY_HOST)
         if self.registry is None or self._cut(peer.host, REGISTRY_HOST):
             wait = 2 * one_way if self.registry is None else peer.core.config.dial_timeout
@@ -508,7 +519,8 @@ class SimNet:
             server.deliver = lambda d: self._registry_data(conn_id, d)
             server.closed = lambda: self._registry_gone(conn_id)
             server.last_arrival = self.now
-            registry.connect(conn_id, peer.host, self.now)
+            cert = peer.core.certificate if with_cert else None
+            self._registry_actions(registry.connect(conn_id, peer.host, self.now, cert))
             self._rearm_registry()
 
         def syn_ack() -> None:
@@ -518,7 +530,7 @@ class SimNet:
             client.deliver = lambda d: self._feed(peer, peer.core.registry_data(d, self.now))
             client.closed = lambda: self._registry_closed(peer, client)
             client.last_arrival = self.now
-            self._feed(peer, peer.core.registry_connected(self.now))
+            self._feed(peer, peer.core.registry_connected(self.now, self.authority.cert))
 
         self.at(self.now + one_way, syn)
         self.at(self.now + 2 * one_way, syn_ack)
@@ -612,7 +624,7 @@ class SimNet:
                 ping = ping_decoder.decode(action.data.strip())
             except msgspec.MsgspecError:
                 return
-            self.registry.heartbeat(ping.token, self.now)
+            self.registry.heartbeat(ping, self.now)
 
         self.at(self.now + self._delay(peer.host, REGISTRY_HOST), arrive)
 

@@ -343,11 +343,19 @@ async def _run_registry(args: argparse.Namespace) -> int:
     from p2pchat.registry.passwords import Passwords
     from p2pchat.registry.server import RegistryServer, default_max_connections
     from p2pchat.store import SqliteStore, StoreError
+    from p2pchat.trust.certs import TrustError
+    from p2pchat.trust.files import authority_paths, load_or_create_authority
 
     try:
         store = SqliteStore(args.db)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return exits.CANNOT_START
+    try:
+        authority, new_ca = load_or_create_authority(args.db)
+    except (TrustError, OSError) as exc:
+        print(f"error: the registry's certificate authority: {exc}", file=sys.stderr)
+        store.close()
         return exits.CANNOT_START
     config = RegistryConfig(
         heartbeat_interval=args.heartbeat_interval,
@@ -383,6 +391,7 @@ async def _run_registry(args: argparse.Namespace) -> int:
             passwords=Passwords(args.password_hash),
             max_connections=max_connections,
             max_per_address=args.max_per_address,
+            authority=authority,
         )
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -395,9 +404,13 @@ async def _run_registry(args: argparse.Namespace) -> int:
         print(f"error: cannot listen on {args.host} {where}: {exc}", file=sys.stderr)
         store.close()
         return exits.CANNOT_START
+    key_path, cert_path = authority_paths(args.db)
+    made = "made just now, kept" if new_ca else "kept"
     print(
         f"registry listening on {args.host} tcp {server.port} udp {server.udp_port} "
-        f"(database {args.db})",
+        f"(database {args.db})\n"
+        f"registry CA fingerprint {authority.fingerprint} ({made} in {cert_path} and "
+        f"{key_path.name}); peers pin it on first use, or give it with --registry-fingerprint",
         flush=True,
     )
     logging.getLogger("p2pchat.registry").info("at most %d connections", max_connections)

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from msgspec.structs import replace
 
 from p2pchat.peer.actions import (
     Action,
@@ -37,49 +38,61 @@ from p2pchat.peer.core import (
     keep_new_link,
 )
 from p2pchat.peer.events import CommandError, DirectText, Notice, PeerEvent, RoomText
-from p2pchat.peer.linkstate import MAX_HELD, LinkState
+from p2pchat.peer.identity import Identity
 from p2pchat.protocol.messages import (
     PROTOCOL_VERSION,
     DirectAck,
     DirectMessage,
     Hello,
     ListMembers,
+    LoggedIn,
     Login,
     MeshRooms,
     Message,
     PeerError,
     PeerHello,
-    PeerProof,
     PeerWelcome,
     Ping,
     RegistryReply,
     RoomEvent,
     RoomMessage,
-    Vouch,
+    b64,
     encode,
-    link_proof,
+    heartbeat_mac,
     peer_decoder,
     request_decoder,
+    unb64,
 )
 from p2pchat.registry import core as registry_core
 from p2pchat.registry.core import RegistryConfig, RegistryCore
 from p2pchat.store import SqliteStore
-from tests.simnet import fake_hash
+from p2pchat.trust.certs import Authority
+from p2pchat.trust.signing import Signer, Verifier, link_statement
+from tests.simnet import WALL, fake_hash
 
 PW = "secret-pw"
 REGISTRY = "10.0.0.1"
 
 
 class Registry:
-    """A real registry core answering in the caller's stack; ``hold`` keeps replies back."""
+    """A real registry core answering in the caller's stack; ``hold`` keeps replies back.
+
+    ``user(name)`` logs another user in directly, with a key of its own, and keeps its
+    certificate and signer: tests play that user's peer with them."""
 
     def __init__(self, config: RegistryConfig | None = None) -> None:
+        self.authority = Authority.create(WALL)
         self.core = RegistryCore(
-            SqliteStore(":memory:"), config or RegistryConfig(register_burst=10_000)
+            SqliteStore(":memory:"),
+            config or RegistryConfig(register_burst=10_000),
+            authority=self.authority,
+            wall_offset=WALL,
         )
         self.sessions: dict[int, Driver] = {}
         self.ids = itertools.count(1)
         self.up = True
+        self.signers: dict[str, Signer] = {}
+        self.certs: dict[str, bytes] = {}
 
     def user(self, name: str, host: str = "10.0.0.9", port: int = 7100) -> int:
         """An account ``name``, logged in on a session of its own; returns the session."""
@@ -87,14 +100,29 @@ class Registry:
         self.core.connect(conn, host, 0.0)
         self.core.handle(conn, Hello(id=1, version=PROTOCOL_VERSION), 0.0)
         self.core.store.create_account(name, fake_hash(PW))
-        login = Login(id=2, username=name, password=PW, port=port)
+        signer = self.signers[name] = Signer(name.encode().ljust(32, b"."))
+        login = Login(id=2, username=name, password=PW, port=port, key=b64(signer.public_key))
         for action in self.core.handle(conn, login, 0.0):
             if isinstance(action, registry_core.VerifyPassword):
-                self.core.login_verified(conn, login, True, 0.0)
+                for sent in self.core.login_verified(conn, login, True, 0.0):
+                    if isinstance(sent, registry_core.Send) and isinstance(sent.msg, LoggedIn):
+                        assert sent.msg.cert is not None
+                        self.certs[name] = unb64(sent.msg.cert)
         return conn
 
-    def token(self, name: str) -> str:
-        return self.core.online[name.casefold()].token
+    def signed(self, msg: RoomMessage) -> RoomMessage:
+        """``msg`` with its origin's signature."""
+        return replace(msg, sig=Identity(self.signers[msg.origin]).sign_message(msg))
+
+    def welcome(self, name: str, nonce: str, dialer: str) -> PeerWelcome:
+        """What ``name``'s peer answers a hello from ``dialer`` with ``nonce``."""
+        statement = link_statement("accept", nonce, name, dialer)
+        return PeerWelcome(
+            version=PROTOCOL_VERSION,
+            username=name,
+            cert=b64(self.certs[name]),
+            sig=b64(self.signers[name].sign(statement)),
+        )
 
 
 class Driver:
@@ -106,8 +134,9 @@ class Driver:
         self.core = PeerCore(
             PeerConfig(registry_host=REGISTRY, **config),
             rand=random.Random(name).randbytes,
-            wall_offset=1.8e9,
+            wall_offset=WALL,
         )
+        self.signer = Signer(name.encode().ljust(32, b"!"))
         self.core.port = 7000
         self.now = 0.0
         self.conn = next(registry.ids)
@@ -145,7 +174,8 @@ class Driver:
                 if self.registry.up:
                     self.registry.core.connect(self.conn, "10.0.0.2", self.now)
                     self.connected = True
-                    self.apply(self.core.registry_connected(self.now))
+                    ca = self.registry.authority.cert
+                    self.apply(self.core.registry_connected(self.now, ca))
                 else:
                     self.apply(self.core.registry_failed("refused", self.now))
             elif isinstance(action, SendRegistry):
@@ -198,7 +228,8 @@ class Driver:
 
     def start(self, method: str, *args: Any) -> int:
         command = next(self.commands)
-        self.apply(getattr(self.core, method)(command, *args, self.now))
+        extra = (self.signer,) if method == "login" else ()
+        self.apply(getattr(self.core, method)(command, *args, self.now, *extra))
         return command
 
     def do(self, method: str, *args: Any) -> Any:
@@ -218,8 +249,9 @@ class Driver:
 
     # -- the other side of links
 
-    def accept(self) -> int:
-        link, actions = self.core.accept(self.now)
+    def accept(self, cert: bytes | None = None) -> int:
+        """A connection to our listener, from whoever showed ``cert`` in TLS."""
+        link, actions = self.core.accept(self.now, cert)
         self.apply(actions)
         return link
 
@@ -231,14 +263,11 @@ class Driver:
         return self.sent.pop(link, [])
 
     def link_from(self, peer: str) -> int:
-        """An authenticated link dialed by ``peer`` (logged in at the registry) to us."""
-        link = self.accept()
+        """An open link dialed by ``peer`` (logged in at the registry, with a certificate)."""
+        link = self.accept(self.registry.certs[peer])
         self.feed(link, PeerHello(version=PROTOCOL_VERSION, username=peer, nonce="ab" * 16))
         [welcome] = self.frames(link)
         assert isinstance(welcome, PeerWelcome)
-        token = self.registry.token(peer)
-        proof = link_proof(token, "dial", welcome.nonce, peer, self.name)
-        self.feed(link, PeerProof(proof=proof))
         assert self.core.links.get(peer) is not None, self.closed
         return link
 
@@ -249,7 +278,12 @@ def room_with(alice: Driver, *names: str, room: str = "lobby") -> None:
     for name in names:
         alice.registry.user(name)
         alice.do("add_member", room, name)
-        alice.push(RoomEvent(room=room, username=name, change="online", host="10.0.0.9", port=7100))
+        key = b64(alice.registry.signers[name].public_key)
+        alice.push(
+            RoomEvent(
+                room=room, username=name, change="online", host="10.0.0.9", port=7100, key=key
+            )
+        )
 
 
 @pytest.fixture
@@ -273,8 +307,12 @@ def test_without_a_heartbeat_option_the_peer_keeps_the_registrys_pace(alice: Dri
     alice.advance(7.0 * 3 + 0.1)
     beats = alice.datagrams[first:]
     assert len(beats) == 3
-    token = alice.core.session.token if alice.core.session else ""
-    assert all(msgspec.json.decode(d.data, type=Ping).token == token for d in beats)
+    login = alice.core.session
+    assert login is not None
+    pings = [msgspec.json.decode(d.data, type=Ping) for d in beats]
+    assert [p.seq for p in pings] == [2, 3, 4]  # growing: a replay is refused
+    assert all(p.session == login.session for p in pings)
+    assert all(p.mac == heartbeat_mac(unb64(login.heartbeat_key), p.session, p.seq) for p in pings)
     assert all((d.host, d.port) == (REGISTRY, 15500) for d in beats)
     assert not any("heartbeat" in n for n in alice.notices())
 
@@ -385,91 +423,128 @@ def test_an_event_that_overtakes_a_member_list_reply_is_applied(
 # ---------------------------------------------------------------------------- links
 
 
-def test_a_link_opens_only_once_the_registry_vouched_for_it(
+def test_an_accepted_link_opens_on_a_valid_certificate_and_hello_and_proves_us(
     registry: Registry, alice: Driver
 ) -> None:
     registry.user("bob")
-    link = alice.accept()
+    link = alice.accept(registry.certs["bob"])
+    assert not alice.frames(link)  # nothing said about alice before bob's hello
     alice.feed(link, PeerHello(version=PROTOCOL_VERSION, username="bob", nonce="cd" * 16))
     [welcome] = alice.frames(link)
     assert isinstance(welcome, PeerWelcome) and welcome.username == "alice"
-    assert welcome.proof == link_proof(registry.token("alice"), "accept", "cd" * 16, "alice", "bob")
-    proof = link_proof(registry.token("bob"), "dial", welcome.nonce, "bob", "alice")
-    alice.feed(link, PeerProof(proof=proof))
-    assert isinstance(alice.requests[-1], Vouch)
+    assert alice.core.certificate is not None
+    assert welcome.cert == b64(alice.core.certificate)
+    statement = link_statement("accept", "cd" * 16, "alice", "bob")
+    assert Verifier().verify(alice.signer.public_key, statement, unb64(welcome.sig))
     assert "bob" in alice.core.linked_peers()
 
 
-@pytest.mark.parametrize("claim", ["bob", "nobody"])
-def test_a_wrong_proof_is_refused_and_what_followed_it_never_acted_on(
-    registry: Registry, alice: Driver, claim: str
+def other_registry_cert(name: str) -> bytes:
+    return Authority.create(WALL).issue(name, Signer(b"x" * 32).public_key, WALL)
+
+
+@pytest.mark.parametrize(
+    ("cert", "hello", "why"),
+    [
+        (None, "bob", "no certificate"),
+        ("foreign", "bob", "not issued by this registry"),
+        ("bob", "carl", "your certificate is bob's"),
+    ],
+)
+def test_a_dialer_without_a_good_certificate_learns_nothing_and_is_refused(
+    registry: Registry, alice: Driver, cert: str | None, hello: str, why: str
 ) -> None:
-    registry.user("bob")
-    alice.do("create_room", "lobby", False)
-    registry.core.store.add_member("lobby", "bob")
-    link = alice.accept()
-    alice.feed(link, PeerHello(version=PROTOCOL_VERSION, username=claim, nonce="cd" * 16))
-    alice.frames(link)
-    forged = RoomMessage(id="f" * 32, room="lobby", origin="bob", text="x", ts=0, hops=3)
-    alice.feed(link, PeerProof(proof="00" * 32), forged, MeshRooms(rooms=["lobby"]))
+    room_with(alice, "bob", "carl")
+    der = {None: None, "foreign": other_registry_cert("bob"), "bob": registry.certs["bob"]}[cert]
+    link = alice.accept(der)
+    forged = RoomMessage(id="f" * 32, room="lobby", origin="bob", seq=1, text="x", ts=0, hops=3)
+    alice.feed(
+        link,
+        PeerHello(version=PROTOCOL_VERSION, username=hello, nonce="cd" * 16),
+        forged,
+        MeshRooms(rooms=["lobby"]),
+    )
     [refusal] = alice.frames(link)
-    assert isinstance(refusal, PeerError) and refusal.code == "not_vouched"
+    assert isinstance(refusal, PeerError) and why in refusal.reason
+    assert "alice" not in encode(refusal).decode()  # nothing about who we are
     assert link in alice.closed
     assert not [e for e in alice.shown if isinstance(e, RoomText)]
-    assert not alice.core.linked_peers()
+    assert "bob" not in alice.core.linked_peers()
 
 
-def test_frames_sent_while_the_proof_is_checked_are_handled_in_order_after(
+def test_a_certificate_for_a_key_replaced_since_is_refused(
     registry: Registry, alice: Driver
 ) -> None:
     room_with(alice, "bob")
-    alice.hold = True  # the vouch is slow
-    link = alice.accept()
-    alice.feed(link, PeerHello(version=PROTOCOL_VERSION, username="bob", nonce="cd" * 16))
-    [welcome] = alice.frames(link)
-    proof = link_proof(registry.token("bob"), "dial", welcome.nonce, "bob", "alice")
-    texts = [
-        RoomMessage(id=f"{i:032x}", room="lobby", origin="bob", text=f"t{i}", ts=0, hops=3)
-        for i in range(3)
-    ]
-    alice.feed(link, PeerProof(proof=proof), *texts)
-    assert alice.core._conns[link].state is LinkState.VOUCHING
-    alice.hold = False
-    alice.release()
-    assert [e.text for e in alice.shown if isinstance(e, RoomText)] == ["t0", "t1", "t2"]
+    old = registry.certs["bob"]
+    new_key = b64(Signer(b"n" * 32).public_key)  # bob logged in on another machine
+    alice.push(
+        RoomEvent(room="lobby", username="bob", change="online", host="h", port=1, key=new_key)
+    )
+    link = alice.accept(old)
+    [refusal] = alice.frames(link)
+    assert isinstance(refusal, PeerError) and "replaced" in refusal.reason
 
 
-def test_what_a_link_may_send_before_it_is_vouched_for_is_bounded(
-    registry: Registry, alice: Driver
+def dialed(alice: Driver, registry: Registry, peer: str) -> tuple[int, PeerHello]:
+    """alice dials ``peer`` (a room neighbour) and says hello."""
+    room_with(alice, peer)
+    alice.advance(0.1)
+    [dial] = alice.dials
+    alice.apply(alice.core.link_connected(dial.link, alice.now))
+    [hello] = alice.frames(dial.link)
+    assert isinstance(hello, PeerHello) and hello.username == "alice"
+    return dial.link, hello
+
+
+def test_the_acceptor_must_prove_it_is_who_we_dialed(registry: Registry, alice: Driver) -> None:
+    link, hello = dialed(alice, registry, "bob")
+    alice.feed(link, registry.welcome("bob", hello.nonce, "alice"))
+    assert alice.core.links["bob"].id == link and link not in alice.closed
+
+
+@pytest.mark.parametrize("forgery", ["signature", "nonce", "name", "certificate", "foreign"])
+def test_a_welcome_that_does_not_prove_the_dialed_user_is_refused(
+    registry: Registry, alice: Driver, forgery: str
 ) -> None:
-    registry.user("bob")
-    alice.hold = True
-    link = alice.accept()
-    alice.feed(link, PeerHello(version=PROTOCOL_VERSION, username="bob", nonce="cd" * 16))
-    [welcome] = alice.frames(link)
-    proof = link_proof(registry.token("bob"), "dial", welcome.nonce, "bob", "alice")
-    alice.feed(link, PeerProof(proof=proof))
-    chunk = encode(DirectMessage(id="d", sender="bob", text="y" * 4000, ts=0))
-    for _ in range(MAX_HELD // len(chunk)):
-        alice.feed(link, chunk)
-    assert link not in alice.closed
-    alice.feed(link, chunk)
-    assert alice.closed[link] is True  # aborted
-    assert alice.core._conns.get(link) is None
+    registry.user("mallory")
+    link, hello = dialed(alice, registry, "bob")
+    welcome = registry.welcome("bob", hello.nonce, "alice")
+    if forgery == "signature":
+        welcome = registry.welcome("mallory", hello.nonce, "alice")
+        welcome = PeerWelcome(version=2, username="bob", cert=welcome.cert, sig=welcome.sig)
+    elif forgery == "nonce":  # a statement made for another link (relayed)
+        welcome = registry.welcome("bob", "00" * 16, "alice")
+    elif forgery == "name":
+        welcome = registry.welcome("mallory", hello.nonce, "alice")
+    elif forgery == "certificate":  # mallory's certificate, bob's name
+        real = registry.welcome("bob", hello.nonce, "alice")
+        welcome = PeerWelcome(
+            version=2, username="bob", cert=b64(registry.certs["mallory"]), sig=real.sig
+        )
+    else:
+        welcome = PeerWelcome(
+            version=2, username="bob", cert=b64(other_registry_cert("bob")), sig=welcome.sig
+        )
+    alice.feed(link, welcome)
+    [refusal] = alice.frames(link)
+    assert isinstance(refusal, PeerError) and refusal.code == "cert_refused"
+    assert link in alice.closed and "bob" not in alice.core.linked_peers()
 
 
 @pytest.mark.parametrize(
     ("first", "expected"),
     [
-        (RoomMessage(id="a" * 32, room="r", origin="bob", text="x", ts=0, hops=1), "peer_hello"),
-        (PeerProof(proof="00"), "peer_hello"),
+        (RoomMessage(id="a" * 32, room="r", origin="bob", seq=1, text="x", ts=0, hops=1), "hello"),
+        (DirectAck(id="d"), "peer_hello"),
         (MeshRooms(rooms=["r"]), "peer_hello"),
     ],
 )
 def test_an_illegal_first_frame_gets_one_error_and_the_link_closes(
-    alice: Driver, first: Message, expected: str
+    registry: Registry, alice: Driver, first: Message, expected: str
 ) -> None:
-    link = alice.accept()
+    registry.user("bob")
+    link = alice.accept(registry.certs["bob"])
     alice.feed(link, first)
     [error] = alice.frames(link)
     assert isinstance(error, PeerError) and error.code == "bad_request"
@@ -502,9 +577,10 @@ def test_bad_frames_are_counted_and_a_link_that_keeps_sending_them_is_cut(
 
 
 def test_an_accepted_connection_that_never_finishes_its_handshake_is_closed(
-    alice: Driver,
+    registry: Registry, alice: Driver
 ) -> None:
-    link = alice.accept()
+    registry.user("bob")
+    link = alice.accept(registry.certs["bob"])
     alice.advance(HANDSHAKE_SECONDS - 0.1)
     assert link not in alice.closed
     alice.advance(0.2)
@@ -514,7 +590,8 @@ def test_an_accepted_connection_that_never_finishes_its_handshake_is_closed(
 def test_a_full_peer_says_so_and_closes(registry: Registry) -> None:
     small = Driver(registry, "alice", max_connections=2)
     small.login()
-    links = [small.accept() for _ in range(3)]
+    registry.user("bob")
+    links = [small.accept(registry.certs["bob"]) for _ in range(3)]
     assert not small.frames(links[0]) and not small.frames(links[1])
     [error] = small.frames(links[2])
     assert isinstance(error, PeerError) and error.code == "too_many_connections"
@@ -543,11 +620,7 @@ def test_a_crossing_dial_leaves_one_link_and_both_ends_agree(
     alice.apply(alice.core.link_connected(dial.link, alice.now))
     [hello] = alice.frames(dial.link)
     assert isinstance(hello, PeerHello)
-    proof = link_proof(registry.token("bob"), "accept", hello.nonce, "bob", "alice")
-    alice.feed(
-        dial.link,
-        PeerWelcome(version=PROTOCOL_VERSION, username="bob", nonce="12" * 16, proof=proof),
-    )
+    alice.feed(dial.link, registry.welcome("bob", hello.nonce, "alice"))
     # "alice" < "bob": the link alice dialed wins, the one bob dialed is closed
     assert alice.core.links["bob"].id == dial.link
     assert accepted in alice.closed and dial.link not in alice.closed
@@ -614,7 +687,9 @@ def test_room_messages_are_shown_once_and_forwarded_to_the_other_neighbours(
     alice.feed(bob, MeshRooms(rooms=["lobby"]))
     alice.feed(cat, MeshRooms(rooms=["lobby"]))
     alice.advance(0.1)
-    msg = RoomMessage(id="b" * 32, room="lobby", origin="bob", text="hey", ts=0, hops=5)
+    msg = registry.signed(
+        RoomMessage(id="b" * 32, room="lobby", origin="bob", seq=1, text="hey", ts=0, hops=5)
+    )
     alice.frames(cat)
     alice.feed(bob, msg, msg)
     [forwarded] = [f for f in alice.frames(cat) if isinstance(f, RoomMessage)]

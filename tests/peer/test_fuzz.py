@@ -17,11 +17,13 @@ from p2pchat.protocol.framing import MAX_FRAME
 from p2pchat.protocol.messages import (
     DirectAck,
     DirectMessage,
+    Graft,
+    IHave,
     MeshRooms,
     PeerError,
     PeerHello,
-    PeerProof,
     PeerWelcome,
+    Prune,
     RoomMessage,
     encode,
 )
@@ -30,14 +32,20 @@ from tests.peer.test_core import Driver, Registry, room_with
 FRAMES = 50_000
 
 VALID: list[bytes] = [
-    encode(PeerHello(version=1, username="bob", nonce="ab" * 16)),
-    encode(PeerWelcome(version=1, username="bob", nonce="cd" * 16, proof="00" * 32)),
-    encode(PeerProof(proof="11" * 32)),
+    encode(PeerHello(version=2, username="bob", nonce="ab" * 16)),
+    encode(PeerWelcome(version=2, username="bob", cert="AAAA", sig="B" * 86)),
     encode(MeshRooms(rooms=["lobby", "other"])),
     encode(DirectMessage(id="d" * 32, sender="bob", text="hello", ts=1.0)),
     encode(DirectAck(id="d" * 32)),
-    encode(RoomMessage(id="e" * 32, room="lobby", origin="bob", text="hi", ts=1.0, hops=3)),
+    encode(
+        RoomMessage(
+            id="e" * 32, room="lobby", origin="bob", seq=1, text="hi", ts=1.0, hops=3, sig="C" * 86
+        )
+    ),
     encode(PeerError(code="bad_request", reason="x", id="d" * 32)),
+    encode(IHave(room="lobby", origin="bob", ids=["e" * 32])),
+    encode(Graft(room="lobby", origin="bob", ids=["e" * 32])),
+    encode(Prune(room="lobby", origin="bob")),
 ]
 
 ODD_VALUES: list[Any] = [
@@ -102,7 +110,10 @@ def test_fifty_thousand_hostile_frames_change_nothing_for_honest_members() -> No
     links: list[int] = []
     while sent < FRAMES:
         if not links or rng.random() < 0.01:  # a new hostile connection, in some state
-            link = alice.link_from("bob") if rng.random() < 0.5 else alice.accept()
+            if rng.random() < 0.5:
+                link = alice.link_from("bob")
+            else:
+                link = alice.accept(registry.certs["bob"])
             links.append(link)
         link = rng.choice(links)
         if link in alice.closed:
@@ -116,7 +127,11 @@ def test_fifty_thousand_hostile_frames_change_nothing_for_honest_members() -> No
             alice.advance(rng.random() * 20)
     assert honest not in alice.closed
     before = len([e for e in alice.shown if isinstance(e, RoomText)])
-    msg = RoomMessage(id="c" * 32, room="lobby", origin="cat", text="still here", ts=1.0, hops=5)
+    msg = registry.signed(
+        RoomMessage(
+            id="c" * 32, room="lobby", origin="cat", seq=1, text="still here", ts=1.0, hops=5
+        )
+    )
     alice.feed(honest, msg)
     texts = [e for e in alice.shown if isinstance(e, RoomText)]
     assert len(texts) == before + 1 and texts[-1].text == "still here"

@@ -35,10 +35,22 @@ class CloseLink:
 
 @dataclass(frozen=True, slots=True)
 class ConnectRegistry:
-    """Open the registry connection; report ``registry_connected`` or ``registry_failed``."""
+    """Open the registry connection; report ``registry_connected`` or ``registry_failed``.
+
+    ``identity``: the user whose certificate to show in TLS (to ``resume``), if any."""
 
     host: str
     port: int
+    identity: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SaveCertificate:
+    """Keep the registry's new certificate for ``username`` (DER) beside its key, and show it
+    from now on (in links we dial, and to the registry)."""
+
+    username: str
+    der: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +96,7 @@ Action = (
     | SendRegistry
     | CloseRegistry
     | SendDatagram
+    | SaveCertificate
     | Show
     | Done
 )

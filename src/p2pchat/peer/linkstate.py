@@ -7,15 +7,13 @@ table instead of from flags spread over the code.
 
 ::
 
-    dialer                                     acceptor
-    DIALING --connected--> HELLO_SENT          AWAIT_HELLO
-        (sends peer_hello)                         |  peer_hello
-    HELLO_SENT --peer_welcome--> VOUCHING      AWAIT_PROOF   (sent peer_welcome)
-        (sends peer_proof, asks the registry)      |  peer_proof
-    VOUCHING --vouched--> OPEN                 VOUCHING --vouched--> OPEN
+    dialer                                        acceptor
+    DIALING --connected (TLS, our certificate)--> AWAIT_HELLO  (knows the dialer by now)
+    HELLO_SENT  (sent peer_hello: version, nonce)     |  peer_hello
+        |  peer_welcome (certificate, signature)      v  (sends peer_welcome)
+        v  (both checked)                           OPEN
+      OPEN
     any state --closed--> CLOSED
-
-While VOUCHING, frames that arrive are held (bounded) and handled in order once OPEN.
 """
 
 from __future__ import annotations
@@ -28,11 +26,13 @@ from p2pchat.protocol.framing import LineFramer
 from p2pchat.protocol.messages import (
     DirectAck,
     DirectMessage,
+    Graft,
+    IHave,
     MeshRooms,
     PeerError,
     PeerHello,
-    PeerProof,
     PeerWelcome,
+    Prune,
     RoomMessage,
 )
 
@@ -41,13 +41,9 @@ class LinkState(enum.Enum):
     DIALING = "dialing"
     """We asked for a TCP connection; nothing sent yet."""
     HELLO_SENT = "hello_sent"
-    """Dialer: ``peer_hello`` sent, the acceptor's ``peer_welcome`` (with its proof) due."""
+    """Dialer: ``peer_hello`` sent; the acceptor's ``peer_welcome`` (its proof) due."""
     AWAIT_HELLO = "await_hello"
-    """Acceptor: connected, the dialer's ``peer_hello`` due."""
-    AWAIT_PROOF = "await_proof"
-    """Acceptor: ``peer_welcome`` sent, the dialer's ``peer_proof`` due."""
-    VOUCHING = "vouching"
-    """The registry is checking the other side's proof; frames that arrive are held."""
+    """Acceptor: connected (the dialer's certificate checked); its ``peer_hello`` due."""
     OPEN = "open"
     CLOSED = "closed"
 
@@ -56,20 +52,17 @@ class LinkEvent(enum.Enum):
     """Outside events; frames are their own events (their type)."""
 
     CONNECTED = "connected"
-    VOUCHED = "vouched"
     CLOSED = "closed"
 
 
 Trigger = LinkEvent | type
 
-_OPEN_FRAMES = (RoomMessage, DirectMessage, DirectAck, MeshRooms, PeerError)
+_OPEN_FRAMES = (RoomMessage, DirectMessage, DirectAck, MeshRooms, PeerError, IHave, Graft, Prune)
 
 TRANSITIONS: dict[tuple[LinkState, Trigger], LinkState] = {
     (LinkState.DIALING, LinkEvent.CONNECTED): LinkState.HELLO_SENT,
-    (LinkState.HELLO_SENT, PeerWelcome): LinkState.VOUCHING,
-    (LinkState.AWAIT_HELLO, PeerHello): LinkState.AWAIT_PROOF,
-    (LinkState.AWAIT_PROOF, PeerProof): LinkState.VOUCHING,
-    (LinkState.VOUCHING, LinkEvent.VOUCHED): LinkState.OPEN,
+    (LinkState.HELLO_SENT, PeerWelcome): LinkState.OPEN,
+    (LinkState.AWAIT_HELLO, PeerHello): LinkState.OPEN,
     **{(LinkState.OPEN, frame): LinkState.OPEN for frame in _OPEN_FRAMES},
     **{(state, LinkEvent.CLOSED): LinkState.CLOSED for state in LinkState},
 }
@@ -89,10 +82,6 @@ def next_state(state: LinkState, trigger: Trigger) -> LinkState:
         raise LinkProtocolError(f"{name} is not allowed in state {state.value}") from None
 
 
-MAX_HELD = 256 * 1024
-"""Bytes of frames a link may send while its proof is being checked."""
-
-
 @dataclass(slots=True, eq=False)
 class Link:
     """One connection with another peer, in any state."""
@@ -105,7 +94,10 @@ class Link:
     expect: str | None = None
     """Dialer: whom we dialed."""
     peer: str | None = None
-    """The name the other side claims; vouched for once OPEN."""
+    """Who the other side is: from its certificate (acceptor) or whom we dialed, until OPEN
+    proves it; a link is in ``PeerCore.links`` by this name once OPEN."""
+    peer_key: bytes | None = None
+    """The other side's key, from its certificate."""
     framer: LineFramer = field(default_factory=LineFramer)
     view: LinkView = field(default_factory=LinkView)
     declared: frozenset[str] = frozenset()
@@ -115,8 +107,7 @@ class Link:
     deadline: float = float("inf")
     """By when it must be OPEN (handshake and dial timeouts)."""
     bad_frames: int = 0
-    held: list[bytes] = field(default_factory=list)
-    held_bytes: int = 0
+    bad_signatures: int = 0
 
     def advance(self, trigger: Trigger) -> None:
         self.state = next_state(self.state, trigger)

@@ -1,9 +1,13 @@
-"""The peer's asyncio shell: sockets, one timer, and the ``PeerCore`` that decides everything.
+"""The peer's asyncio shell: sockets, TLS, files, one timer, and the ``PeerCore`` that decides.
 
 It feeds the core what the sockets and the clock report, and carries out the actions the core
 returns. After each batch it re-arms a single ``call_later`` for ``core.next_deadline()`` (as
 aioquic's protocol does): no polling loop. User interfaces call the ``async`` methods (which
 raise ``CommandError`` with a sentence for people) and receive ``PeerEvent`` values.
+
+What needs files or ``ssl`` is here too: every connection is TLS 1.3 (``trust/tls.py``); the
+registry's certificate is pinned on first use in ``known_registries`` and checked before
+anything is sent; the user's key and certificate live in the data folder (mode 600).
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import contextlib
 import itertools
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from p2pchat.peer.actions import (
@@ -24,19 +30,24 @@ from p2pchat.peer.actions import (
     ConnectRegistry,
     Dial,
     Done,
+    SaveCertificate,
     SendDatagram,
     SendLink,
     SendRegistry,
     Show,
 )
 from p2pchat.peer.core import PeerConfig, PeerCore
-from p2pchat.peer.events import CommandError, PeerEvent, Status
+from p2pchat.peer.events import CommandError, Notice, PeerEvent, Status
 from p2pchat.protocol.messages import MemberInfo, RoomInfo, SearchResult, UserAddr
+from p2pchat.trust import files, tls
+from p2pchat.trust.certs import TrustError
 
 __all__ = ["PeerConfig", "PeerNode"]
 
 log = logging.getLogger("p2pchat.peer")
 
+TLS_HANDSHAKE = 10.0
+"""A connection that has not finished its TLS handshake by then is closed."""
 MAX_LINK_BUFFER = 4 << 20
 """A neighbour that lets this much pile up unsent is too slow for the mesh: its link is cut."""
 CLOSE_WAIT = 2.0
@@ -71,7 +82,8 @@ class _Link(asyncio.Protocol):
         _keepalive(transport.get_extra_info("socket"))
         node = self.node
         if self.accepted:
-            self.id, actions = node.core.accept(node.clock())
+            cert = tls.peer_certificate(transport.get_extra_info("ssl_object"))
+            self.id, actions = node.core.accept(node.clock(), cert)
         else:
             actions = node.core.link_connected(self.id, node.clock())
         node._links[self.id] = self
@@ -130,8 +142,15 @@ class _RegistryLink(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         node = self.node
+        presented = tls.peer_certificate(transport.get_extra_info("ssl_object"))
+        try:
+            node._check_registry(presented)
+        except TrustError as exc:  # nothing was sent: close, and say why
+            node._trust_refusal = str(exc)
+            transport.abort()
+            return
         node._registry = self
-        node._apply(node.core.registry_connected(node.clock()))
+        node._apply(node.core.registry_connected(node.clock(), presented))
 
     def data_received(self, data: bytes) -> None:
         node = self.node
@@ -165,6 +184,16 @@ class PeerNode:
         self._loop = asyncio.get_running_loop()
         self.clock = clock or self._loop.time
         self.core = PeerCore(config, wall_offset=time.time() - self.clock())
+        self._data = Path(config.data_dir) if config.data_dir else files.data_dir()
+        self._config_dir = Path(config.config_dir) if config.config_dir else files.config_dir()
+        registry = f"{config.registry_host}:{config.registry_port}"
+        self._registry_address = registry
+        self._identities = files.identity_dir(self._data, registry)
+        self._known = files.KnownRegistries(self._config_dir / files.KNOWN_REGISTRIES)
+        self._ca_cert: bytes | None = None
+        self._trust_refusal: str | None = None
+        self._dialer: ssl.SSLContext | None = None
+        self._acceptor: ssl.SSLContext | None = None
         self._links: dict[int, _Link] = {}
         self._dials: dict[int, asyncio.Task[None]] = {}
         self._registry: _RegistryLink | None = None
@@ -207,6 +236,8 @@ class PeerNode:
             dial = self._dials.pop(action.link, None)
             if dial is not None:
                 dial.cancel()
+        elif isinstance(action, SaveCertificate):
+            self._save_certificate(action)
         elif isinstance(action, Dial):
             self._dials[action.link] = self._spawn(self._dial(action))
         elif isinstance(action, SendRegistry):
@@ -256,10 +287,18 @@ class PeerNode:
         return task
 
     async def _dial(self, action: Dial) -> None:
+        secure = self.config.secure
         try:
+            if secure and self._dialer is None:
+                raise OSError(0, "we have no certificate to show")
             await asyncio.wait_for(
                 self._loop.create_connection(
-                    lambda: _Link(self, action.link), action.host, action.port
+                    lambda: _Link(self, action.link),
+                    action.host,
+                    action.port,
+                    ssl=self._dialer if secure else None,
+                    server_hostname="" if secure else None,
+                    ssl_handshake_timeout=TLS_HANDSHAKE if secure else None,
                 ),
                 self.config.dial_timeout,
             )
@@ -270,14 +309,84 @@ class PeerNode:
             self._dials.pop(action.link, None)
 
     async def _connect_registry(self, action: ConnectRegistry) -> None:
+        secure = self.config.secure
+        context = None
+        if secure:
+            own = self._own_files(action.identity)
+            context = tls.client(*own) if own else tls.client()
+        self._trust_refusal = None
         try:
             await asyncio.wait_for(
-                self._loop.create_connection(lambda: _RegistryLink(self), action.host, action.port),
+                self._loop.create_connection(
+                    lambda: _RegistryLink(self),
+                    action.host,
+                    action.port,
+                    ssl=context,
+                    server_hostname="" if secure else None,
+                ),
                 self.config.dial_timeout + 2.0,
             )
         except (OSError, TimeoutError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
+            if isinstance(exc, ssl.SSLError):
+                reason = f"TLS failed ({exc.reason or exc}); is it a p2pchat registry?"
+            elif isinstance(exc, OSError) and exc.strerror:
+                reason = exc.strerror
+            else:
+                reason = "timed out"
             self._apply(self.core.registry_failed(reason, self.clock()))
+            return
+        if self._trust_refusal is not None:
+            self._apply(self.core.registry_failed(self._trust_refusal, self.clock()))
+
+    def _check_registry(self, presented: bytes | None) -> None:
+        """Before anything is sent: the registry must show the certificate pinned for its
+        address (the one given with --registry-fingerprint, or the one seen first)."""
+        if not self.config.secure:
+            return
+        if presented is None:
+            raise TrustError("the registry showed no certificate")
+        address = self._registry_address
+        wanted = self.config.registry_fingerprint
+        pinned = self._known.get(address)
+        if wanted is None and pinned is not None:
+            wanted = pinned[0]
+        if wanted is not None:
+            tls.check_pin(address, presented, wanted)
+        if pinned is None or pinned[1] != presented:
+            fingerprint = self._known.pin(address, presented)
+            if self.config.registry_fingerprint is None:
+                self._on_event_safe(
+                    Notice(
+                        f"trusting the registry at {address} from now on: its certificate's "
+                        f"fingerprint is {fingerprint} (ask its operator to confirm it)"
+                    )
+                )
+        if self._ca_cert is None:
+            self._ca_cert = presented
+            if self._acceptor is not None:
+                tls.trust_registry(self._acceptor, presented)
+
+    def _own_files(self, username: str | None) -> tuple[Path, Path] | None:
+        if username is None:
+            return None
+        cert = files.cert_file(self._identities, username)
+        key = files.key_file(self._identities, username)
+        return (cert, key) if cert.exists() and key.exists() else None
+
+    def _save_certificate(self, action: SaveCertificate) -> None:
+        try:
+            files.save_cert(self._identities, action.username, action.der)
+            own = self._own_files(action.username)
+            if own is not None:
+                self._dialer = tls.client(*own)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("cannot keep our certificate: %s", exc)
+
+    def _on_event_safe(self, event: PeerEvent) -> None:
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("event handler failed")
 
     async def _datagram(self, action: SendDatagram) -> None:
         key = (action.host, action.port)
@@ -301,8 +410,14 @@ class PeerNode:
     async def start(self) -> None:
         """Open the listener (``listen_port`` 0 picks a free port)."""
         cfg = self.config
+        if cfg.secure:
+            self._acceptor = tls.peer_server(time.time())
         self._server = await self._loop.create_server(
-            lambda: _Link(self, None), cfg.listen_host, cfg.listen_port
+            lambda: _Link(self, None),
+            cfg.listen_host,
+            cfg.listen_port,
+            ssl=self._acceptor,
+            ssl_handshake_timeout=TLS_HANDSHAKE if cfg.secure else None,
         )
         self.port = self.core.port = self._server.sockets[0].getsockname()[1]
 
@@ -364,7 +479,17 @@ class PeerNode:
         await self._command(lambda c, now: self.core.register(c, username, password, now))
 
     async def login(self, username: str, password: str) -> str:
-        name: str = await self._command(lambda c, now: self.core.login(c, username, password, now))
+        signer = None
+        if self.config.secure:
+            try:
+                signer, made = files.load_or_create_key(self._identities, username)
+            except (OSError, TrustError, ValueError) as exc:
+                raise CommandError(f"cannot use our key for {username}: {exc}") from None
+            if made:
+                log.info("made a key for %s in %s", username, self._identities)
+        name: str = await self._command(
+            lambda c, now: self.core.login(c, username, password, now, signer)
+        )
         return name
 
     async def logout(self) -> None:

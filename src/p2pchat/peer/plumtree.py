@@ -42,6 +42,7 @@ from typing import NamedTuple
 
 from msgspec.structs import replace as _replace
 
+from p2pchat.peer.router import Check, Signer
 from p2pchat.protocol.messages import (
     MAX_IDS_PER_FRAME,
     Graft,
@@ -82,6 +83,8 @@ class Drop(enum.StrEnum):
     """An id that is not 32 lowercase hex digits."""
     TOO_MANY_IDS = "too_many_ids"
     """An ``ihave`` or ``graft`` with more than ``MAX_IDS_PER_FRAME`` ids."""
+    BAD_SIGNATURE = "bad_signature"
+    """Its signature is not its origin's, or the origin's key is not known."""
     NOT_NEIGHBOUR = "not_neighbour"
     """An ``ihave``, ``graft`` or ``prune`` from a peer that is not our neighbour in the room."""
 
@@ -374,20 +377,31 @@ class TreeRouter:
     # ------------------------------------------------------------------ sending
 
     def originate(
-        self, room: str, text: str, now: float, *, ts: float | None = None
+        self,
+        room: str,
+        text: str,
+        now: float,
+        *,
+        ts: float | None = None,
+        seq: int = 1,
+        sign: Signer | None = None,
     ) -> Origination:
         """A new message of ours, pushed to our eager neighbours and announced to the others.
 
-        ``ts`` is the timestamp shown to readers (wall-clock); it defaults to ``now``.
+        ``ts`` is the timestamp shown to readers (wall-clock); it defaults to ``now``. ``seq``
+        numbers our messages in the room; ``sign`` gives the message its signature.
         """
         msg = RoomMessage(
             id=self._new_id(),
             room=room,
             origin=self.me,
+            seq=seq,
             text=text,
             ts=now if ts is None else ts,
             hops=self._hops,
         )
+        if sign is not None:
+            msg = _replace(msg, sig=sign(msg))
         if now >= self._next_expiry:
             self._expire(now)
         self._remember(msg.id, now)
@@ -458,7 +472,12 @@ class TreeRouter:
     # ------------------------------------------------------------------ receiving
 
     def receive(
-        self, msg: TreeFrame, from_peer: str, now: float, members: Container[str]
+        self,
+        msg: TreeFrame,
+        from_peer: str,
+        now: float,
+        members: Container[str],
+        check: Check | None = None,
     ) -> Result:
         """Decide what to do with ``msg``, received over the link to ``from_peer``.
 
@@ -473,7 +492,7 @@ class TreeRouter:
         if now >= self._next_expiry:
             self._expire(now)
         if type(msg) is RoomMessage:
-            return self._on_payload(msg, from_peer, now)
+            return self._on_payload(msg, from_peer, now, check)
         state = self._rooms.get(msg.room)
         if state is None or from_peer not in state.neighbours:
             return self._drop(Drop.NOT_NEIGHBOUR)
@@ -496,7 +515,9 @@ class TreeRouter:
         self.dropped += 1
         return Result(False, _EMPTY, why)
 
-    def _on_payload(self, msg: RoomMessage, from_peer: str, now: float) -> Result:
+    def _on_payload(
+        self, msg: RoomMessage, from_peer: str, now: float, check: Check | None
+    ) -> Result:
         mid = msg.id
         if not valid_message_id(mid):
             return self._drop(Drop.BAD_ID)
@@ -505,6 +526,8 @@ class TreeRouter:
             return Result(False, self._maybe_prune(msg, from_peer), Drop.DUPLICATE)
         if msg.origin == self.me:
             return self._drop(Drop.OWN_MESSAGE)
+        if check is not None and not check(msg):  # not remembered: see FloodRouter.receive
+            return self._drop(Drop.BAD_SIGNATURE)
         self._remember(mid, now)
         self.delivered += 1
         missing = self._missing.pop(mid, None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from p2pchat.peer.mesh import RoomMesh
-from p2pchat.protocol.messages import MemberInfo, RoomEvent
+from p2pchat.protocol.messages import MemberInfo, RoomEvent, unb64
 
 
 @dataclass(slots=True)
@@ -13,6 +13,10 @@ class Member:
     online: bool
     host: str | None = None
     port: int | None = None
+    key: bytes | None = None
+    """The member's current public key, as the registry says: room messages from them are
+    checked against it."""
+    since: float | None = None
 
 
 @dataclass(slots=True)
@@ -25,22 +29,28 @@ class RoomView:
 
     @classmethod
     def from_list(cls, name: str, members: list[MemberInfo], max_links: int) -> RoomView:
-        view = cls(name, {m.username: Member(m.online, m.host, m.port) for m in members})
+        view = cls(
+            name,
+            {m.username: Member(m.online, m.host, m.port, _key(m.key), m.since) for m in members},
+        )
         view.mesh = RoomMesh([m.username for m in members if m.online], max_links)
         return view
 
     def apply(self, event: RoomEvent) -> None:
         """A pushed membership or presence change."""
         who, change = event.username, event.change
+        old = self.members.get(who)
+        key = _key(event.key) or (old.key if old else None)
+        since = event.since or (old.since if old else None)
         if change in ("online", "joined", "added"):
             online = event.host is not None
-            self.members[who] = Member(online, event.host, event.port)
+            self.members[who] = Member(online, event.host, event.port, key, since)
             if online:
                 self.mesh.add(who)
             else:
                 self.mesh.remove(who)
         elif change == "offline":
-            self.members[who] = Member(False)
+            self.members[who] = Member(False, key=key, since=since)
             self.mesh.remove(who)
         else:  # left, removed
             self.members.pop(who, None)
@@ -49,6 +59,10 @@ class RoomView:
     def is_online(self, user: str) -> bool:
         member = self.members.get(user)
         return member is not None and member.online
+
+
+def _key(text: str | None) -> bytes | None:
+    return unb64(text) if text else None
 
 
 def describe(event: RoomEvent) -> str:

@@ -30,6 +30,9 @@ class Drop(enum.StrEnum):
     """Already seen (including our own messages coming back); normal, about one per message."""
     OWN_MESSAGE = "own_message"
     """Claims to be ours but we do not remember sending it: forged, or older than the cache."""
+    BAD_SIGNATURE = "bad_signature"
+    """Its signature is not its origin's (forged or altered on the way), or the origin's key
+    is not known."""
 
 
 class Forward(NamedTuple):
@@ -59,6 +62,12 @@ _DUPLICATE = Route(False, None, Drop.DUPLICATE)
 _SENDER_NOT_MEMBER = Route(False, None, Drop.SENDER_NOT_MEMBER)
 _ORIGIN_NOT_MEMBER = Route(False, None, Drop.ORIGIN_NOT_MEMBER)
 _OWN_MESSAGE = Route(False, None, Drop.OWN_MESSAGE)
+_BAD_SIGNATURE = Route(False, None, Drop.BAD_SIGNATURE)
+
+Signer = Callable[[RoomMessage], str]
+"""Gives a message of ours its signature (``sig``)."""
+Check = Callable[[RoomMessage], bool]
+"""Whether a received message's signature is its origin's."""
 
 _INF = float("inf")
 
@@ -137,20 +146,26 @@ class FloodRouter:
         neighbours: Iterable[str],
         *,
         ts: float | None = None,
+        seq: int = 1,
+        sign: Signer | None = None,
     ) -> Forward:
         """A new message of ours, to send to all our mesh ``neighbours`` in ``room``.
 
-        ``ts`` is the timestamp shown to readers (wall-clock); it defaults to ``now``. Even
-        with no neighbours the message is returned, for the caller to show locally.
+        ``ts`` is the timestamp shown to readers (wall-clock); it defaults to ``now``. ``seq``
+        numbers our messages in the room; ``sign`` gives the message its signature. Even with
+        no neighbours the message is returned, for the caller to show locally.
         """
         msg = RoomMessage(
             id=self._new_id(),
             room=room,
             origin=self.me,
+            seq=seq,
             text=text,
             ts=now if ts is None else ts,
             hops=self._hops,
         )
+        if sign is not None:
+            msg = _replace(msg, sig=sign(msg))
         self._remember(msg.id, now)
         targets = list(neighbours)
         self.frames_out += len(targets)
@@ -163,13 +178,16 @@ class FloodRouter:
         now: float,
         neighbours: Iterable[str],
         members: Container[str],
+        check: Check | None = None,
     ) -> Route:
         """Decide what to do with ``msg``, received over the link to ``from_peer``.
 
         ``neighbours`` are our mesh neighbours in ``msg.room``; ``members`` the room's members
         as the registry lists them (a set, ideally: it is probed twice). Never ``None``: a
         dropped message has ``deliver`` false and ``dropped`` set. Membership is checked before
-        the seen cache so that outsiders cannot fill it.
+        the seen cache so that outsiders cannot fill it. ``check`` (the signature) runs only
+        for a message not seen yet, and one it refuses is not remembered: a forged copy must
+        not shut out the real message that has the same id.
         """
         if from_peer not in members:
             self.dropped += 1
@@ -188,6 +206,9 @@ class FloodRouter:
         if origin == self.me:
             self.dropped += 1
             return _OWN_MESSAGE
+        if check is not None and not check(msg):
+            self.dropped += 1
+            return _BAD_SIGNATURE
         if not seen:
             self._next_expiry = now + self._ttl
         seen[mid] = now + self._ttl

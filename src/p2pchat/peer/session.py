@@ -33,7 +33,6 @@ from p2pchat.protocol.messages import (
     PROTOCOL_VERSION,
     Bye,
     LoggedIn,
-    Ping,
     RegistryReply,
     RoomEvent,
     Welcome,
@@ -144,7 +143,12 @@ class RegistrySession:
         """Conversations to start once the connection is ready."""
         self._ids = itertools.count(1)
         self._beat_timer: Timer | None = None
+        self._beats = 0
         self.last_heartbeat: float | None = None
+        self.identity: str | None = None
+        """The user whose certificate we show when connecting (to ``resume``), if any."""
+        self.ca_cert: bytes | None = None
+        """The certificate the registry presented on the current connection (TLS)."""
 
     @property
     def ready(self) -> bool:
@@ -163,7 +167,7 @@ class RegistrySession:
         self._waiting.append(run)
         if self.state is State.OFF:
             self.state = State.CONNECTING
-            self._ctx.out.append(ConnectRegistry(self.host, self.port))
+            self._ctx.out.append(ConnectRegistry(self.host, self.port, self.identity))
 
     def _step(self, run: _Run, reply: RegistryReply | None) -> None:
         """Resume ``run`` with ``reply`` (None to start it) and send what it asks next."""
@@ -203,8 +207,10 @@ class RegistrySession:
 
     # ------------------------------------------------------------------ the connection
 
-    def connected(self) -> None:
-        """The TCP connection is up: greet the registry."""
+    def connected(self, ca_cert: bytes | None) -> None:
+        """The connection is up (``ca_cert``: what the registry showed in TLS, already checked
+        against the pin): greet the registry."""
+        self.ca_cert = ca_cert
         self.state = State.GREETING
         self._framer = LineFramer()
         self._close_reason = ""
@@ -303,13 +309,16 @@ class RegistrySession:
             )
         if self._beat_timer is not None:
             self._beat_timer.cancel()
+        self._beats = 0
         self._beat(login, chosen or login.heartbeat_interval)
 
     def _beat(self, login: LoggedIn, interval: float) -> None:
         if self.login is not login:
             return
         ctx = self._ctx
-        ctx.out.append(SendDatagram(self.host, login.udp_port, encode(Ping(token=login.token))))
+        self._beats += 1
+        ping = flows.heartbeat(login, self._beats)
+        ctx.out.append(SendDatagram(self.host, login.udp_port, encode(ping)))
         self.last_heartbeat = ctx.now
         self._beat_timer = ctx.at(ctx.now + interval, lambda now: self._beat(login, interval))
 

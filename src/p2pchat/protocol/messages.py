@@ -6,6 +6,7 @@ a frame is a single pass. ``docs/protocol.md`` describes each of them for other 
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 import hmac
@@ -15,7 +16,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""2: TLS on every connection, registry-issued certificates, signed room messages."""
 
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,32}\Z"
 NAME_RE = re.compile(NAME_PATTERN)
@@ -54,6 +56,30 @@ MsgId = Annotated[str, msgspec.Meta(max_length=MAX_MSG_ID)]
 Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
 """Chat text: at most MAX_TEXT characters here; the byte bound is ``text_size_ok``."""
 MeshList = Annotated[list[Name], msgspec.Meta(max_length=MAX_MESH_ROOMS)]
+B64_RE = r"[A-Za-z0-9_-]"
+PublicKey = Annotated[str, msgspec.Meta(pattern=f"^{B64_RE}{{43}}\\Z")]
+"""An Ed25519 public key: 32 bytes, base64url without padding (``b64``)."""
+Signature = Annotated[str, msgspec.Meta(pattern=f"^(?:{B64_RE}{{86}})?\\Z")]
+"""An Ed25519 signature: 64 bytes, base64url without padding; empty only where a registry or
+benchmark runs without signatures."""
+Certificate = Annotated[str, msgspec.Meta(max_length=2048, pattern=f"^{B64_RE}+\\Z")]
+"""A user certificate: X.509 DER, base64url without padding (about 400 characters)."""
+Mac = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}\\Z")]
+MessageId = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{32}\\Z")]
+"""A room message id: 128 random bits as 32 lowercase hex digits (a fixed size keeps seen
+caches bounded in bytes as well as in count)."""
+Seq = Annotated[int, msgspec.Meta(ge=1, le=2**53)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+
+
+def b64(data: bytes) -> str:
+    """Binary fields on the wire: base64url without padding."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64(text: str) -> bytes:
+    """The bytes of a ``b64`` field (already checked against its pattern when decoded)."""
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def valid_name(name: str) -> bool:
@@ -138,7 +164,7 @@ class ErrorCode(enum.StrEnum):
     OVERLOADED = "overloaded"
     STORAGE_ERROR = "storage_error"
     INTERNAL = "internal"
-    NOT_VOUCHED = "not_vouched"
+    CERT_REFUSED = "cert_refused"
     # in bye only
     TIMEOUT = "timeout"
     SHUTDOWN = "shutdown"
@@ -170,7 +196,8 @@ class Register(Message, tag="register"):
 class Login(Message, tag="login"):
     """``port`` is the peer's own listener; ``host`` overrides the source address we see (if
     the registry allows it). ``ticket``, from an earlier ``logged_in``, spares its holder the
-    throttles that others' wrong guesses cause."""
+    throttles that others' wrong guesses cause. ``key``: the peer's Ed25519 public key, for
+    which the registry issues a certificate naming the user (peers need one to link)."""
 
     id: int
     username: Name
@@ -178,6 +205,23 @@ class Login(Message, tag="login"):
     port: Port
     host: Host | None = None
     ticket: Secret | None = None
+    key: PublicKey | None = None
+
+
+class Resume(Message, tag="resume"):
+    """Log in again without the password: only on a connection whose TLS client certificate is
+    a valid one of this registry, for the key the account has now (after a registry restart,
+    this spares the registry a password hash per returning peer)."""
+
+    id: int
+    port: Port
+    host: Host | None = None
+
+
+class Renew(Message, tag="renew"):
+    """A fresh certificate for the logged-in user's key (certificates last a day)."""
+
+    id: int
 
 
 class Logout(Message, tag="logout"):
@@ -185,9 +229,15 @@ class Logout(Message, tag="logout"):
 
 
 class Ping(Message, tag="ping"):
-    """Heartbeat. Over UDP it has no id and gets no reply; over TCP it has one and gets ``ok``."""
+    """Heartbeat. Over UDP it has no id and gets no reply; over TCP it has one and gets ``ok``.
 
-    token: Secret
+    ``mac`` is ``heartbeat_mac(heartbeat_key, session, seq)``; ``seq`` must grow from one ping
+    to the next, so a captured ping cannot be played again, and no secret travels in clear.
+    """
+
+    session: Secret
+    seq: Seq
+    mac: Mac
     id: int | None = None
 
 
@@ -260,22 +310,6 @@ class ListRooms(Message, tag="rooms"):
 LinkRole = Literal["dial", "accept"]
 
 
-class Vouch(Message, tag="vouch"):
-    """Ask the registry whether ``proof`` shows that ``username`` is who a peer link claims.
-
-    ``proof`` must be ``link_proof(token of username's session, role, nonce, username, peer)``
-    (``role``: how ``username`` came to the link, ``dial`` or ``accept``), and ``peer`` must be
-    the asker itself, so a proof made for one peer cannot be replayed to another.
-    """
-
-    id: int
-    username: Name
-    peer: Name
-    role: LinkRole
-    nonce: Secret
-    proof: Secret
-
-
 class ListMembers(Message, tag="members"):
     id: int
     room: Name
@@ -299,7 +333,8 @@ RegistryRequest = (
     | Unban
     | ListRooms
     | ListMembers
-    | Vouch
+    | Resume
+    | Renew
 )
 
 # ---------------------------------------------------------------- registry -> client (TCP)
@@ -319,25 +354,39 @@ class Ok(Message, tag="ok"):
 
 
 class LoggedIn(Message, tag="logged_in"):
-    """``ticket``: present it in the next ``login`` (see ``Login``)."""
+    """``ticket``: present it in the next ``login`` (see ``Login``). ``session`` and
+    ``heartbeat_key`` are for heartbeats (see ``Ping``; the key is secret). ``cert``: the user
+    certificate for the ``key`` of the login (base64url DER)."""
 
     id: int
     username: str
-    token: str
+    session: str
+    heartbeat_key: str
     host: str
     port: int
     udp_port: int
     heartbeat_interval: float
     timeout: float
     ticket: str | None = None
+    cert: str | None = None
+
+
+class CertificateReply(Message, tag="certificate"):
+    """The answer to ``renew``."""
+
+    id: int
+    cert: str
 
 
 class SearchResult(Message, tag="search_result"):
+    """``key``: the user's current public key, when online."""
+
     id: int
     username: str
     online: bool
     host: str | None = None
     port: int | None = None
+    key: str | None = None
 
 
 class UserAddr(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -371,11 +420,16 @@ class RoomList(Message, tag="room_list"):
 
 
 class MemberInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """``key``: the member's current public key (room messages are signed with it); ``since``:
+    when the member was added (wall clock), for who may see which history."""
+
     username: str
     online: bool
     owner: bool = False
     host: str | None = None
     port: int | None = None
+    key: str | None = None
+    since: float | None = None
 
 
 class MemberList(Message, tag="member_list"):
@@ -409,6 +463,8 @@ class RoomEvent(Message, tag="room_event"):
     host: str | None = None
     port: int | None = None
     by: str | None = None
+    key: str | None = None
+    since: float | None = None
 
 
 class Bye(Message, tag="bye"):
@@ -422,6 +478,7 @@ RegistryReply = (
     Welcome
     | Ok
     | LoggedIn
+    | CertificateReply
     | SearchResult
     | UserList
     | RoomList
@@ -435,7 +492,8 @@ RegistryReply = (
 
 
 class PeerHello(Message, tag="peer_hello"):
-    """First frame of a link, from the dialing peer. ``nonce``: what the acceptor must prove."""
+    """First frame of a link, from the dialing peer, whose TLS certificate already said who it
+    is (``username`` must match it). ``nonce``: what the acceptor signs to prove who it is."""
 
     version: int
     username: Name
@@ -443,18 +501,13 @@ class PeerHello(Message, tag="peer_hello"):
 
 
 class PeerWelcome(Message, tag="peer_welcome"):
-    """The acceptor's answer: its proof for the dialer's nonce, and a nonce of its own."""
+    """The acceptor's answer, now that the dialer is known: its certificate and its signature
+    of ``link_statement("accept", nonce, acceptor, dialer)``."""
 
     version: int
     username: Name
-    nonce: Secret
-    proof: Secret
-
-
-class PeerProof(Message, tag="peer_proof"):
-    """The dialer's proof for the acceptor's nonce; the link is open once it is vouched for."""
-
-    proof: Secret
+    cert: Certificate | None = None
+    sig: Signature = ""
 
 
 class MeshRooms(Message, tag="mesh"):
@@ -478,14 +531,18 @@ class DirectAck(Message, tag="dm_ack"):
 
 
 class RoomMessage(Message, tag="room_msg"):
-    """A flooded room message. ``hops`` is how many more links it may cross."""
+    """A room message. ``hops`` is how many more links it may cross; ``sig`` is the origin's
+    signature of ``room_message_bytes(room, origin, id, seq, ts, text)``; ``seq`` counts the
+    origin's messages in the room (one stream per signing key)."""
 
-    id: MsgId
+    id: MessageId
     room: Name
     origin: Name
-    text: Text
+    seq: Seq
     ts: float
+    text: Text
     hops: int
+    sig: Signature = ""
 
 
 class PeerError(Message, tag="peer_error"):
@@ -536,7 +593,6 @@ class Prune(Message, tag="prune"):
 PeerFrame = (
     PeerHello
     | PeerWelcome
-    | PeerProof
     | MeshRooms
     | DirectMessage
     | DirectAck
@@ -548,16 +604,11 @@ PeerFrame = (
 )
 
 
-def link_proof(token: str, role: LinkRole, nonce: str, prover: str, verifier: str) -> str:
-    """What a peer sends to show it holds ``prover``'s registry session, for one link.
-
-    An HMAC of the verifier's nonce, both names and the prover's role, keyed with the session
-    token that only the prover and the registry know; the verifier asks the registry to check
-    it (``vouch``). The role keeps an acceptor's proof (made for a nonce the dialer chose) from
-    being relayed as a dialer's proof to a third peer.
-    """
-    msg = f"p2pchat-link\0{role}\0{nonce}\0{prover}\0{verifier}".encode()
-    return hmac.new(token.encode(), msg, hashlib.sha256).hexdigest()
+def heartbeat_mac(key: bytes, session: str, seq: int) -> str:
+    """What a ``ping`` carries to show it comes from the holder of ``session``'s heartbeat key:
+    an HMAC of the session and sequence number, so it can be neither forged nor replayed."""
+    msg = f"p2pchat-ping\0{session}\0{seq}".encode()
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()
 
 
 # ---------------------------------------------------------------- codec

@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import msgspec
@@ -22,7 +23,6 @@ from p2pchat.protocol.messages import (
     Bye,
     Error,
     ErrorCode,
-    LinkRole,
     LoggedIn,
     MemberInfo,
     Ok,
@@ -36,9 +36,12 @@ from p2pchat.protocol.messages import (
     Welcome,
     decode_reply,
     encode,
+    unb64,
 )
 from p2pchat.registry import flows
 from p2pchat.registry.flows import RegistryClosed, RegistryError
+from p2pchat.trust import tls
+from p2pchat.trust.certs import fingerprint
 
 __all__ = ["Event", "RegistryClient", "RegistryClosed", "RegistryError"]
 
@@ -78,6 +81,10 @@ class RegistryClient:
         self.closed = asyncio.Event()
         self.close_reason = ""
         self.last_heartbeat: float | None = None
+        self.fingerprint: str | None = None
+        """Of the certificate the registry presented (None over plain TCP)."""
+        self.ca_cert: bytes | None = None
+        self._beats = 0
 
     @classmethod
     async def connect(
@@ -88,13 +95,29 @@ class RegistryClient:
         timeout: float = 10.0,
         on_event: Callable[[Event], None] | None = None,
         agent: str = "p2pchat",
+        pinned: str | None = None,
+        cert: tuple[Path, Path] | None = None,
+        secure: bool = True,
     ) -> RegistryClient:
-        """Connect and exchange hellos (protocol version check)."""
+        """Connect over TLS and exchange hellos (protocol version check).
+
+        ``pinned``: the fingerprint the registry must present (TrustError otherwise; without
+        one, whatever it presents is taken and kept in ``fingerprint``). ``cert``: a user
+        certificate and key to present (for ``resume``). ``secure`` False: plain TCP, for
+        benchmarks against a registry started that way.
+        """
+        context = tls.client(*cert) if cert else tls.client()
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, limit=1 << 17), timeout
+            asyncio.open_connection(host, port, limit=1 << 17, ssl=context if secure else None),
+            timeout,
         )
         client = cls(reader, writer, host, on_event)
+        presented = tls.peer_certificate(writer.get_extra_info("ssl_object"))
+        if presented is not None:
+            client.fingerprint, client.ca_cert = fingerprint(presented), presented
         try:
+            if secure and pinned is not None:
+                tls.check_pin(f"{host}:{port}", presented or b"", pinned)
             client.welcome = await asyncio.wait_for(
                 client._run(flows.hello(PROTOCOL_VERSION, agent)), timeout
             )
@@ -218,27 +241,48 @@ class RegistryClient:
         host: str | None = None,
         heartbeat: float | None = None,
         ticket: str | None = None,
+        key: bytes | None = None,
     ) -> LoggedIn:
         """Log in and start heartbeats every ``heartbeat`` seconds (default: the registry's).
 
         ``heartbeat=0`` sends none (tests of expiry use it). ``ticket``: the one from an
         earlier ``LoggedIn`` for this user, so that others' wrong guesses do not slow us.
         """
-        self.session = await self._run(flows.login(username, password, port, host, ticket))
-        interval = self.session.heartbeat_interval if heartbeat is None else heartbeat
+        session = await self._run(flows.login(username, password, port, host, ticket, key))
+        self.session = session
+        self._beat_every(session, heartbeat)
+        return session
+
+    async def resume(self, port: int, *, host: str | None = None) -> LoggedIn:
+        """Log in again with the certificate shown in TLS (``connect(cert=...)``)."""
+        session = await self._run(flows.resume(port, host))
+        self.session = session
+        self._beat_every(session, None)
+        return session
+
+    async def renew(self) -> bytes:
+        """A fresh certificate (DER) for our key."""
+        return unb64(await self._run(flows.renew()))
+
+    def _beat_every(self, session: LoggedIn, heartbeat: float | None) -> None:
+        interval = session.heartbeat_interval if heartbeat is None else heartbeat
         if interval > 0:
-            self._heartbeat_task = asyncio.create_task(self._heartbeat(self.session, interval))
-        return self.session
+            self._heartbeat_task = asyncio.create_task(self._heartbeat(session, interval))
+
+    def next_ping(self, request_id: int | None = None) -> Ping:
+        """The next heartbeat of our login (each one's sequence number is one more)."""
+        assert self.session is not None
+        self._beats += 1
+        return flows.heartbeat(self.session, self._beats, request_id)
 
     async def _heartbeat(self, session: LoggedIn, interval: float) -> None:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
             _Heartbeat, remote_addr=(self.host, session.udp_port)
         )
-        frame = encode(Ping(token=session.token))
         try:
-            while True:
-                transport.sendto(frame)
+            while self.session is session:
+                transport.sendto(encode(self.next_ping()))
                 self.last_heartbeat = loop.time()
                 await asyncio.sleep(interval)
         finally:
@@ -248,7 +292,7 @@ class RegistryClient:
         """The heartbeat over the TCP session, for networks that drop UDP."""
         if self.session is None:
             raise RegistryError(ErrorCode.NOT_LOGGED_IN, "log in first")
-        await self._run(flows.call(Ping(id=0, token=self.session.token), Ok))
+        await self._run(flows.call(self.next_ping(0), Ok))
 
     async def logout(self) -> None:
         if self._heartbeat_task is not None:
@@ -263,12 +307,6 @@ class RegistryClient:
     async def users(self) -> list[UserAddr]:
         """Every online user (all pages)."""
         return await self._run(flows.users())
-
-    async def vouch(self, username: str, role: LinkRole, nonce: str, proof: str) -> None:
-        """Raises RegistryError (``not_vouched``) unless ``proof`` is ``username``'s, for us,
-        made in ``role`` (how ``username`` came to the link)."""
-        me = self.session.username if self.session else ""
-        await self._run(flows.vouch(me, username, role, nonce, proof))
 
     async def create_room(self, room: str, private: bool = False) -> None:
         await self._run(flows.create_room(room, private))

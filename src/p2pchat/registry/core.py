@@ -13,6 +13,13 @@ thread, then calls back ``register_hashed`` / ``login_verified`` / ``auth_failed
 the worker and may start the next job. State is re-checked on the way back, since other
 requests may have been served in between.
 
+Identities: the registry is a small certificate authority (``trust/certs.py``). A login that
+carries the peer's public key gets a day-long certificate for it, and the key becomes the
+account's current one (a login from a new machine supersedes the old key). A connection whose
+TLS client certificate is a valid one for the current key may ``resume`` without the password.
+Heartbeats name a session and carry an HMAC over a growing sequence number, with a key given
+only over TLS: they cannot be forged or replayed.
+
 Who is online, and in which rooms, is kept in memory (``Session.rooms``, ``_present``): events,
 online counts and logouts never read the database, so a failing database cannot leave a user
 half logged in or out. Every handler reads what it needs before it changes anything; a store
@@ -38,6 +45,7 @@ from p2pchat.protocol.messages import (
     PROTOCOL_VERSION,
     AddMember,
     Bye,
+    CertificateReply,
     CreateRoom,
     Error,
     ErrorCode,
@@ -58,6 +66,8 @@ from p2pchat.protocol.messages import (
     Register,
     RegistryRequest,
     RemoveMember,
+    Renew,
+    Resume,
     RoomChange,
     RoomEvent,
     RoomInfo,
@@ -67,12 +77,14 @@ from p2pchat.protocol.messages import (
     Unban,
     UserAddr,
     UserList,
-    Vouch,
     Welcome,
-    link_proof,
+    b64,
+    heartbeat_mac,
+    unb64,
     valid_host,
 )
 from p2pchat.store.base import NameTaken, Room, RoomExists, Store, StoreError
+from p2pchat.trust.certs import Authority, TrustError, UserCert, ca_key, read_user_cert
 
 log = logging.getLogger("p2pchat.registry")
 
@@ -134,6 +146,13 @@ class Session:
     host: str = ""
     port: int = 0
     token: str = ""
+    """The session id heartbeats name (public)."""
+    heartbeat_key: bytes = b""
+    heartbeat_seq: int = 0
+    public_key: bytes | None = None
+    """The key this login's certificates are for."""
+    tls: UserCert | None = None
+    """The user certificate the connection presented in TLS, if any (checked)."""
     last_seen: float = 0.0
     rooms: dict[str, str] = field(default_factory=dict)
     """While logged in: the user's rooms, casefolded id -> id as spelled."""
@@ -351,10 +370,17 @@ class RegistryCore:
         store: Store,
         config: RegistryConfig | None = None,
         token_factory: Callable[[], str] = lambda: secrets.token_urlsafe(24),
+        *,
+        authority: Authority | None = None,
+        wall_offset: float = 0.0,
     ) -> None:
         self.store = store
         self.config = config or RegistryConfig()
         self._new_token = token_factory
+        self.authority = authority
+        """Issues user certificates; without one, logins get none (peers cannot link)."""
+        self._wall_offset = wall_offset
+        """Added to ``now`` for the wall-clock time certificates are dated with."""
         self._ticket_key = store.secret()
         self.sessions: dict[int, Session] = {}
         self.online: dict[str, Session] = {}  # by casefolded username
@@ -374,6 +400,7 @@ class RegistryCore:
             Hello: self._hello,
             Register: self._register,
             Login: self._login,
+            Resume: self._resume,
             Ping: self._tcp_ping,
         }
         # these need a login: they are handed the session's username
@@ -389,15 +416,28 @@ class RegistryCore:
             Unban: self._unban,
             ListRooms: self._rooms,
             ListMembers: self._members,
-            Vouch: self._vouch,
+            Renew: self._renew,
         }
 
     # ------------------------------------------------------------------ session lifecycle
 
-    def connect(self, conn: int, source_host: str, now: float) -> list[Action]:
-        """A new connection. Beyond ``max_anonymous`` sessions not logged in, the oldest idle
-        one makes room: connections that never log in cannot crowd out those that would."""
-        self.sessions[conn] = Session(conn=conn, source_host=source_host, last_seen=now)
+    def connect(
+        self, conn: int, source_host: str, now: float, cert: bytes | None = None
+    ) -> list[Action]:
+        """A new connection (with the user certificate it showed in TLS, if any). Beyond
+        ``max_anonymous`` sessions not logged in, the oldest idle one makes room: connections
+        that never log in cannot crowd out those that would."""
+        session = Session(conn=conn, source_host=source_host, last_seen=now)
+        if cert is not None and self.authority is not None:
+            try:
+                session.tls = read_user_cert(
+                    cert, ca_key(self.authority.cert), now + self._wall_offset
+                )
+            except TrustError as exc:
+                log.info(
+                    "a connection from %s showed a certificate we refuse: %s", source_host, exc
+                )
+        self.sessions[conn] = session
         self._anonymous[conn] = None
         heapq.heappush(self._expiry, (now + self.config.login_timeout, conn, ""))
         actions: list[Action] = []
@@ -446,11 +486,16 @@ class RegistryCore:
 
     # ------------------------------------------------------------------ heartbeats
 
-    def heartbeat(self, token: str, now: float) -> bool:
-        """A UDP ping. Unknown or stale tokens are ignored (False)."""
-        session = self._by_token.get(token)
-        if session is None:
+    def heartbeat(self, ping: Ping, now: float) -> bool:
+        """A UDP ping. One for an unknown session, with a wrong MAC, or with a sequence number
+        not above the last one (a replay) is ignored (False)."""
+        session = self._by_token.get(ping.session)
+        if session is None or ping.seq <= session.heartbeat_seq:
             return False
+        expected = heartbeat_mac(session.heartbeat_key, ping.session, ping.seq)
+        if not hmac.compare_digest(expected, ping.mac):
+            return False
+        session.heartbeat_seq = ping.seq
         session.last_seen = now
         return True
 
@@ -666,6 +711,47 @@ class RegistryCore:
             actions.insert(0, Send(conn, _storage_error(req.id, "login", exc)))
         return actions
 
+    def _resume(self, s: Session, req: Resume, now: float) -> list[Action]:
+        """Logged in again by the TLS client certificate, without a password hash."""
+        if s.user is not None:
+            return [
+                Send(
+                    s.conn,
+                    _err(req.id, ErrorCode.ALREADY_LOGGED_IN, f"already logged in as {s.user}"),
+                )
+            ]
+        cert = s.tls
+        if cert is None:
+            reason = "resume needs this registry's certificate for the user; log in instead"
+            return [Send(s.conn, _err(req.id, ErrorCode.CERT_REFUSED, reason))]
+        account = self.store.get_account(cert.username)
+        if account is None or account.public_key != cert.public_key:
+            reason = (
+                f"the key of this certificate is no longer {cert.username}'s (a later login "
+                "replaced it); log in with the password"
+            )
+            return [Send(s.conn, _err(req.id, ErrorCode.CERT_REFUSED, reason))]
+        login = Login(
+            id=req.id,
+            username=account.username,
+            password="",
+            port=req.port,
+            host=req.host,
+            key=b64(cert.public_key),
+        )
+        if req.host is not None:
+            refusal = self._check_advertised(s, login)
+            if refusal is not None:
+                return [Send(s.conn, refusal)]
+        return self._go_online(s, login, now)
+
+    def _renew(self, s: Session, user: str, req: Renew, now: float) -> list[Action]:
+        if s.public_key is None or self.authority is None:
+            reason = "this session has no key to certify (log in with one)"
+            return [Send(s.conn, _err(req.id, ErrorCode.CERT_REFUSED, reason))]
+        cert = self.authority.issue(user, s.public_key, now + self._wall_offset)
+        return [Send(s.conn, CertificateReply(id=req.id, cert=b64(cert)))]
+
     def _go_online(self, s: Session, req: Login, now: float) -> list[Action]:
         """Every read first; then the session is online, all at once."""
         key = req.username.casefold()
@@ -687,8 +773,16 @@ class RegistryCore:
                     _err(req.id, ErrorCode.ALREADY_LOGGED_IN, f"already logged in as {s.user}"),
                 )
             ]
+        public_key = unb64(req.key) if req.key is not None else None
+        if public_key is not None and public_key != account.public_key:
+            self.store.set_key(account.username, public_key)  # the last write before going on
+        cert = None
+        if public_key is not None and self.authority is not None:
+            cert = b64(self.authority.issue(account.username, public_key, now + self._wall_offset))
         token = self._new_token()
+        heartbeat_key = secrets.token_bytes(32)
         s.user, s.key, s.token = account.username, key, token
+        s.heartbeat_key, s.heartbeat_seq, s.public_key = heartbeat_key, 0, public_key
         s.host = req.host or s.source_host
         s.port = req.port
         s.last_seen = now
@@ -706,19 +800,25 @@ class RegistryCore:
                 LoggedIn(
                     id=req.id,
                     username=account.username,
-                    token=token,
+                    session=token,
+                    heartbeat_key=b64(heartbeat_key),
                     host=s.host,
                     port=s.port,
                     udp_port=cfg.udp_port,
                     heartbeat_interval=cfg.heartbeat_interval,
                     timeout=cfg.timeout,
-                    ticket=self._issue_ticket(key),
+                    ticket=self._issue_ticket(key) if req.password else None,
+                    cert=cert,
                 ),
             )
         ]
         for room_key, room in s.rooms.items():
             self._present.setdefault(room_key, set()).add(key)
-            actions.extend(self._tell_room(room_key, room, s, "online", host=s.host, port=s.port))
+            actions.extend(
+                self._tell_room(
+                    room_key, room, s, "online", host=s.host, port=s.port, key=public_key
+                )
+            )
         return actions
 
     # A login ticket is "NONCE.MAC": MAC = HMAC(the registry's key, account key, NONCE). It
@@ -768,8 +868,9 @@ class RegistryCore:
         return actions
 
     def _tcp_ping(self, s: Session, req: Ping, now: float) -> list[Action]:
-        if s.user is None or req.token != s.token:
-            return [Send(s.conn, _err(req.id, ErrorCode.NOT_LOGGED_IN, "unknown session token"))]
+        if s.user is None or req.session != s.token or not self.heartbeat(req, now):
+            reason = "not a valid heartbeat for this session"
+            return [Send(s.conn, _err(req.id, ErrorCode.NOT_LOGGED_IN, reason))]
         return [Send(s.conn, Ok(id=req.id))] if req.id is not None else []
 
     def _search(self, s: Session, user: str, req: Search, now: float) -> list[Action]:
@@ -789,6 +890,7 @@ class RegistryCore:
                     online=True,
                     host=peer.host,
                     port=peer.port,
+                    key=b64(peer.public_key) if peer.public_key else None,
                 ),
             )
         ]
@@ -862,7 +964,16 @@ class RegistryCore:
         self._enter(s, room.room)
         actions: list[Action] = [Send(s.conn, Ok(id=req.id))]
         actions.extend(
-            self._tell_room(room.room.casefold(), room.room, s, "joined", host=s.host, port=s.port)
+            self._tell_room(
+                room.room.casefold(),
+                room.room,
+                s,
+                "joined",
+                host=s.host,
+                port=s.port,
+                key=s.public_key,
+                since=now + self._wall_offset,
+            )
         )
         return actions
 
@@ -931,6 +1042,8 @@ class RegistryCore:
                 by=user,
                 host=target.host if target else None,
                 port=target.port if target else None,
+                key=account.public_key,
+                since=now + self._wall_offset,
             )
         )
         return actions
@@ -1002,11 +1115,12 @@ class RegistryCore:
         if room is None:
             return [Send(s.conn, _no_room(req.id, req.room))]
         limit = _limit(req.limit)
-        names = self.store.members_page(room.room, (req.after or "").casefold(), limit + 1)
+        rows = self.store.members_page(room.room, (req.after or "").casefold(), limit + 1)
         member = room.room.casefold() in s.rooms
         owner = room.owner.casefold()
         infos: list[MemberInfo] = []
-        for name in names[:limit]:
+        for row in rows[:limit]:
+            name = row.username
             peer = self.online.get(name.casefold())
             infos.append(
                 MemberInfo(
@@ -1015,30 +1129,16 @@ class RegistryCore:
                     owner=name.casefold() == owner,
                     host=peer.host if peer and member else None,
                     port=peer.port if peer and member else None,
+                    key=b64(row.public_key) if member and row.public_key else None,
+                    since=row.since if member else None,
                 )
             )
         return [
             Send(
                 s.conn,
-                MemberList(id=req.id, room=room.room, members=infos, more=len(names) > limit),
+                MemberList(id=req.id, room=room.room, members=infos, more=len(rows) > limit),
             )
         ]
-
-    def _vouch(self, s: Session, user: str, req: Vouch, now: float) -> list[Action]:
-        """Tell a peer whether the one on the other end of a link holds the claimed session."""
-        target = self.online.get(req.username.casefold())
-        if req.peer != user:
-            reason = "a proof can only be checked by the peer it was made for"
-        elif target is None or target.user != req.username:  # the exact spelling, too
-            reason = f"{_q(req.username)} is not online"
-        elif not hmac.compare_digest(
-            link_proof(target.token, req.role, req.nonce, target.user, user).encode(),
-            req.proof.encode(),
-        ):
-            reason = f"the proof does not match {target.user}'s session"
-        else:
-            return [Send(s.conn, Ok(id=req.id))]
-        return [Send(s.conn, _err(req.id, ErrorCode.NOT_VOUCHED, reason))]
 
     # ------------------------------------------------------------------ presence in rooms
 
@@ -1075,10 +1175,21 @@ class RegistryCore:
         host: str | None = None,
         port: int | None = None,
         by: str | None = None,
+        key: bytes | None = None,
+        since: float | None = None,
     ) -> list[Action]:
         """An event for every online member of the room except the session that caused it."""
         name = username or (subject.user if subject else None) or ""
-        event = RoomEvent(room=room, username=name, change=change, host=host, port=port, by=by)
+        event = RoomEvent(
+            room=room,
+            username=name,
+            change=change,
+            host=host,
+            port=port,
+            by=by,
+            key=b64(key) if key is not None else None,
+            since=since,
+        )
         skip = subject.conn if subject else -1
         online = self.online
         return [

@@ -16,12 +16,12 @@ import msgspec
 
 from p2pchat.protocol.messages import (
     AddMember,
+    CertificateReply,
     CreateRoom,
     Error,
     Hello,
     JoinRoom,
     LeaveRoom,
-    LinkRole,
     ListMembers,
     ListRooms,
     ListUsers,
@@ -32,10 +32,13 @@ from p2pchat.protocol.messages import (
     MemberList,
     Message,
     Ok,
+    Ping,
     Register,
     RegistryReply,
     RegistryRequest,
     RemoveMember,
+    Renew,
+    Resume,
     RoomInfo,
     RoomList,
     Search,
@@ -43,8 +46,10 @@ from p2pchat.protocol.messages import (
     Unban,
     UserAddr,
     UserList,
-    Vouch,
     Welcome,
+    b64,
+    heartbeat_mac,
+    unb64,
 )
 
 T = TypeVar("T")
@@ -117,10 +122,40 @@ def register(username: str, password: str) -> Flow[None]:
 
 
 def login(
-    username: str, password: str, port: int, host: str | None = None, ticket: str | None = None
+    username: str,
+    password: str,
+    port: int,
+    host: str | None = None,
+    ticket: str | None = None,
+    key: bytes | None = None,
 ) -> Flow[LoggedIn]:
-    request = Login(id=0, username=username, password=password, port=port, host=host, ticket=ticket)
+    """``key``: our Ed25519 public key, to be certified for the user."""
+    request = Login(
+        id=0,
+        username=username,
+        password=password,
+        port=port,
+        host=host,
+        ticket=ticket,
+        key=b64(key) if key is not None else None,
+    )
     return (yield from call(request, LoggedIn))
+
+
+def resume(port: int, host: str | None = None) -> Flow[LoggedIn]:
+    return (yield from call(Resume(id=0, port=port, host=host), LoggedIn))
+
+
+def renew() -> Flow[str]:
+    """A fresh certificate (base64url DER) for the logged-in user's key."""
+    reply = yield from call(Renew(id=0), CertificateReply)
+    return reply.cert
+
+
+def heartbeat(login: LoggedIn, seq: int, request_id: int | None = None) -> Ping:
+    """The ``seq``-th heartbeat of a login (``seq`` must grow from one to the next)."""
+    mac = heartbeat_mac(unb64(login.heartbeat_key), login.session, seq)
+    return Ping(session=login.session, seq=seq, mac=mac, id=request_id)
 
 
 def logout() -> Flow[None]:
@@ -171,10 +206,3 @@ def remove_member(room: str, username: str, ban: bool = False) -> Flow[None]:
 
 def unban(room: str, username: str) -> Flow[None]:
     yield from call(Unban(id=0, room=room, username=username), Ok)
-
-
-def vouch(me: str, username: str, role: LinkRole, nonce: str, proof: str) -> Flow[None]:
-    """Raises RegistryError (``not_vouched``) unless ``proof`` is ``username``'s, for ``me``,
-    made in ``role`` (how ``username`` came to the link)."""
-    request = Vouch(id=0, username=username, peer=me, role=role, nonce=nonce, proof=proof)
-    yield from call(request, Ok)

@@ -17,6 +17,9 @@ in a bounded pool of threads). What it does decide is how the machine's resource
   the bound, the connection holding the most is closed.
 - **Time.** One timer, re-armed after each batch of actions at the core's next deadline; the
   clock is injectable, so tests can drive it.
+- **TLS 1.3** on every connection, with the registry's CA certificate (``trust/``); a client
+  may show a user certificate (to ``resume``), which is handed to the core. A client that does
+  not speak TLS never gets a session.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import itertools
 import logging
 import resource
 import socket
+import ssl
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -58,6 +63,8 @@ from p2pchat.registry.core import (
 )
 from p2pchat.registry.passwords import Passwords
 from p2pchat.store.base import Store
+from p2pchat.trust import tls
+from p2pchat.trust.certs import Authority
 
 log = logging.getLogger("p2pchat.registry")
 
@@ -76,6 +83,8 @@ MAX_INPUT = 32 << 20
 MAX_PER_ADDRESS = 64
 ACCEPT_BATCH = 64
 ACCEPT_RETRY = 1.0
+TLS_HANDSHAKE = 10.0
+"""A connection that has not finished its TLS handshake by then is closed."""
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
@@ -154,8 +163,8 @@ class _Heartbeats(asyncio.DatagramProtocol):
         except msgspec.MsgspecError:
             log.debug("dropped a malformed datagram from %s", addr[0])
             return
-        if not self.server.core.heartbeat(ping.token, self.server.now()):
-            log.debug("ignored a ping with an unknown token from %s", addr[0])
+        if not self.server.core.heartbeat(ping, self.server.now()):
+            log.debug("ignored a ping that is not a valid heartbeat from %s", addr[0])
 
 
 class RegistryServer:
@@ -174,21 +183,32 @@ class RegistryServer:
         max_per_address: int = MAX_PER_ADDRESS,
         max_input: int = MAX_INPUT,
         clock: Callable[[], float] | None = None,
+        authority: Authority | None = None,
+        secure: bool = True,
     ) -> None:
+        """``authority``: the registry's CA (a new one, kept in memory only, if None).
+        ``secure`` False serves plain TCP: for benchmarks that measure what TLS costs."""
         self.max_connections = max_connections or default_max_connections()
         config = config or RegistryConfig()
         config = replace(
             config, max_anonymous=min(config.max_anonymous, max(1, self.max_connections // 2))
         )
-        self.core = RegistryCore(store, config)
+        self._loop = asyncio.get_running_loop()
+        self.now: Callable[[], float] = clock or self._loop.time
+        self.authority = authority or Authority.create(time.time())
+        self.core = RegistryCore(
+            store,
+            config,
+            authority=self.authority,
+            wall_offset=time.time() - self.now(),
+        )
+        self.tls: ssl.SSLContext | None = tls.registry_server(self.authority) if secure else None
         self.host = host
         self.port = port
         self.udp_port = udp_port
         self.passwords = passwords or Passwords()
         self.max_per_address = max_per_address
         self.max_input = max_input
-        self._loop = asyncio.get_running_loop()
-        self.now: Callable[[], float] = clock or self._loop.time
         self._sessions: dict[int, _TcpSession] = {}
         self._per_address: dict[str, int] = {}
         self._opening = 0  # accepted, transport not made yet
@@ -377,7 +397,12 @@ class RegistryServer:
         try:
             conn.setblocking(False)
             task: asyncio.Future[object] = asyncio.ensure_future(
-                self._loop.connect_accepted_socket(lambda: session, sock=conn)
+                self._loop.connect_accepted_socket(
+                    lambda: session,
+                    sock=conn,
+                    ssl=self.tls,
+                    ssl_handshake_timeout=TLS_HANDSHAKE if self.tls else None,
+                )
             )
         except Exception:
             self._opening -= 1
@@ -392,6 +417,13 @@ class RegistryServer:
     ) -> None:
         self._tasks.discard(task)
         failed = task.cancelled() or task.exception() is not None
+        if failed and not task.cancelled():
+            log.info(
+                "a connection from %s failed before its session began (not TLS, or a "
+                "handshake error): %s",
+                session.host,
+                task.exception(),
+            )
         if failed and session.transport is None:  # never made: undo what _admit counted
             self._opening -= 1
             self._release_address(session.host)
@@ -426,7 +458,9 @@ class RegistryServer:
         session.conn = next(self._conn_ids)
         self._sessions[session.conn] = session
         log.debug("session %d from %s", session.conn, session.host)
-        self._apply(self.core.connect(session.conn, session.host, self.now()))
+        assert session.transport is not None
+        cert = tls.peer_certificate(session.transport.get_extra_info("ssl_object"))
+        self._apply(self.core.connect(session.conn, session.host, self.now(), cert))
         self._arm()
 
     def received(self, session: _TcpSession, data: bytes) -> None:

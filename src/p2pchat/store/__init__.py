@@ -1,6 +1,15 @@
 """Persistence of accounts, rooms and memberships (never presence)."""
 
-from p2pchat.store.base import Account, NameTaken, Room, RoomExists, Store, StoreError
+from p2pchat.store.base import Account, Member, NameTaken, Room, RoomExists, Store, StoreError
 from p2pchat.store.sqlite import SqliteStore
 
-__all__ = ["Account", "NameTaken", "Room", "RoomExists", "SqliteStore", "Store", "StoreError"]
+__all__ = [
+    "Account",
+    "Member",
+    "NameTaken",
+    "Room",
+    "RoomExists",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+]

@@ -39,6 +39,16 @@ class RoomExists(Exception):
 class Account:
     username: str
     password_hash: str
+    public_key: bytes | None = None
+    """The user's current Ed25519 key (raw), once a peer has logged in with one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    username: str
+    public_key: bytes | None
+    since: float
+    """When the member was added (wall clock)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +65,10 @@ class Store(Protocol):
         ...
 
     def get_account(self, username: str) -> Account | None: ...
+
+    def set_key(self, username: str, public_key: bytes) -> None:
+        """The user's key from now on (a login from a new machine replaces the old one)."""
+        ...
 
     def lookalike(self, username: str) -> str | None:
         """An existing account with the same name or the same skeleton, if any."""
@@ -98,7 +112,7 @@ class Store(Protocol):
         the last one out deletes it. False if not a member."""
         ...
 
-    def members_page(self, room: str, after: str, limit: int) -> list[str]:
+    def members_page(self, room: str, after: str, limit: int) -> list[Member]:
         """Up to ``limit`` members whose casefolded name sorts after ``after``, in that order."""
         ...
 

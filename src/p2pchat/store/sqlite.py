@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 from p2pchat.protocol.messages import skeleton
-from p2pchat.store.base import Account, NameTaken, Room, RoomExists, StoreError
+from p2pchat.store.base import Account, Member, NameTaken, Room, RoomExists, StoreError
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -63,6 +63,15 @@ def _v2(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX accounts_by_skeleton ON accounts(skeleton)")
 
 
+_v3 = _script(
+    """
+    ALTER TABLE accounts ADD COLUMN public_key BLOB
+    """
+)
+"""The user's current Ed25519 key: certificates are issued for it, and room messages signed
+with it are verified against it."""
+
+
 MIGRATIONS: list[Migration] = [
     # version 1
     _script(
@@ -92,6 +101,8 @@ MIGRATIONS: list[Migration] = [
     ),
     # version 2
     _v2,
+    # version 3
+    _v3,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -206,9 +217,18 @@ class SqliteStore:
     @_guarded
     def get_account(self, username: str) -> Account | None:
         row = self._db.execute(
-            "SELECT username, password_hash FROM accounts WHERE key = ?", (_key(username),)
+            "SELECT username, password_hash, public_key FROM accounts WHERE key = ?",
+            (_key(username),),
         ).fetchone()
-        return Account(row[0], row[1]) if row else None
+        return (
+            Account(row[0], row[1], bytes(row[2]) if row[2] is not None else None) if row else None
+        )
+
+    @_guarded
+    def set_key(self, username: str, public_key: bytes) -> None:
+        self._db.execute(
+            "UPDATE accounts SET public_key = ? WHERE key = ?", (public_key, _key(username))
+        )
 
     @_guarded
     def lookalike(self, username: str) -> str | None:
@@ -359,13 +379,14 @@ class SqliteStore:
         return True
 
     @_guarded
-    def members_page(self, room: str, after: str, limit: int) -> list[str]:
+    def members_page(self, room: str, after: str, limit: int) -> list[Member]:
         rows = self._db.execute(
-            "SELECT a.username FROM members m JOIN accounts a ON a.key = m.user_key "
+            "SELECT a.username, a.public_key, m.added FROM members m "
+            "JOIN accounts a ON a.key = m.user_key "
             "WHERE m.room_key = ? AND m.user_key > ? ORDER BY m.user_key LIMIT ?",
             (_key(room), after, limit),
         ).fetchall()
-        return [r[0] for r in rows]
+        return [Member(r[0], bytes(r[1]) if r[1] is not None else None, r[2]) for r in rows]
 
     @_guarded
     def is_banned(self, room: str, username: str) -> bool:

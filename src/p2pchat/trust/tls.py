@@ -20,7 +20,16 @@ import ssl
 import tempfile
 from pathlib import Path
 
-from p2pchat.trust.certs import TrustError, anonymous_cert, cert_pem, fingerprint, private_pem
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from p2pchat.trust.certs import (
+    Authority,
+    TrustError,
+    anonymous_cert,
+    cert_pem,
+    fingerprint,
+    private_pem,
+)
 
 
 def _context(purpose: int) -> ssl.SSLContext:
@@ -29,13 +38,23 @@ def _context(purpose: int) -> ssl.SSLContext:
     return ctx
 
 
-def registry_server(cert: Path, key: Path, ca_der: bytes) -> ssl.SSLContext:
+def registry_server(authority: Authority) -> ssl.SSLContext:
     """The registry's side: its CA certificate; user certificates accepted, not required."""
     ctx = _context(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
+    _load_chain(ctx, authority.key, authority.cert)
     ctx.verify_mode = ssl.CERT_OPTIONAL
-    ctx.load_verify_locations(cadata=ca_der)
+    ctx.load_verify_locations(cadata=authority.cert)
     return ctx
+
+
+def _load_chain(ctx: ssl.SSLContext, key: Ed25519PrivateKey, cert: bytes) -> None:
+    """``ssl`` loads a certificate and key from files only: a private folder, gone at once."""
+    with tempfile.TemporaryDirectory() as folder:
+        cert_path, key_path = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+        cert_path.write_bytes(cert_pem(cert))
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(private_pem(key))
+        ctx.load_cert_chain(cert_path, key_path)
 
 
 def client(cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
@@ -53,13 +72,7 @@ def peer_server(now: float) -> ssl.SSLContext:
     """An accepting peer's side: an anonymous certificate; the dialer's is required, and checked
     against the registry's CA once it is known (``trust_registry``)."""
     ctx = _context(ssl.PROTOCOL_TLS_SERVER)
-    key, der = anonymous_cert(now)
-    with tempfile.TemporaryDirectory() as folder:  # ssl loads certificates from files only
-        cert_path, key_path = Path(folder) / "cert.pem", Path(folder) / "key.pem"
-        cert_path.write_bytes(cert_pem(der))
-        key_path.touch(mode=0o600)
-        key_path.write_bytes(private_pem(key))
-        ctx.load_cert_chain(cert_path, key_path)
+    _load_chain(ctx, *anonymous_cert(now))
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
