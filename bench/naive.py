@@ -142,7 +142,13 @@ class NaivePeer:
         members = await self._member_list(room)
         assert self.username is not None
         msg = RoomMessage(
-            id=os.urandom(16).hex(), room=room, origin=self.username, text=text, ts=ts, hops=0
+            id=os.urandom(16).hex(),
+            room=room,
+            origin=self.username,
+            seq=1,
+            text=text,
+            ts=ts,
+            hops=0,
         )
         frame = encode(msg)
         sent = 0

@@ -15,6 +15,17 @@ from p2pchat.store import SqliteStore
 ClientFactory = Callable[..., Awaitable[RegistryClient]]
 
 
+@pytest.fixture(autouse=True)
+def private_folders(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys, certificates and pinned registries go to a fresh folder per test, never to the
+    user's own (child processes inherit it)."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+
+
 @pytest.fixture
 async def registry() -> AsyncIterator[RegistryServer]:
     server = RegistryServer(

@@ -256,6 +256,21 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the address the registry sees)",
     )
     peer.add_argument(
+        "--registry-fingerprint",
+        default=None,
+        metavar="SHA256:...",
+        help="the fingerprint the registry's certificate must have, as the registry prints it "
+        "at start (otherwise the first one seen is pinned, in "
+        "$XDG_CONFIG_HOME/p2pchat/known_registries, and a changed one is refused)",
+    )
+    peer.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="where this peer keeps its users' keys and certificates "
+        "(default: $XDG_DATA_HOME/p2pchat, i.e. ~/.local/share/p2pchat)",
+    )
+    peer.add_argument(
         "--heartbeat",
         type=_seconds,
         default=None,
@@ -468,6 +483,8 @@ async def _run_peer(args: argparse.Namespace, ui: str) -> int:
         advertise=args.advertise,
         heartbeat=args.heartbeat,
         max_links=args.max_links,
+        registry_fingerprint=args.registry_fingerprint,
+        data_dir=args.data_dir,
     )
     stop = asyncio.Event()
     interrupted: list[bool] = []

@@ -145,7 +145,7 @@ class Demo:
     def user_config(self) -> PeerConfig:
         """How the user's peer (TUI or line mode) reaches this demo."""
         assert self.server is not None
-        return _peer_config(self.server.port)
+        return _peer_config(self.server, self.folder)
 
     async def start(self) -> None:
         self.store = SqliteStore(self.folder / "registry.db")
@@ -158,7 +158,7 @@ class Demo:
             passwords=Passwords("cheapest"),  # a throwaway registry: start fast
         )
         await self.server.start()
-        config = _peer_config(self.server.port)
+        config = _peer_config(self.server, self.folder)
         self.bots = [Bot(name, config, self) for name in self.bot_names]
         for i, bot in enumerate(self.bots):
             await bot.node.start()
@@ -242,13 +242,18 @@ class Demo:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _peer_config(port: int) -> PeerConfig:
+def _peer_config(server: RegistryServer, folder: Path) -> PeerConfig:
+    """Keys, certificates and the registry's pin live in the demo's folder, and the registry's
+    fingerprint is known: the demo made it."""
     return PeerConfig(
         registry_host=HOST,
-        registry_port=port,
+        registry_port=server.port,
         listen_host=HOST,
         advertise=HOST,
         heartbeat=HEARTBEAT,
+        registry_fingerprint=server.authority.fingerprint,
+        data_dir=str(folder / "peers"),
+        config_dir=str(folder / "peers"),
     )
 
 

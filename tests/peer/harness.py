@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from p2pchat.peer.events import PeerEvent
 from p2pchat.peer.mesh import mesh_graph
 from p2pchat.peer.node import PeerConfig, PeerNode
-from p2pchat.protocol.messages import PeerHello, PeerProof, encode, link_proof
+from p2pchat.protocol.messages import PROTOCOL_VERSION, PeerHello, encode
+from p2pchat.trust import tls
 from tests.simnet import Seen
 
 PW = "secret-pw"
@@ -22,17 +23,17 @@ WAIT = 10.0
 async def raw_link(
     target: PeerNode, as_peer: PeerNode
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A hand-driven link to ``target``, authenticated as ``as_peer`` (which must be logged in):
-    for tests that send a peer frames no well-behaved peer would."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
+    """A hand-driven link to ``target``, in TLS with ``as_peer``'s certificate (it must be
+    logged in): for tests that send a peer frames no well-behaved peer would."""
     me = as_peer.username or ""
-    writer.write(encode(PeerHello(version=1, username=me, nonce="ab" * 16)))
+    own = as_peer._own_files(me)
+    assert own is not None, "log in first"
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", target.port, ssl=tls.client(*own), server_hostname=""
+    )
+    writer.write(encode(PeerHello(version=PROTOCOL_VERSION, username=me, nonce="ab" * 16)))
     welcome = json.loads(await asyncio.wait_for(reader.readline(), WAIT))
     assert welcome["type"] == "peer_welcome", welcome
-    assert as_peer.core.session is not None
-    token = as_peer.core.session.token
-    proof = link_proof(token, "dial", welcome["nonce"], me, target.username or "")
-    writer.write(encode(PeerProof(proof=proof)))
     return reader, writer
 
 

@@ -17,7 +17,6 @@ from p2pchat.protocol.messages import (
     MeshRooms,
     PeerError,
     PeerHello,
-    PeerProof,
     PeerWelcome,
     RoomMessage,
 )
@@ -25,7 +24,6 @@ from p2pchat.protocol.messages import (
 FRAMES: list[type] = [
     PeerHello,
     PeerWelcome,
-    PeerProof,
     MeshRooms,
     DirectMessage,
     DirectAck,
@@ -37,10 +35,10 @@ TRIGGERS: list[LinkEvent | type] = [*LinkEvent, *FRAMES]
 
 def test_the_dialer_and_the_acceptor_each_reach_open_by_the_handshake_only() -> None:
     dialer = LinkState.DIALING
-    for trigger in (LinkEvent.CONNECTED, PeerWelcome, LinkEvent.VOUCHED):
+    for trigger in (LinkEvent.CONNECTED, PeerWelcome):
         dialer = next_state(dialer, trigger)
     acceptor = LinkState.AWAIT_HELLO
-    for trigger in (PeerHello, PeerProof, LinkEvent.VOUCHED):
+    for trigger in (PeerHello,):
         acceptor = next_state(acceptor, trigger)
     assert dialer is acceptor is LinkState.OPEN
 

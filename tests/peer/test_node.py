@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import ssl
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,10 +15,10 @@ from p2pchat.peer.events import CommandError
 from p2pchat.peer.mesh import mesh_graph
 from p2pchat.protocol.messages import (
     MAX_TEXT,
+    PROTOCOL_VERSION,
     DirectMessage,
     MeshRooms,
     PeerHello,
-    PeerProof,
     RoomMessage,
     encode,
 )
@@ -23,6 +26,8 @@ from p2pchat.registry.core import RegistryConfig
 from p2pchat.registry.passwords import Passwords
 from p2pchat.registry.server import RegistryServer
 from p2pchat.store import SqliteStore
+from p2pchat.trust import tls
+from p2pchat.trust.certs import Authority
 from tests.peer.harness import PW, Swarm, raw_link
 
 ROOM = "lobby"
@@ -175,6 +180,8 @@ async def test_direct_messages(swarm: Swarm) -> None:
 
 
 async def test_room_and_direct_chat_go_on_while_the_registry_is_down(tmp_path: object) -> None:
+    authority = Authority.create(time.time())  # kept across the restart, as beside its database
+
     async def start(port: int = 0, udp: int = 0) -> RegistryServer:
         server = RegistryServer(
             SqliteStore(str(tmp_path) + "/r.db"),
@@ -183,6 +190,7 @@ async def test_room_and_direct_chat_go_on_while_the_registry_is_down(tmp_path: o
             udp_port=udp,
             config=RegistryConfig(register_burst=1000),
             passwords=Passwords("cheapest"),
+            authority=authority,
         )
         await server.start()
         return server
@@ -227,12 +235,17 @@ async def test_messages_from_non_members_are_dropped(
     mallory = await swarm.add("mallory")
     ann = swarm.peers["ann"]
     _, writer = await raw_link(ann.node, mallory.node)
-    forged = RoomMessage(id="f" * 32, room=ROOM, origin="mallory", text="spam", ts=0.0, hops=5)
-    as_member = RoomMessage(id="e" * 32, room=ROOM, origin="ben", text="forged", ts=0.0, hops=5)
+    sig = "A" * 86
+    forged = RoomMessage(
+        id="f" * 32, room=ROOM, origin="mallory", seq=1, text="spam", ts=0.0, hops=5, sig=sig
+    )
+    as_member = RoomMessage(
+        id="e" * 32, room=ROOM, origin="ben", seq=1, text="forged", ts=0.0, hops=5, sig=sig
+    )
     writer.write(encode(forged) + encode(as_member))
     router = ann.node.core.router
     assert router is not None
-    await swarm.changes.until(lambda: router.dropped == 2)  # once mallory's proof is vouched
+    await swarm.changes.until(lambda: router.dropped == 2)
     await swarm.peers["ben"].node.say(ROOM, "real")
     await swarm.wait_delivered(ROOM, "ben", "real", ["ann"])
     assert ann.room_texts() == [t for t in ann.room_texts() if t.text == "real"]
@@ -262,10 +275,35 @@ async def test_bad_frames_from_a_peer_never_reach_the_screen(swarm: Swarm, junk:
     writer.close()
 
 
+async def test_a_connection_without_tls_or_a_certificate_gets_nothing(swarm: Swarm) -> None:
+    await room_of(swarm, ["ann", "ben"])
+    port = swarm.peers["ann"].node.port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)  # plain TCP: a downgrade
+    writer.write(encode(PeerHello(version=PROTOCOL_VERSION, username="ben", nonce="cd" * 16)))
+    data = await asyncio.wait_for(reader.read(), 15)
+    assert b"ann" not in data and b"peer_welcome" not in data  # a TLS alert at most
+    writer.close()
+    with contextlib.suppress(ConnectionError, ssl.SSLError):  # TLS but no certificate
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=tls.client(), server_hostname=""
+        )
+        writer.write(encode(PeerHello(version=PROTOCOL_VERSION, username="ben", nonce="00")))
+        assert await asyncio.wait_for(reader.read(), 15) == b""
+        writer.close()
+    assert not swarm.peers["ann"].room_texts()
+    assert swarm.peers["ann"].node.linked_peers() == frozenset({"ben"})
+
+
 async def test_a_link_that_speaks_first_without_hello_is_refused(swarm: Swarm) -> None:
     await room_of(swarm, ["ann", "ben"])
-    reader, writer = await asyncio.open_connection("127.0.0.1", swarm.peers["ann"].node.port)
-    writer.write(encode(RoomMessage(id="a" * 32, room=ROOM, origin="ben", text="x", ts=0, hops=1)))
+    mallory = await swarm.add("mallory")
+    own = mallory.node._own_files("mallory")
+    assert own is not None
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", swarm.peers["ann"].node.port, ssl=tls.client(*own), server_hostname=""
+    )
+    msg = RoomMessage(id="a" * 32, room=ROOM, origin="ben", seq=1, text="x", ts=0, hops=1)
+    writer.write(encode(msg))
     error = json.loads(await asyncio.wait_for(reader.readline(), 5))
     assert error["type"] == "peer_error"
     assert await asyncio.wait_for(reader.read(), 5) == b""
@@ -289,43 +327,25 @@ async def test_a_non_member_cannot_pull_room_messages_by_announcing_the_room(
 
 
 @pytest.mark.parametrize("claim", ["ben", "nobody"])
-async def test_a_peer_cannot_claim_a_name_whose_session_it_does_not_hold(
+async def test_a_peer_cannot_claim_a_name_its_certificate_does_not_give(
     swarm: Swarm, claim: str
 ) -> None:
     await room_of(swarm, ["ann", "ben"])
+    mallory = await swarm.add("mallory")
+    own = mallory.node._own_files("mallory")
+    assert own is not None
     ann = swarm.peers["ann"]
-    reader, writer = await asyncio.open_connection("127.0.0.1", ann.node.port)
-    writer.write(encode(PeerHello(version=1, username=claim, nonce="cd" * 16)))
-    welcome = json.loads(await asyncio.wait_for(reader.readline(), 5))
-    assert welcome["type"] == "peer_welcome"
-    # a made-up proof, then frames that must never be acted on
-    writer.write(encode(PeerProof(proof="00" * 32)))
-    writer.write(encode(RoomMessage(id="f" * 32, room=ROOM, origin="ben", text="x", ts=0, hops=3)))
-    writer.write(encode(MeshRooms(rooms=[ROOM])))
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", ann.node.port, ssl=tls.client(*own), server_hostname=""
+    )
+    writer.write(encode(PeerHello(version=PROTOCOL_VERSION, username=claim, nonce="cd" * 16)))
+    forged = RoomMessage(id="f" * 32, room=ROOM, origin="ben", seq=1, text="x", ts=0, hops=3)
+    writer.write(encode(forged) + encode(MeshRooms(rooms=[ROOM])))
     refusal = json.loads(await asyncio.wait_for(reader.readline(), 5))
-    assert (refusal["type"], refusal["code"]) == ("peer_error", "not_vouched")
+    assert refusal["type"] == "peer_error" and "mallory" in refusal["reason"]
+    assert "ann" not in json.dumps(refusal)  # ann said nothing about herself
     assert await asyncio.wait_for(reader.read(), 5) == b""
     assert not ann.room_texts()
     assert "ben" in ann.node.linked_peers()  # the real ben's link is untouched
     await swarm.peers["ben"].node.say(ROOM, "still me")
     await swarm.wait_delivered(ROOM, "ben", "still me", ["ann"])
-
-
-async def test_a_proof_cannot_be_relayed_from_one_peer_to_another(swarm: Swarm) -> None:
-    """mallory, with no session, dials bob as alice and alice as bob, passing bob's nonce to
-    alice: alice's answer is an acceptor's proof, which bob must not take for a dialer's."""
-    await room_of(swarm, ["alice", "bob"])
-    alice, bob = swarm.peers["alice"].node, swarm.peers["bob"].node
-    to_bob_r, to_bob_w = await asyncio.open_connection("127.0.0.1", bob.port)
-    to_bob_w.write(encode(PeerHello(version=1, username="alice", nonce="11" * 16)))
-    bob_welcome = json.loads(await asyncio.wait_for(to_bob_r.readline(), 5))
-    to_alice_r, to_alice_w = await asyncio.open_connection("127.0.0.1", alice.port)
-    to_alice_w.write(encode(PeerHello(version=1, username="bob", nonce=bob_welcome["nonce"])))
-    alice_welcome = json.loads(await asyncio.wait_for(to_alice_r.readline(), 5))
-    to_bob_w.write(encode(PeerProof(proof=alice_welcome["proof"])))  # the relayed proof
-    to_bob_w.write(encode(DirectMessage(id="r1", sender="alice", text="it is me", ts=0.0)))
-    refusal = json.loads(await asyncio.wait_for(to_bob_r.readline(), 5))
-    assert (refusal["type"], refusal["code"]) == ("peer_error", "not_vouched")
-    assert not swarm.peers["bob"].directs()
-    to_bob_w.close()
-    to_alice_w.close()

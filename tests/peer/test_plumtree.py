@@ -38,7 +38,9 @@ def router(*neighbours: str, **options: float) -> TreeRouter:
 
 
 def payload(origin: str = "o", hops: int = 10, mid: str | None = None) -> RoomMessage:
-    return RoomMessage(id=mid or new_id(), room=R, origin=origin, text="hi", ts=1.0, hops=hops)
+    return RoomMessage(
+        id=mid or new_id(), room=R, origin=origin, seq=1, text="hi", ts=1.0, hops=hops
+    )
 
 
 def sent(sends: list[Send], kind: type) -> list[tuple[object, list[str]]]:

@@ -142,7 +142,7 @@ def test_hop_limit() -> None:
 
 
 def make_msg(origin: str = "alice", hops: int = 5, mid: str = "0" * 32) -> RoomMessage:
-    return RoomMessage(id=mid, room=ROOM, origin=origin, text="hello", ts=1.0, hops=hops)
+    return RoomMessage(id=mid, room=ROOM, origin=origin, seq=1, text="hello", ts=1.0, hops=hops)
 
 
 MEMBERS = frozenset({"me", "alice", "bob", "carol", "dave"})

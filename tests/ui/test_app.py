@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 from textual.widgets import Input, Static
@@ -12,6 +13,8 @@ from p2pchat.peer.events import DirectText, RoomsChanged, RoomText
 from p2pchat.peer.node import PeerConfig
 from p2pchat.registry.passwords import Passwords
 from p2pchat.registry.server import RegistryServer
+from p2pchat.trust import tls
+from p2pchat.trust.certs import Authority
 from p2pchat.ui import commands
 from p2pchat.ui.tui import AutoLogin, ChatApp
 from p2pchat.ui.tui.screens import LoginScreen
@@ -228,6 +231,7 @@ async def test_the_registry_going_away_and_coming_back(
             udp_port=registry.udp_port,
             config=registry.core.config,
             passwords=Passwords("cheapest"),
+            authority=registry.authority,  # its CA is kept beside its database
         )
         await again.start()
         try:
@@ -262,7 +266,8 @@ async def test_a_refused_hello_shows_on_the_login_screen() -> None:
         await reader.read()  # until the client hangs up
         writer.close()
 
-    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    ca = tls.registry_server(Authority.create(time.time()))
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0, ssl=ca)
     port = server.sockets[0].getsockname()[1]
     config = PeerConfig(registry_port=port, listen_host="127.0.0.1")
     app = ChatApp(config, autologin=AutoLogin("alice", PASSWORD))
