@@ -130,6 +130,8 @@ class SimPeer(Seen):
     record: Callable[[PeerEvent], bool] = lambda event: True
     timer_at: float | None = None
     signer: Signer | None = None
+    tamper: Callable[[bytes], bytes] | None = None
+    """A malicious peer: what it does to every frame it sends on its links."""
 
     # -- commands: start one, or run one to its end
 
@@ -329,6 +331,13 @@ class SimNet:
             peer.do("login", name, PASSWORD)
         return peer
 
+    def inject(self, sender: str, to: str, data: bytes) -> None:
+        """``sender`` writes ``data`` (frames of its own making) on its link to ``to``."""
+        peer = self.peers[sender]
+        link = peer.core.links[to]
+        conn, end = peer.conns[link.id]
+        self._send(conn, end, data)
+
     def crash(self, name: str) -> None:
         """The peer's process dies: its connections reset, it does nothing more."""
         peer = self.peers[name]
@@ -381,8 +390,9 @@ class SimNet:
             if isinstance(action, SendLink):
                 entry = peer.conns.get(action.link)
                 if entry is not None:
-                    self._count(action.data)
-                    self._send(entry[0], entry[1], action.data)
+                    data = peer.tamper(action.data) if peer.tamper else action.data
+                    self._count(data)
+                    self._send(entry[0], entry[1], data)
             elif isinstance(action, Show):
                 if peer.record(action.event):
                     peer.events.append(action.event)

@@ -73,7 +73,7 @@ from p2pchat.protocol.messages import (
     unb64,
 )
 from p2pchat.registry import flows
-from p2pchat.registry.flows import Flow, RegistryClosed, RegistryError
+from p2pchat.registry.flows import Flow, RegistryClosed, RegistryError, RegistryUntrusted
 from p2pchat.trust.certs import TrustError, UserCert, ca_key, read_user_cert
 from p2pchat.trust.signing import Signer, Verifier
 
@@ -89,6 +89,9 @@ GRACE_SECONDS = 2.0
 """A new link is kept this long even if unneeded, so the other side's ``mesh`` frame can
 arrive (it may have dialed us for a room we have not heard of yet)."""
 MAX_BAD_FRAMES = 10
+PENALTY_SECONDS = 300.0
+"""A peer whose link we cut for badly signed messages is left out of our mesh this long."""
+MAX_PENALIZED = 1024
 """Undecodable frames a link may send before it is cut."""
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 8.0
@@ -185,6 +188,8 @@ class PeerCore:
         self._seqs: dict[str, int] = {}
         """Room -> the seq of our last message there."""
         self._renew_timer: Timer | None = None
+        self._penalized: dict[str, float] = {}
+        """Peers whose link we cut for badly signed messages -> until when we refuse them."""
         """Casefolded username -> the registry's ticket from our last login: it spares us
         the throttles that others' wrong guesses at our password cause."""
         self._logging_in = False
@@ -304,6 +309,12 @@ class PeerCore:
         self.registry.failed(reason)
         return self._take()
 
+    def registry_untrusted(self, reason: str, now: float) -> list[Action]:
+        """The registry's certificate is not the one pinned (nothing was sent to it)."""
+        self._at(now)
+        self.registry.refused(reason)
+        return self._take()
+
     def registry_data(self, data: bytes, now: float) -> list[Action]:
         self._at(now)
         self.registry.data(data)
@@ -357,6 +368,9 @@ class PeerCore:
             if isinstance(exc, RegistryError) and exc.reason != self._refusal:
                 self._refusal = exc.reason  # say so once per reason, not per try
                 self._notice(f"the registry is back but refuses our login: {exc.reason}; retrying")
+            elif isinstance(exc, RegistryUntrusted) and str(exc) != self._refusal:
+                self._refusal = str(exc)
+                self._notice(f"{exc}; retrying")
             if self.username is not None and not self._closing:
                 self._schedule_reconnect()
 
@@ -793,6 +807,7 @@ class PeerCore:
         mesh = view.mesh
         mesh.add(me)
         away = [p for p, b in self._backoff.items() if b.retry_at > now and p in mesh]
+        away += [p for p, until in self._penalized.items() if until > now and p in mesh]
         for peer in away:
             mesh.remove(peer)
         try:
@@ -1043,6 +1058,8 @@ class PeerCore:
             reason = f"your certificate is {link.peer}'s, not {msg.username}'s"
         elif msg.username.casefold() == me.casefold():
             reason = "not accepting this link"
+        elif self._penalized.get(msg.username, 0.0) > self._now:
+            reason = "not accepting links from you for a while: you sent badly signed messages"
         else:
             if identity is not None and identity.cert is not None:
                 self._send(link, identity.welcome(msg.nonce, me, msg.username))
@@ -1158,6 +1175,11 @@ class PeerCore:
             )
             self._close(link, abort=True)
             self._link_gone(link)
+            if link.peer is not None:  # and not taken back for a while, in either direction
+                self._penalized[link.peer] = self._now + PENALTY_SECONDS
+                while len(self._penalized) > MAX_PENALIZED:
+                    del self._penalized[next(iter(self._penalized))]
+                self._want_replan()
 
     def _on_direct(self, link: Link, msg: DirectMessage) -> None:
         if msg.sender != link.peer:

@@ -336,7 +336,7 @@ class PeerNode:
             self._apply(self.core.registry_failed(reason, self.clock()))
             return
         if self._trust_refusal is not None:
-            self._apply(self.core.registry_failed(self._trust_refusal, self.clock()))
+            self._apply(self.core.registry_untrusted(self._trust_refusal, self.clock()))
 
     def _check_registry(self, presented: bytes | None) -> None:
         """Before anything is sent: the registry must show the certificate pinned for its

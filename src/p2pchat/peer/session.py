@@ -40,7 +40,7 @@ from p2pchat.protocol.messages import (
     encode,
 )
 from p2pchat.registry import flows
-from p2pchat.registry.flows import Flow, RegistryClosed, RegistryError
+from p2pchat.registry.flows import Flow, RegistryClosed, RegistryError, RegistryUntrusted
 
 log = logging.getLogger("p2pchat.peer")
 
@@ -236,6 +236,10 @@ class RegistrySession:
         message = f"cannot reach the registry at {self.host}:{self.port}: {reason}"
         self._lost(message, failure=message)
 
+    def refused(self, reason: str) -> None:
+        """We refused the registry (its certificate is not the pinned one)."""
+        self._lost(reason, failure=reason, kind=RegistryUntrusted)
+
     def data(self, data: bytes) -> None:
         try:
             frames = self._framer.feed(data)
@@ -280,7 +284,9 @@ class RegistrySession:
             self._ctx.out.append(CloseRegistry())
         self._lost("closed by this peer")
 
-    def _lost(self, reason: str, failure: str | None = None) -> None:
+    def _lost(
+        self, reason: str, failure: str | None = None, kind: type[RegistryClosed] = RegistryClosed
+    ) -> None:
         """Fail every conversation in progress, with ``failure`` (by default "lost the
         registry: reason"), then tell the core."""
         if self.state is State.OFF and not self._waiting:
@@ -292,7 +298,7 @@ class RegistrySession:
         runs = [*self._runs.values(), *self._waiting]
         self._runs, self._waiting = {}, []
         for run in runs:
-            self._throw(run, RegistryClosed(failure or f"lost the registry: {reason}"))
+            self._throw(run, kind(failure or f"lost the registry: {reason}"))
         self._listener.registry_lost(reason, was_ready)
 
     # ------------------------------------------------------------------ login and heartbeats

@@ -74,6 +74,10 @@ class RegistryClosed(ConnectionError):
     """The session with the registry is over."""
 
 
+class RegistryUntrusted(RegistryClosed):
+    """We refused the registry: its certificate is not the one pinned for its address."""
+
+
 def numbered(request: RegistryRequest, request_id: int) -> RegistryRequest:
     """``request`` with its id set: flows leave numbering to whoever sends."""
     return msgspec.structs.replace(request, id=request_id)
