@@ -115,7 +115,13 @@ class Worker:
             node: _Node
             if mode == "flood":
                 config = PeerConfig(
-                    registry_port=registry_port, listen_host="127.0.0.1", max_links=max_links
+                    registry_port=registry_port,
+                    listen_host="127.0.0.1",
+                    max_links=max_links,
+                    send_rate=1e9,  # the benchmark measures the mesh, not the rate limits
+                    send_burst=10**9,
+                    receive_rate=1e9,
+                    receive_burst=10**9,
                 )
                 node = PeerNode(config, self.rec.callback(i))
             else:

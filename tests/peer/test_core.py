@@ -710,3 +710,53 @@ def test_logging_out_closes_links_and_fails_what_was_waiting(
     assert error is not None and "logged out" in str(error)
     with pytest.raises(CommandError, match="log in first"):
         alice.do("say", "lobby", "hi")
+
+
+# ---------------------------------------------------------------------------- rates
+
+
+def test_our_own_messages_are_paced_in_order_not_refused(registry: Registry, alice: Driver) -> None:
+    room_with(alice, "bob")
+    link = alice.link_from("bob")
+    alice.feed(link, MeshRooms(rooms=["lobby"]))
+    alice.advance(0.1)
+    alice.frames(link)
+    burst = alice.core.config.send_burst
+    commands = [alice.start("say", "lobby", f"line {i}") for i in range(burst + 10)]
+    sent = [f for f in alice.frames(link) if isinstance(f, RoomMessage)]
+    assert [m.text for m in sent] == [f"line {i}" for i in range(burst)]
+    assert sum(1 for n in alice.notices() if "sending to lobby slowly" in n) == 1
+    alice.advance(10 / alice.core.config.send_rate + 0.01)
+    sent += [f for f in alice.frames(link) if isinstance(f, RoomMessage)]
+    assert [m.text for m in sent] == [f"line {i}" for i in range(burst + 10)]
+    assert [m.seq for m in sent] == list(range(1, burst + 11))
+    assert all(alice.done[c].error is None for c in commands)
+
+
+def test_a_member_flooding_a_room_is_cut_short_and_the_user_told_once(
+    registry: Registry, alice: Driver
+) -> None:
+    room_with(alice, "bob", "cat")
+    bob, cat = alice.link_from("bob"), alice.link_from("cat")
+    for link in (bob, cat):
+        alice.feed(link, MeshRooms(rooms=["lobby"]))
+    alice.advance(0.1)
+    alice.frames(cat)
+    flood = [
+        registry.signed(
+            RoomMessage(
+                id=f"{i:032x}", room="lobby", origin="bob", seq=i + 1, text=f"{i}", ts=0, hops=5
+            )
+        )
+        for i in range(1000)
+    ]
+    alice.feed(bob, *flood)
+    shown = [e for e in alice.shown if isinstance(e, RoomText)]
+    burst = alice.core.config.receive_burst
+    assert len(shown) == burst
+    passed_on = [f for f in alice.frames(cat) if isinstance(f, RoomMessage)]
+    assert len(passed_on) == burst  # what is beyond is not passed on either
+    assert sum(1 for n in alice.notices() if "bob sends more than" in n) == 1
+    assert bob not in alice.closed  # a fast member is slowed, not cut off
+    alice.feed(bob, *flood[:5])  # and the ids it sent are remembered: no second look
+    assert len([e for e in alice.shown if isinstance(e, RoomText)]) == burst

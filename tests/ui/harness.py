@@ -31,6 +31,10 @@ def peer_config(registry: RegistryServer) -> PeerConfig:
         registry_port=registry.port,
         listen_host="127.0.0.1",
         advertise="127.0.0.1",
+        send_rate=1000.0,  # pastes go out at once: pacing is tested on the peer core
+        send_burst=1000,
+        receive_rate=1000.0,
+        receive_burst=1000,
     )
 
 

@@ -18,12 +18,14 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
 
+from p2pchat.limits import TokenBucket
 from p2pchat.peer.actions import (
     Action,
     CloseLink,
@@ -45,11 +47,12 @@ from p2pchat.peer.identity import Identity, check_message, check_welcome
 from p2pchat.peer.links import LinkView, forwarding_table, plan_links
 from p2pchat.peer.linkstate import Link, LinkEvent, LinkProtocolError, LinkState
 from p2pchat.peer.roomview import RoomView, describe
-from p2pchat.peer.router import FloodRouter
+from p2pchat.peer.router import Check, Drop, FloodRouter
 from p2pchat.peer.session import Context, RegistrySession
 from p2pchat.peer.timers import Timer
 from p2pchat.protocol.framing import FrameTooLarge
 from p2pchat.protocol.messages import (
+    MAX_MESH_ROOMS,
     MAX_TEXT,
     PROTOCOL_VERSION,
     DirectAck,
@@ -89,6 +92,10 @@ GRACE_SECONDS = 2.0
 """A new link is kept this long even if unneeded, so the other side's ``mesh`` frame can
 arrive (it may have dialed us for a room we have not heard of yet)."""
 MAX_BAD_FRAMES = 10
+MAX_PACED = 500
+"""Our messages that may wait for their turn in one room."""
+MAX_DECLARED = 4096
+"""Most rooms taken from one link's announcement (the registry caps rooms per user lower)."""
 PENALTY_SECONDS = 300.0
 """A peer whose link we cut for badly signed messages is left out of our mesh this long."""
 MAX_PENALIZED = 1024
@@ -128,6 +135,13 @@ class PeerConfig:
     """Where pinned registries are kept (default: the user's config folder)."""
     max_bad_signatures: int = 3
     """A link that brings this many badly signed room messages is cut."""
+    send_rate: float = 5.0
+    send_burst: int = 20
+    """Our own messages in a room: a burst of ``send_burst``, then ``send_rate`` a second."""
+    receive_rate: float = 20.0
+    receive_burst: int = 60
+    """What we take from one member in one room: more than an honest peer sends (its own
+    limit above), so jitter on the way never trips it."""
 
 
 # ---------------------------------------------------------------------------- bookkeeping
@@ -189,6 +203,14 @@ class PeerCore:
         """Room -> the seq of our last message there."""
         self._renew_timer: Timer | None = None
         self._penalized: dict[str, float] = {}
+        self._outgoing = TokenBucket(config.send_rate, config.send_burst, max_keys=MAX_DECLARED)
+        """Our messages per room."""
+        self._incoming = TokenBucket(config.receive_rate, config.receive_burst, max_keys=100_000)
+        """Others' messages per room and origin."""
+        self._flood_notices: dict[str, float] = {}
+        self._paced: dict[str, deque[_Say]] = {}
+        """Room -> our messages waiting for their turn (see ``send_rate``)."""
+        self._pacing_said: dict[str, bool] = {}
         """Peers whose link we cut for badly signed messages -> until when we refuse them."""
         """Casefolded username -> the registry's ticket from our last login: it spares us
         the throttles that others' wrong guesses at our password cause."""
@@ -560,7 +582,9 @@ class PeerCore:
         self._loading = {}
         for link in list(self._conns.values()):
             self._close(link)
-        waiting: list[_Say | _Direct] = [*self._says, *self._directs]
+        paced = [p for queue in self._paced.values() for p in queue]
+        self._paced, self._pacing_said = {}, {}
+        waiting: list[_Say | _Direct] = [*paced, *self._says, *self._directs]
         for pending in waiting:
             if pending.timer is not None:
                 pending.timer.cancel()
@@ -790,7 +814,7 @@ class PeerCore:
         for peer, rooms in plan.announce.items():
             link = self.links[peer]
             link.view.mine = rooms
-            self._send(link, MeshRooms(rooms=sorted(rooms)))
+            self._announce(link, sorted(rooms))
         for peer in plan.close:
             log.debug("closing unneeded link to %s", peer)
             self._close(self.links[peer])
@@ -815,6 +839,24 @@ class PeerCore:
         finally:
             for peer in away:
                 mesh.add(peer)
+
+    def _announce(self, link: Link, rooms: list[str]) -> None:
+        """Our rooms for this link, split so that no frame outgrows its bound."""
+        chunks = [rooms[i : i + MAX_MESH_ROOMS] for i in range(0, len(rooms), MAX_MESH_ROOMS)]
+        for i, chunk in enumerate(chunks or [[]]):
+            self._send(link, MeshRooms(rooms=chunk, more=i < len(chunks) - 1))
+
+    def _on_mesh(self, link: Link, msg: MeshRooms) -> None:
+        """An announcement (or a part of one); past ``MAX_DECLARED`` rooms the rest is
+        ignored: no peer shares that many rooms with us."""
+        parts = link.declaring
+        room = MAX_DECLARED - len(parts)
+        parts.extend(msg.rooms[: max(0, room)])
+        if msg.more:
+            return
+        link.declared, link.declaring = frozenset(parts), []
+        self._refresh_theirs()
+        self._rebuild_forwarding()
 
     def _refresh_theirs(self) -> None:
         """A non-member's announcement must not pull our room's messages its way."""
@@ -1024,9 +1066,7 @@ class PeerCore:
         elif isinstance(msg, DirectAck):
             self._settle(link, msg.id, None)
         elif isinstance(msg, MeshRooms):
-            link.declared = frozenset(msg.rooms[:1000])
-            self._refresh_theirs()
-            self._rebuild_forwarding()
+            self._on_mesh(link, msg)
         elif isinstance(msg, PeerError):
             log.info("peer %s reports %s: %s", link.peer, msg.code, msg.reason)
             if msg.id is not None:
@@ -1141,12 +1181,12 @@ class PeerCore:
             log.warning("dropped an oversized or empty message from %s", link.peer)
             return
         peer = link.peer or ""
-        check = self._signed_by_origin(view) if self.config.secure else None
+        check = self._admit_message(view)
         route = router.receive(
             msg, peer, self._now, self._forward.get(msg.room, ()), view.members, check
         )
         if route.dropped is not None:
-            if route.dropped != "duplicate":
+            if route.dropped not in (Drop.DUPLICATE, Drop.RATE_LIMITED):
                 log.warning("dropped a message in %s from %s: %s", msg.room, peer, route.dropped)
             if route.dropped == "bad_signature":
                 self._bad_signature(link)
@@ -1158,12 +1198,35 @@ class PeerCore:
                 out.append(SendLink(links[target].id, frame))
         self._out.append(Show(RoomText(msg.room, msg.origin, msg.text, msg.ts)))
 
-    def _signed_by_origin(self, view: RoomView) -> Callable[[RoomMessage], bool]:
-        def check(msg: RoomMessage) -> bool:
-            member = view.members.get(msg.origin)
-            return check_message(self._verifier, msg, member.key if member else None)
+    def _admit_message(self, view: RoomView) -> Check:
+        """The last checks of a new room message: its origin's signature, then its origin's
+        rate (one member cannot flood a room: what is beyond is neither shown nor passed on)."""
+
+        def check(msg: RoomMessage) -> Drop | None:
+            if self.config.secure:
+                member = view.members.get(msg.origin)
+                if not check_message(self._verifier, msg, member.key if member else None):
+                    return Drop.BAD_SIGNATURE
+            if self._incoming.take(f"{msg.room}\0{msg.origin}", self._now) > 0:
+                self._flooding(msg.room, msg.origin)
+                return Drop.RATE_LIMITED
+            return None
 
         return check
+
+    def _flooding(self, room: str, origin: str) -> None:
+        """Say so, once a minute per room and sender."""
+        key = f"{room}\0{origin}"
+        if self._flood_notices.get(key, -1e9) + 60.0 > self._now:
+            return
+        self._flood_notices[key] = self._now
+        while len(self._flood_notices) > MAX_PENALIZED:
+            del self._flood_notices[next(iter(self._flood_notices))]
+        self._notice(
+            f"{origin} sends more than {self.config.receive_rate:g} messages a second in {room}; "
+            "what is beyond is not shown",
+            room,
+        )
 
     def _bad_signature(self, link: Link) -> None:
         """A link that keeps bringing forged or altered messages is cut (the mesh routes
@@ -1203,16 +1266,46 @@ class PeerCore:
             name = self.room_name(room)
             if name not in self.rooms:
                 raise CommandError(f"you are not a member of {room}; /join {room} first")
-            pending = _Say(command, name, text)
-            if self._mesh_settled(name):
-                self._flood(pending)
-                return
-            self._says.append(pending)  # the mesh is being dialed: wait for it, briefly
-            pending.timer = self._timers.at(
-                now + self.config.dial_timeout, lambda now: self._flood(pending)
-            )
+            queue = self._paced.setdefault(name, deque())
+            if len(queue) >= MAX_PACED:
+                raise CommandError(
+                    f"{len(queue)} messages already wait to go to {name} (at most "
+                    f"{self.config.send_rate:g} a second in a room); try again later"
+                )
+            queue.append(_Say(command, name, text))
+            if len(queue) == 1:
+                self._pace(name)
 
         return self._guarded(command, now, body)
+
+    def _pace(self, room: str, now: float | None = None) -> None:
+        """Our messages to a room go out in order, at most ``send_rate`` a second after a
+        burst: a paste of many lines is sent, slowly, rather than refused."""
+        queue = self._paced.get(room)
+        while queue:
+            wait = self._outgoing.take(room, self._now)
+            if wait > 0:
+                if len(queue) == 1 or not self._pacing_said.get(room):
+                    self._pacing_said[room] = True
+                    self._notice(
+                        f"sending to {room} slowly: {len(queue)} waiting (at most "
+                        f"{self.config.send_rate:g} messages a second in a room)",
+                        room,
+                    )
+                self._timers.at(self._now + wait, lambda now: self._pace(room, now))
+                return
+            self._send_when_meshed(queue.popleft())
+        self._paced.pop(room, None)
+        self._pacing_said.pop(room, None)
+
+    def _send_when_meshed(self, pending: _Say) -> None:
+        if self._mesh_settled(pending.room):
+            self._flood(pending)
+            return
+        self._says.append(pending)  # the mesh is being dialed: wait for it, briefly
+        pending.timer = self._timers.at(
+            self._now + self.config.dial_timeout, lambda now: self._flood(pending)
+        )
 
     def _mesh_settled(self, room: str) -> bool:
         replanning = self._replan_timer is not None and self._replan_timer.active

@@ -101,6 +101,8 @@ class Link:
     framer: LineFramer = field(default_factory=LineFramer)
     view: LinkView = field(default_factory=LinkView)
     declared: frozenset[str] = frozenset()
+    declaring: list[str] = field(default_factory=list)
+    """The parts of an announcement split over several ``mesh`` frames, until the last."""
     """Rooms the other side announced; those it is an online member of count (``view.theirs``)."""
     pinned_until: float = 0.0
     established: float = 0.0

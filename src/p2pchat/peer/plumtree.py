@@ -32,7 +32,6 @@ at ``next_deadline()``, and reports mesh changes with ``neighbour_up``/``neighbo
 
 from __future__ import annotations
 
-import enum
 import heapq
 import os
 from collections import OrderedDict
@@ -42,7 +41,7 @@ from typing import NamedTuple
 
 from msgspec.structs import replace as _replace
 
-from p2pchat.peer.router import Check, Signer
+from p2pchat.peer.router import Check, Drop, Signer
 from p2pchat.protocol.messages import (
     MAX_IDS_PER_FRAME,
     Graft,
@@ -66,27 +65,6 @@ MISSING_ENTRY_BYTES = 400
 
 def _random_id() -> str:
     return os.urandom(16).hex()
-
-
-class Drop(enum.StrEnum):
-    """Why a received frame was ignored; callers may log these."""
-
-    SENDER_NOT_MEMBER = "sender_not_member"
-    """The link it came over belongs to someone the registry does not list in the room."""
-    ORIGIN_NOT_MEMBER = "origin_not_member"
-    """Its author is not listed in the room."""
-    DUPLICATE = "duplicate"
-    """A payload already seen: normal while a tree forms; prunes the link it came over."""
-    OWN_MESSAGE = "own_message"
-    """Claims to be ours but we do not remember sending it: forged, or older than the cache."""
-    BAD_ID = "bad_id"
-    """An id that is not 32 lowercase hex digits."""
-    TOO_MANY_IDS = "too_many_ids"
-    """An ``ihave`` or ``graft`` with more than ``MAX_IDS_PER_FRAME`` ids."""
-    BAD_SIGNATURE = "bad_signature"
-    """Its signature is not its origin's, or the origin's key is not known."""
-    NOT_NEIGHBOUR = "not_neighbour"
-    """An ``ihave``, ``graft`` or ``prune`` from a peer that is not our neighbour in the room."""
 
 
 class Send(NamedTuple):
@@ -526,8 +504,12 @@ class TreeRouter:
             return Result(False, self._maybe_prune(msg, from_peer), Drop.DUPLICATE)
         if msg.origin == self.me:
             return self._drop(Drop.OWN_MESSAGE)
-        if check is not None and not check(msg):  # not remembered: see FloodRouter.receive
-            return self._drop(Drop.BAD_SIGNATURE)
+        if check is not None:
+            why = check(msg)
+            if why is not None:  # see FloodRouter.receive
+                if why is not Drop.BAD_SIGNATURE:
+                    self._remember(mid, now)
+                return self._drop(why)
         self._remember(mid, now)
         self.delivered += 1
         missing = self._missing.pop(mid, None)

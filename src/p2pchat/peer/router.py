@@ -32,7 +32,16 @@ class Drop(enum.StrEnum):
     """Claims to be ours but we do not remember sending it: forged, or older than the cache."""
     BAD_SIGNATURE = "bad_signature"
     """Its signature is not its origin's (forged or altered on the way), or the origin's key
-    is not known."""
+    is not known. Not remembered: a forged copy must not shut out the real message."""
+    RATE_LIMITED = "rate_limited"
+    """Its origin sends faster than a room allows one member: remembered, not shown or passed
+    on."""
+    BAD_ID = "bad_id"
+    """An id that is not 32 lowercase hex digits (tree push)."""
+    TOO_MANY_IDS = "too_many_ids"
+    """An ``ihave`` or ``graft`` with more than ``MAX_IDS_PER_FRAME`` ids (tree push)."""
+    NOT_NEIGHBOUR = "not_neighbour"
+    """An ``ihave``, ``graft`` or ``prune`` from a peer that is not our neighbour in the room."""
 
 
 class Forward(NamedTuple):
@@ -62,12 +71,12 @@ _DUPLICATE = Route(False, None, Drop.DUPLICATE)
 _SENDER_NOT_MEMBER = Route(False, None, Drop.SENDER_NOT_MEMBER)
 _ORIGIN_NOT_MEMBER = Route(False, None, Drop.ORIGIN_NOT_MEMBER)
 _OWN_MESSAGE = Route(False, None, Drop.OWN_MESSAGE)
-_BAD_SIGNATURE = Route(False, None, Drop.BAD_SIGNATURE)
 
 Signer = Callable[[RoomMessage], str]
 """Gives a message of ours its signature (``sig``)."""
-Check = Callable[[RoomMessage], bool]
-"""Whether a received message's signature is its origin's."""
+Check = Callable[[RoomMessage], Drop | None]
+"""The last word on a new message (its signature, its origin's rate): None to take it, or why
+not. Only a ``BAD_SIGNATURE`` leaves the id unremembered."""
 
 _INF = float("inf")
 
@@ -185,9 +194,9 @@ class FloodRouter:
         ``neighbours`` are our mesh neighbours in ``msg.room``; ``members`` the room's members
         as the registry lists them (a set, ideally: it is probed twice). Never ``None``: a
         dropped message has ``deliver`` false and ``dropped`` set. Membership is checked before
-        the seen cache so that outsiders cannot fill it. ``check`` (the signature) runs only
-        for a message not seen yet, and one it refuses is not remembered: a forged copy must
-        not shut out the real message that has the same id.
+        the seen cache so that outsiders cannot fill it. ``check`` (the signature, the origin's
+        rate) runs only for a message not seen yet; a badly signed one is not remembered: a
+        forged copy must not shut out the real message that has the same id.
         """
         if from_peer not in members:
             self.dropped += 1
@@ -206,9 +215,13 @@ class FloodRouter:
         if origin == self.me:
             self.dropped += 1
             return _OWN_MESSAGE
-        if check is not None and not check(msg):
-            self.dropped += 1
-            return _BAD_SIGNATURE
+        if check is not None:
+            why = check(msg)
+            if why is not None:
+                self.dropped += 1
+                if why is not Drop.BAD_SIGNATURE:
+                    self._remember(mid, now)
+                return Route(False, None, why)
         if not seen:
             self._next_expiry = now + self._ttl
         seen[mid] = now + self._ttl

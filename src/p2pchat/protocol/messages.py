@@ -31,8 +31,8 @@ MAX_SECRET = 128
 """Longest token, ticket, nonce or proof; the registry's own are 32 to 64 characters."""
 MAX_MSG_ID = 64
 """Longest message id; the reference peer's are 32 hex digits."""
-MAX_MESH_ROOMS = 1000
-"""Most rooms in one ``mesh`` announcement."""
+MAX_MESH_ROOMS = 256
+"""Most rooms in one ``mesh`` frame; a longer announcement is split over several."""
 
 # ---------------------------------------------------------------- field types
 #
@@ -511,12 +511,14 @@ class PeerWelcome(Message, tag="peer_welcome"):
 
 
 class MeshRooms(Message, tag="mesh"):
-    """The complete set of rooms for which the sender holds this link as a mesh link.
+    """The complete set of rooms for which the sender holds this link as a mesh link, in one
+    frame or, past ``MAX_MESH_ROOMS``, in several: all but the last have ``more``.
 
     Replaces the previous set; an empty list means the sender no longer needs the link.
     """
 
     rooms: MeshList
+    more: bool = False
 
 
 class DirectMessage(Message, tag="dm"):

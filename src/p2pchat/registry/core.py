@@ -40,6 +40,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from p2pchat.limits import TokenBucket
 from p2pchat.protocol.messages import (
     LIST_LIMIT,
     PROTOCOL_VERSION,
@@ -202,28 +203,6 @@ class Throttle:
 
     def succeed(self, key: str) -> None:
         self._keys.pop(key, None)
-
-
-@dataclass(slots=True)
-class TokenBucket:
-    """Per-key rate limit: ``burst`` at once, then ``rate`` per second; bounded key count."""
-
-    rate: float
-    burst: float
-    max_keys: int = 100_000
-    _keys: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> (tokens, t)
-
-    def take(self, key: str, now: float) -> float:
-        """Take one token; return 0 if allowed, else how many seconds until one is free."""
-        tokens, last = self._keys.pop(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1:
-            self._keys[key] = (tokens, now)
-            return (1 - tokens) / self.rate if self.rate > 0 else float("inf")
-        self._keys[key] = (tokens - 1, now)
-        while len(self._keys) > self.max_keys:
-            del self._keys[next(iter(self._keys))]
-        return 0.0
 
 
 K = TypeVar("K", bound=Hashable)
