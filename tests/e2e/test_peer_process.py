@@ -211,3 +211,32 @@ async def test_a_peer_keeps_the_pace_a_fast_registry_asks_for(tmp_path: Path) ->
 def alice_port(peer: LinePeer) -> str:
     line = next(x for x in peer.lines if x.startswith("ok: logged in as"))
     return line.split("listening on port ")[1].split(";")[0]
+
+
+async def test_bans_and_blocks_from_the_line_mode(registry: Registry) -> None:
+    alice = await logged_in(registry, "alice")
+    bob = await logged_in(registry, "bob")
+    await alice.ok("/create lobby")
+    await bob.ok("/join lobby")
+    assert await alice.ok("/ban lobby bob") == "ok: removed bob from lobby; banned until /unban"
+    await bob.expect(r"^\* alice removed you from lobby$")
+    _, result = await bob.command("/join lobby")
+    assert result.startswith("error: ") and "banned" in result
+    await alice.ok("/unban lobby bob")
+    await bob.ok("/join lobby")
+    await until_all_hear(alice, [bob])
+    blocking = await bob.ok("/block alice")
+    assert blocking == "ok: blocking alice: their messages are not shown to you"
+    await alice.ok("/say lobby you cannot hear this")
+    await alice.ok("/msg bob nor this")  # delivered: alice is not told
+    rows, result = await bob.command("/blocked")
+    assert (rows, result) == (["  alice"], "ok: blocking 1 user")
+    assert await bob.quit() == 1  # its /join while banned answered error:
+    assert not [line for line in bob.lines if "hear this" in line or "nor this" in line]
+    again = await start_peer(registry.port)  # the same user, a new process: still blocked
+    await again.ok(f"/login bob {PW}")
+    rows, _ = await again.command("/blocked")
+    assert rows == ["  alice"]
+    await again.ok("/unblock alice")
+    await again.quit()
+    await alice.quit()

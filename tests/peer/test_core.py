@@ -22,6 +22,7 @@ from p2pchat.peer.actions import (
     ConnectRegistry,
     Dial,
     Done,
+    SaveBlocked,
     SendDatagram,
     SendLink,
     SendRegistry,
@@ -145,6 +146,7 @@ class Driver:
         self.sent: dict[int, list[Message]] = {}
         self.closed: dict[int, bool] = {}
         self.dials: list[Dial] = []
+        self.saved: list[SaveBlocked] = []
         self.datagrams: list[SendDatagram] = []
         self.requests: list[Message] = []
         self.hold = False
@@ -168,6 +170,8 @@ class Driver:
                 self.closed[action.link] = action.abort
             elif isinstance(action, Dial):
                 self.dials.append(action)
+            elif isinstance(action, SaveBlocked):
+                self.saved.append(action)
             elif isinstance(action, SendDatagram):
                 self.datagrams.append(action)
             elif isinstance(action, ConnectRegistry):
@@ -760,3 +764,44 @@ def test_a_member_flooding_a_room_is_cut_short_and_the_user_told_once(
     assert bob not in alice.closed  # a fast member is slowed, not cut off
     alice.feed(bob, *flood[:5])  # and the ids it sent are remembered: no second look
     assert len([e for e in alice.shown if isinstance(e, RoomText)]) == burst
+
+
+# ---------------------------------------------------------------------------- blocking
+
+
+def test_a_blocked_user_is_not_shown_but_still_passed_on_and_acknowledged(
+    registry: Registry, alice: Driver
+) -> None:
+    room_with(alice, "bob", "cat")
+    bob, cat = alice.link_from("bob"), alice.link_from("cat")
+    for link in (bob, cat):
+        alice.feed(link, MeshRooms(rooms=["lobby"]))
+    alice.advance(0.1)
+    alice.frames(cat)
+    assert alice.do("block", "BOB") == ["bob"]
+    [saved] = [a for a in alice.saved if a.username == "alice"]
+    assert saved.blocked == ["bob"]
+    msg = registry.signed(
+        RoomMessage(id="b" * 32, room="lobby", origin="bob", seq=1, text="hi", ts=0, hops=5)
+    )
+    alice.feed(bob, msg, DirectMessage(id="d1", sender="bob", text="psst", ts=0.0))
+    assert not [e for e in alice.shown if isinstance(e, RoomText | DirectText)]
+    assert [f.id for f in alice.frames(cat) if isinstance(f, RoomMessage)] == [msg.id]
+    assert [f for f in alice.frames(bob) if isinstance(f, DirectAck)]  # bob is not told
+    assert alice.do("unblock", "bob") == []
+    again = registry.signed(
+        RoomMessage(id="c" * 32, room="lobby", origin="bob", seq=2, text="back", ts=0, hops=5)
+    )
+    alice.feed(bob, again)
+    assert [e.text for e in alice.shown if isinstance(e, RoomText)] == ["back"]
+
+
+def test_whom_a_user_blocks_comes_back_with_the_next_login(registry: Registry) -> None:
+    alice = Driver(registry)
+    alice.do("register", "alice", PW)
+    command = next(alice.commands)
+    alice.apply(alice.core.login(command, "alice", PW, alice.now, alice.signer, ["Mallory"]))
+    assert alice.done[command].error is None
+    assert alice.core.blocked() == ["mallory"]
+    with pytest.raises(CommandError, match="that is you"):
+        alice.do("block", "alice")

@@ -73,6 +73,14 @@ class SendDatagram:
 
 
 @dataclass(frozen=True, slots=True)
+class SaveBlocked:
+    """Keep the list of users ``username`` blocks (it is given back at the next login)."""
+
+    username: str
+    blocked: list[str]
+
+
+@dataclass(frozen=True, slots=True)
 class Show:
     """An event for the user interface."""
 
@@ -97,6 +105,7 @@ Action = (
     | CloseRegistry
     | SendDatagram
     | SaveCertificate
+    | SaveBlocked
     | Show
     | Done
 )

@@ -19,7 +19,7 @@ import itertools
 import logging
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ from p2pchat.peer.actions import (
     CloseLink,
     Dial,
     Done,
+    SaveBlocked,
     SaveCertificate,
     SendLink,
     Show,
@@ -92,6 +93,7 @@ GRACE_SECONDS = 2.0
 """A new link is kept this long even if unneeded, so the other side's ``mesh`` frame can
 arrive (it may have dialed us for a room we have not heard of yet)."""
 MAX_BAD_FRAMES = 10
+MAX_BLOCKED = 1000
 MAX_PACED = 500
 """Our messages that may wait for their turn in one room."""
 MAX_DECLARED = 4096
@@ -203,6 +205,7 @@ class PeerCore:
         """Room -> the seq of our last message there."""
         self._renew_timer: Timer | None = None
         self._penalized: dict[str, float] = {}
+        self._blocked: set[str] = set()
         self._outgoing = TokenBucket(config.send_rate, config.send_burst, max_keys=MAX_DECLARED)
         """Our messages per room."""
         self._incoming = TokenBucket(config.receive_rate, config.receive_burst, max_keys=100_000)
@@ -491,9 +494,11 @@ class PeerCore:
         password: str,
         now: float,
         signer: Signer | None = None,
+        blocked: Iterable[str] = (),
     ) -> list[Action]:
         """``signer``: this user's key on this machine (the shell keeps it in a file); the
-        registry certifies it at login."""
+        registry certifies it at login. ``blocked``: whom this user blocks (kept by the
+        shell too)."""
 
         def body() -> None:
             if self.username is not None:
@@ -508,6 +513,7 @@ class PeerCore:
                 self.identity = Identity(signer)
                 self.registry.identity = None
             self._logging_in = True
+            self._blocked = {name.casefold() for name in list(blocked)[:MAX_BLOCKED]}
 
             def finish(name: str) -> str:
                 self._logging_in = False
@@ -608,11 +614,48 @@ class PeerCore:
     def _query(self, command: int, flow: Flow[Any], now: float) -> list[Action]:
         return self._guarded(command, now, lambda: self._command(command, flow, _same))
 
-    def add_member(self, command: int, room: str, username: str, now: float) -> list[Action]:
-        return self._logged_in(command, flows.add_member(room, username), now)
+    def add_member(
+        self, command: int, room: str, username: str, now: float, may_add: bool | None = None
+    ) -> list[Action]:
+        """``may_add`` (the owner only): whether the member may add others to the room."""
+        return self._logged_in(command, flows.add_member(room, username, may_add), now)
 
-    def remove_member(self, command: int, room: str, username: str, now: float) -> list[Action]:
-        return self._logged_in(command, flows.remove_member(room, username), now)
+    def remove_member(
+        self, command: int, room: str, username: str, now: float, ban: bool = False
+    ) -> list[Action]:
+        """``ban``: and keep them out of the room (its owner only) until ``unban``."""
+        return self._logged_in(command, flows.remove_member(room, username, ban), now)
+
+    def unban(self, command: int, room: str, username: str, now: float) -> list[Action]:
+        return self._logged_in(command, flows.unban(room, username), now)
+
+    def block(self, command: int, username: str, now: float, blocked: bool = True) -> list[Action]:
+        """Stop (or, ``blocked`` False, start again) showing ``username``'s direct and room
+        messages; the room still gets theirs from us (we pass them on): only our view
+        changes, and nobody is told."""
+
+        def body() -> None:
+            me = self._require_login()
+            key = username.casefold()
+            if key == me.casefold():
+                raise CommandError("that is you")
+            if blocked and len(self._blocked) >= MAX_BLOCKED:
+                raise CommandError(f"you block {MAX_BLOCKED} users already")
+            if blocked:
+                self._blocked.add(key)
+            else:
+                self._blocked.discard(key)
+            self._out.append(SaveBlocked(me, sorted(self._blocked)))
+            self._done(command, self.blocked())
+
+        return self._guarded(command, now, body)
+
+    def unblock(self, command: int, username: str, now: float) -> list[Action]:
+        return self.block(command, username, now, blocked=False)
+
+    def blocked(self) -> list[str]:
+        """Who we block (casefolded names)."""
+        return sorted(self._blocked)
 
     def create_room(self, command: int, room: str, private: bool, now: float) -> list[Action]:
         return self._logged_in(
@@ -1196,7 +1239,8 @@ class PeerCore:
             out, links, frame = self._out, self.links, forward.frame
             for target in forward.targets:
                 out.append(SendLink(links[target].id, frame))
-        self._out.append(Show(RoomText(msg.room, msg.origin, msg.text, msg.ts)))
+        if msg.origin.casefold() not in self._blocked:
+            self._out.append(Show(RoomText(msg.room, msg.origin, msg.text, msg.ts)))
 
     def _admit_message(self, view: RoomView) -> Check:
         """The last checks of a new room message: its origin's signature, then its origin's
@@ -1255,7 +1299,8 @@ class PeerCore:
             return
         link.pinned_until = self._now + PIN_SECONDS
         self._send(link, DirectAck(id=msg.id))
-        self._show(DirectText(msg.sender, msg.text, msg.ts, peer=msg.sender))
+        if msg.sender.casefold() not in self._blocked:  # acknowledged all the same
+            self._show(DirectText(msg.sender, msg.text, msg.ts, peer=msg.sender))
 
     def say(self, command: int, room: str, text: str, now: float) -> list[Action]:
         """Flood ``text`` to ``room``; the result is how many neighbours it was handed to."""

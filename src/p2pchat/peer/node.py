@@ -30,6 +30,7 @@ from p2pchat.peer.actions import (
     ConnectRegistry,
     Dial,
     Done,
+    SaveBlocked,
     SaveCertificate,
     SendDatagram,
     SendLink,
@@ -238,6 +239,11 @@ class PeerNode:
                 dial.cancel()
         elif isinstance(action, SaveCertificate):
             self._save_certificate(action)
+        elif isinstance(action, SaveBlocked):
+            try:
+                files.save_blocked(self._identities, action.username, action.blocked)
+            except OSError as exc:
+                log.warning("cannot keep the list of blocked users: %s", exc)
         elif isinstance(action, Dial):
             self._dials[action.link] = self._spawn(self._dial(action))
         elif isinstance(action, SendRegistry):
@@ -487,8 +493,9 @@ class PeerNode:
                 raise CommandError(f"cannot use our key for {username}: {exc}") from None
             if made:
                 log.info("made a key for %s in %s", username, self._identities)
+        blocked = files.load_blocked(self._identities, username)
         name: str = await self._command(
-            lambda c, now: self.core.login(c, username, password, now, signer)
+            lambda c, now: self.core.login(c, username, password, now, signer, blocked)
         )
         return name
 
@@ -524,11 +531,23 @@ class PeerNode:
     async def leave_room(self, room: str) -> None:
         await self._command(lambda c, now: self.core.leave_room(c, room, now))
 
-    async def add_member(self, room: str, username: str) -> None:
-        await self._command(lambda c, now: self.core.add_member(c, room, username, now))
+    async def add_member(self, room: str, username: str, may_add: bool | None = None) -> None:
+        await self._command(lambda c, now: self.core.add_member(c, room, username, now, may_add))
 
-    async def remove_member(self, room: str, username: str) -> None:
-        await self._command(lambda c, now: self.core.remove_member(c, room, username, now))
+    async def remove_member(self, room: str, username: str, ban: bool = False) -> None:
+        await self._command(lambda c, now: self.core.remove_member(c, room, username, now, ban))
+
+    async def unban(self, room: str, username: str) -> None:
+        await self._command(lambda c, now: self.core.unban(c, room, username, now))
+
+    async def block(self, username: str, blocked: bool = True) -> list[str]:
+        """Stop (or start again) showing a user's messages; returns whom we block."""
+        start = self.core.block if blocked else self.core.unblock
+        names: list[str] = await self._command(lambda c, now: start(c, username, now))
+        return names
+
+    def blocked(self) -> list[str]:
+        return self.core.blocked()
 
     async def say(self, room: str, text: str) -> int:
         """Flood ``text`` to ``room``; returns how many neighbours it was handed to."""

@@ -136,6 +136,22 @@ def save_cert(folder: Path, username: str, der: bytes) -> Path:
     return path
 
 
+def blocked_file(folder: Path, username: str) -> Path:
+    return folder / f"{username.casefold()}.blocked"
+
+
+def load_blocked(folder: Path, username: str) -> list[str]:
+    """Whom ``username`` blocks on this machine (a missing or damaged file: nobody)."""
+    try:
+        return blocked_file(folder, username).read_text(encoding="utf-8").split()
+    except (OSError, UnicodeError):
+        return []
+
+
+def save_blocked(folder: Path, username: str, names: list[str]) -> None:
+    write_private(blocked_file(folder, username), ("\n".join(names) + "\n").encode())
+
+
 # ---------------------------------------------------------------------------- pins
 
 

@@ -25,6 +25,12 @@ HELP = """\
 /leave ROOM               leave a room
 /add ROOM USER            add USER to a room you are in (the way into private rooms)
 /remove ROOM USER         remove USER from a room you own
+/ban ROOM USER            remove USER from a room you own and keep them out
+/unban ROOM USER          let a banned user back in (to join, or be added)
+/allow ROOM USER          let a member of your private room add others to it
+/block USER               stop showing USER's messages to you (nobody is told)
+/unblock USER             show them again
+/blocked                  whom you block
 /rooms                    the rooms you can see
 /members ROOM             a room's members, who is online and where
 /msg USER TEXT            send a direct message
@@ -48,6 +54,12 @@ USAGE = {
     "leave": "/leave ROOM",
     "add": "/add ROOM USER",
     "remove": "/remove ROOM USER",
+    "ban": "/ban ROOM USER",
+    "unban": "/unban ROOM USER",
+    "allow": "/allow ROOM USER",
+    "block": "/block USER",
+    "unblock": "/unblock USER",
+    "blocked": "/blocked",
     "rooms": "/rooms",
     "members": "/members ROOM",
     "msg": "/msg USER TEXT",
@@ -72,6 +84,12 @@ _SHAPE: dict[str, tuple[int, int, bool]] = {
     "leave": (1, 1, False),
     "add": (2, 2, False),
     "remove": (2, 2, False),
+    "ban": (2, 2, False),
+    "unban": (2, 2, False),
+    "allow": (2, 2, False),
+    "block": (1, 1, False),
+    "unblock": (1, 1, False),
+    "blocked": (0, 0, False),
     "rooms": (0, 0, False),
     "members": (1, 1, False),
     "msg": (1, 1, True),
@@ -226,6 +244,38 @@ async def _remove(node: PeerNode, c: Command) -> Result:
     return Result(f"removed {c.args[1]} from {c.args[0]}", room=c.args[0], user=c.args[1])
 
 
+async def _ban(node: PeerNode, c: Command) -> Result:
+    await node.remove_member(c.args[0], c.args[1], ban=True)
+    room, user = c.args
+    return Result(f"removed {user} from {room}; banned until /unban", room=room, user=user)
+
+
+async def _unban(node: PeerNode, c: Command) -> Result:
+    await node.unban(c.args[0], c.args[1])
+    return Result(f"{c.args[1]} may come back to {c.args[0]}", room=c.args[0], user=c.args[1])
+
+
+async def _allow(node: PeerNode, c: Command) -> Result:
+    await node.add_member(c.args[0], c.args[1], may_add=True)
+    room, user = c.args
+    return Result(f"{user} may now add others to {room}", room=room, user=user)
+
+
+async def _block(node: PeerNode, c: Command) -> Result:
+    await node.block(c.args[0])
+    return Result(f"blocking {c.args[0]}: their messages are not shown to you", user=c.args[0])
+
+
+async def _unblock(node: PeerNode, c: Command) -> Result:
+    await node.block(c.args[0], blocked=False)
+    return Result(f"no longer blocking {c.args[0]}", user=c.args[0])
+
+
+async def _blocked(node: PeerNode, c: Command) -> Result:
+    names = node.blocked()
+    return Result(f"blocking {plural(len(names), 'user')}", [f"  {n}" for n in names])
+
+
 async def _rooms(node: PeerNode, c: Command) -> Result:
     rooms = await node.list_rooms()
     rows = [
@@ -307,6 +357,12 @@ HANDLERS: dict[str, Handler] = {
     "leave": _leave,
     "add": _add,
     "remove": _remove,
+    "ban": _ban,
+    "unban": _unban,
+    "allow": _allow,
+    "block": _block,
+    "unblock": _unblock,
+    "blocked": _blocked,
     "rooms": _rooms,
     "members": _members,
     "msg": _msg,
