@@ -80,7 +80,7 @@ async def test_every_online_member_gets_every_message_exactly_once(swarm: Swarm)
         node = swarm.peers[name].node
         assert len(node.mesh_links(ROOM)) <= 6
         assert node.core.router is not None
-        assert node.core.router.frames_out <= 3 * len(senders) + 3 * (len(online) - len(senders))
+        assert node.core.router.payloads_out <= 6 * len(senders) + 6 * (len(online) - len(senders))
     # links made while the room grew, and needed by neither end now, are closed soon after
     await swarm.changes.until(
         lambda: all(len(swarm.peers[n].node.core.links) <= 6 for n in online), timeout=5

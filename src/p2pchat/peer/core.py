@@ -21,7 +21,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -47,8 +47,9 @@ from p2pchat.peer.events import (
 from p2pchat.peer.identity import Identity, check_message, check_welcome
 from p2pchat.peer.links import LinkView, forwarding_table, plan_links
 from p2pchat.peer.linkstate import Link, LinkEvent, LinkProtocolError, LinkState
+from p2pchat.peer.plumtree import TreeRouter
 from p2pchat.peer.roomview import RoomView, describe
-from p2pchat.peer.router import Check, Drop, FloodRouter
+from p2pchat.peer.router import Check, Drop, FloodDesign, FloodRouter, Send
 from p2pchat.peer.session import Context, RegistrySession
 from p2pchat.peer.timers import Timer
 from p2pchat.protocol.framing import FrameTooLarge
@@ -59,6 +60,8 @@ from p2pchat.protocol.messages import (
     DirectAck,
     DirectMessage,
     ErrorCode,
+    Graft,
+    IHave,
     LoggedIn,
     MemberInfo,
     MeshRooms,
@@ -66,6 +69,7 @@ from p2pchat.protocol.messages import (
     PeerError,
     PeerHello,
     PeerWelcome,
+    Prune,
     RoomEvent,
     RoomInfo,
     RoomMessage,
@@ -135,6 +139,8 @@ class PeerConfig:
     """Where this peer keeps its keys and certificates (default: the user's data folder)."""
     config_dir: str | None = None
     """Where pinned registries are kept (default: the user's config folder)."""
+    design: Literal["tree", "flood"] = "tree"
+    """How room messages spread: tree push with lazy repair (Plumtree), or flooding."""
     max_bad_signatures: int = 3
     """A link that brings this many badly signed room messages is cut."""
     send_rate: float = 5.0
@@ -204,6 +210,9 @@ class PeerCore:
         self._seqs: dict[str, int] = {}
         """Room -> the seq of our last message there."""
         self._renew_timer: Timer | None = None
+        self._router_timer: Timer | None = None
+        self._router_rooms: dict[str, frozenset[str]] = {}
+        """The forwarding sets as the router knows them."""
         self._penalized: dict[str, float] = {}
         self._blocked: set[str] = set()
         self._outgoing = TokenBucket(config.send_rate, config.send_burst, max_keys=MAX_DECLARED)
@@ -219,7 +228,7 @@ class PeerCore:
         the throttles that others' wrong guesses at our password cause."""
         self._logging_in = False
         self._closing = False
-        self.router: FloodRouter | None = None
+        self.router: FloodDesign | TreeRouter | None = None
         self.rooms: dict[str, RoomView] = {}
         self._loading: dict[str, list[RoomEvent]] = {}
         """Casefolded room -> events that arrived while its member list was being loaded."""
@@ -403,12 +412,20 @@ class PeerCore:
 
     def _on_logged_in(self, login: LoggedIn, password: str) -> None:
         if self.router is None or self.router.me != login.username:
-            self.router = FloodRouter(login.username, new_id=self._ctx.new_id)
+            self.router = self._make_router(login.username)
+            self._router_rooms = {}
+            self._rebuild_forwarding()
         self.username = login.username
         self._password = password
         self.registry.logged_in(login)
         if login.cert is not None:
             self._take_certificate(login.username, login.cert)
+
+    def _make_router(self, me: str) -> FloodDesign | TreeRouter:
+        if self.config.design == "flood":
+            flood = FloodRouter(me, new_id=self._ctx.new_id)
+            return FloodDesign(flood, lambda room: self._forward.get(room, ()))
+        return TreeRouter(me, new_id=self._ctx.new_id)
 
     def _take_certificate(self, username: str, cert: str) -> None:
         """Check a certificate the registry issued us, keep it, and plan its renewal."""
@@ -910,7 +927,51 @@ class PeerCore:
             )
 
     def _rebuild_forwarding(self) -> None:
+        """The forwarding set of each room; the router learns what changed (new neighbours
+        before lost ones, so that tree push counts them as feeding it)."""
         self._forward = forwarding_table({p: link.view for p, link in self.links.items()})
+        router = self.router
+        if router is None:
+            return
+        new = {room: frozenset(peers) for room, peers in self._forward.items()}
+        old = self._router_rooms
+        for room, peers in new.items():
+            for peer in peers - old.get(room, frozenset()):
+                router.neighbour_up(room, peer)
+        for room, peers in old.items():
+            for peer in peers - new.get(room, frozenset()):
+                self._dispatch(router.neighbour_down(room, peer))
+        self._router_rooms = new
+        self._arm_router()
+
+    def _dispatch(self, sends: list[Send]) -> None:
+        """Carry out a router's sends: each frame to each target we still hold a link with."""
+        out, links = self._out, self.links
+        for send in sends:
+            frame = send.frame
+            for target in send.targets:
+                link = links.get(target)
+                if link is not None:
+                    out.append(SendLink(link.id, frame))
+
+    def _arm_router(self) -> None:
+        """The router's deadline (tree push: announcements to flush, grafts to ask) as ours."""
+        router = self.router
+        deadline = router.next_deadline() if router is not None else None
+        timer = self._router_timer
+        if timer is not None and timer.active and timer.when == deadline:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._router_timer = None
+        if deadline is not None:
+            self._router_timer = self._timers.at(deadline, self._router_due)
+
+    def _router_due(self, now: float) -> None:
+        self._router_timer = None
+        if self.router is not None:
+            self._dispatch(self.router.on_timer(now))
+            self._arm_router()
 
     def _address(self, peer: str) -> tuple[str, int] | None:
         for view in self.rooms.values():
@@ -1110,6 +1171,8 @@ class PeerCore:
             self._settle(link, msg.id, None)
         elif isinstance(msg, MeshRooms):
             self._on_mesh(link, msg)
+        elif isinstance(msg, IHave | Graft | Prune):
+            self._on_tree_frame(link, msg)
         elif isinstance(msg, PeerError):
             log.info("peer %s reports %s: %s", link.peer, msg.code, msg.reason)
             if msg.id is not None:
@@ -1224,23 +1287,38 @@ class PeerCore:
             log.warning("dropped an oversized or empty message from %s", link.peer)
             return
         peer = link.peer or ""
-        check = self._admit_message(view)
-        route = router.receive(
-            msg, peer, self._now, self._forward.get(msg.room, ()), view.members, check
-        )
-        if route.dropped is not None:
-            if route.dropped not in (Drop.DUPLICATE, Drop.RATE_LIMITED):
-                log.warning("dropped a message in %s from %s: %s", msg.room, peer, route.dropped)
-            if route.dropped == "bad_signature":
+        result = router.receive(msg, peer, self._now, view.members, self._admit_message(view))
+        if result.sends:
+            self._dispatch(result.sends)
+        if router.next_deadline() is not None:
+            self._arm_router()
+        dropped = result.dropped
+        if dropped is not None:
+            if dropped not in (Drop.DUPLICATE, Drop.RATE_LIMITED):
+                log.warning("dropped a message in %s from %s: %s", msg.room, peer, dropped)
+            if dropped is Drop.BAD_SIGNATURE:
                 self._bad_signature(link)
             return
-        forward = route.forward
-        if forward is not None:
-            out, links, frame = self._out, self.links, forward.frame
-            for target in forward.targets:
-                out.append(SendLink(links[target].id, frame))
-        if msg.origin.casefold() not in self._blocked:
+        if result.deliver and msg.origin.casefold() not in self._blocked:
             self._out.append(Show(RoomText(msg.room, msg.origin, msg.text, msg.ts)))
+
+    def _on_tree_frame(self, link: Link, msg: IHave | Graft | Prune) -> None:
+        """Tree push's control frames: announcements, grafts, prunes."""
+        view = self.rooms.get(msg.room)
+        router = self.router
+        if view is None or router is None:
+            return
+        result = router.receive(msg, link.peer or "", self._now, view.members)
+        if result.dropped is not None and result.dropped is not Drop.DUPLICATE:
+            log.info(
+                "ignored a %s in %s from %s: %s",
+                msg.__struct_config__.tag,
+                msg.room,
+                link.peer,
+                result.dropped,
+            )
+        self._dispatch(result.sends)
+        self._arm_router()
 
     def _admit_message(self, view: RoomView) -> Check:
         """The last checks of a new room message: its origin's signature, then its origin's
@@ -1369,22 +1447,20 @@ class PeerCore:
         if me is None or router is None or pending.room not in self.rooms:
             self._fail(pending.command, f"you are no longer in {pending.room}")
             return
-        targets = self._forward.get(pending.room, [])
         seq = self._seqs[pending.room] = self._seqs.get(pending.room, 0) + 1
         identity = self.identity
-        forward = router.originate(
+        origination = router.originate(
             pending.room,
             pending.text,
             self._now,
-            targets,
             ts=self._ctx.wall,
             seq=seq,
             sign=identity.sign_message if identity is not None and self.config.secure else None,
         )
-        for peer in targets:
-            self._out.append(SendLink(self.links[peer].id, forward.frame))
-        self._show(RoomText(pending.room, me, pending.text, forward.msg.ts, mine=True))
-        self._done(pending.command, len(targets))
+        self._dispatch(origination.sends)
+        self._arm_router()
+        self._show(RoomText(pending.room, me, pending.text, origination.msg.ts, mine=True))
+        self._done(pending.command, len(self._forward.get(pending.room, ())))
 
     def send_direct(self, command: int, username: str, text: str, now: float) -> list[Action]:
         """Send ``text`` to one user; done once their peer acknowledges it (with their name)."""

@@ -37,11 +37,10 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from msgspec.structs import replace as _replace
 
-from p2pchat.peer.router import Check, Drop, Signer
+from p2pchat.peer.router import Check, Drop, Origination, Result, Send, Signer
 from p2pchat.protocol.messages import (
     MAX_IDS_PER_FRAME,
     Graft,
@@ -65,34 +64,6 @@ MISSING_ENTRY_BYTES = 400
 
 def _random_id() -> str:
     return os.urandom(16).hex()
-
-
-class Send(NamedTuple):
-    """One frame to send, unchanged, to each of ``targets``."""
-
-    msg: TreeFrame
-    frame: bytes
-    """``encode(msg)``, encoded once for all targets."""
-    targets: list[str]
-
-
-class Result(NamedTuple):
-    """What to do after a received frame: show the room message or not, and send these.
-
-    ``dropped`` says why a frame was ignored (None when it was used; a duplicate payload is
-    ``DUPLICATE`` yet may still cause a ``prune`` in ``sends``).
-    """
-
-    deliver: bool
-    sends: list[Send]
-    dropped: Drop | None
-
-
-class Origination(NamedTuple):
-    """A new message of ours: ``msg`` to show locally, ``sends`` to carry out."""
-
-    msg: RoomMessage
-    sends: list[Send]
 
 
 @dataclass(slots=True)

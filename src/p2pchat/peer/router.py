@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from msgspec.structs import replace as _replace
 
-from p2pchat.protocol.messages import RoomMessage, encode
+from p2pchat.protocol.messages import Message, RoomMessage, encode
 
 
 class Drop(enum.StrEnum):
@@ -79,6 +79,34 @@ Check = Callable[[RoomMessage], Drop | None]
 not. Only a ``BAD_SIGNATURE`` leaves the id unremembered."""
 
 _INF = float("inf")
+
+
+class Send(NamedTuple):
+    """One frame to send, unchanged, to each of ``targets``."""
+
+    msg: Message
+    frame: bytes
+    """``encode(msg)``, encoded once for all targets."""
+    targets: list[str]
+
+
+class Result(NamedTuple):
+    """What to do after a received frame: show the room message or not, and send these.
+
+    ``dropped`` says why a frame was ignored (None when it was used; a duplicate payload is
+    ``DUPLICATE`` yet may still cause a ``prune`` in ``sends``).
+    """
+
+    deliver: bool
+    sends: list[Send]
+    dropped: Drop | None
+
+
+class Origination(NamedTuple):
+    """A new message of ours: ``msg`` to show locally, ``sends`` to carry out."""
+
+    msg: RoomMessage
+    sends: list[Send]
 
 
 class FloodRouter:
@@ -261,3 +289,77 @@ class FloodRouter:
                 return
             seen.popitem(last=False)
         self._next_expiry = _INF
+
+
+class FloodDesign:
+    """A ``FloodRouter`` behind the interface the peer core drives both designs through (the
+    one ``TreeRouter`` has): flooding needs no state of its own about neighbours or timers, so
+    it reads the room's neighbours from the core when it needs them."""
+
+    __slots__ = ("_neighbours", "router")
+
+    def __init__(self, router: FloodRouter, neighbours: Callable[[str], Iterable[str]]) -> None:
+        self.router = router
+        self._neighbours = neighbours
+
+    @property
+    def me(self) -> str:
+        return self.router.me
+
+    @property
+    def delivered(self) -> int:
+        return self.router.delivered
+
+    @property
+    def duplicates(self) -> int:
+        return self.router.duplicates
+
+    @property
+    def payloads_out(self) -> int:
+        return self.router.frames_out
+
+    def neighbour_up(self, room: str, peer: str) -> None:
+        pass
+
+    def neighbour_down(self, room: str, peer: str) -> list[Send]:
+        return []
+
+    def forget_room(self, room: str) -> None:
+        pass
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def on_timer(self, now: float) -> list[Send]:
+        return []
+
+    def originate(
+        self,
+        room: str,
+        text: str,
+        now: float,
+        *,
+        ts: float | None = None,
+        seq: int = 1,
+        sign: Signer | None = None,
+    ) -> Origination:
+        targets = list(self._neighbours(room))
+        fwd = self.router.originate(room, text, now, targets, ts=ts, seq=seq, sign=sign)
+        return Origination(fwd.msg, [Send(fwd.msg, fwd.frame, fwd.targets)] if targets else [])
+
+    def receive(
+        self,
+        msg: Message,
+        from_peer: str,
+        now: float,
+        members: Container[str],
+        check: Check | None = None,
+    ) -> Result:
+        if type(msg) is not RoomMessage:  # ihave, graft, prune: tree push only
+            return Result(False, [], Drop.NOT_NEIGHBOUR)
+        assert isinstance(msg, RoomMessage)
+        room = self._neighbours(msg.room)
+        route = self.router.receive(msg, from_peer, now, room, members, check)
+        fwd = route.forward
+        sends = [Send(fwd.msg, fwd.frame, fwd.targets)] if fwd is not None else []
+        return Result(route.deliver, sends, route.dropped)
