@@ -56,7 +56,7 @@ from p2pchat.protocol.messages import MAX_TEXT, valid_name
 
 APPLICATION_ID = 0x70326368
 """``p2ch``: marks a SQLite file as a p2pchat peer history (``PRAGMA application_id``)."""
-ROW_OVERHEAD = 160
+ROW_OVERHEAD = 180
 """Bytes a stored message counts for beyond its text: signature, id, numbers, three index
 entries. The byte bound counts text plus this; ``bench/history.py`` measures the real file."""
 KEY_SIZE = 32
