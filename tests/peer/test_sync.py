@@ -458,3 +458,18 @@ def test_history_limits_apply_to_what_catch_up_brings() -> None:
     net.nodes["a"].history.add_many(shared(2, 40), WALL)
     net.start("a", "b")
     assert b.counts(ROOM)[0] == 30
+
+
+def test_the_ranges_examined_for_one_request_are_bounded() -> None:
+    net, a, _ = pair(config=SyncConfig(max_ranges_served=10))
+    a.add_many(shared(1, 80), WALL)
+    want = SyncWant(
+        origin="u000",
+        key=b64(message("u000", 1).key),
+        ranges=[(i, i) for i in range(1, 64, 2)],  # 32 ranges
+    )
+    out = net.nodes["a"].sync.receive("b", SyncRequest(room=ROOM, id=1, wants=[want]), 0.0, WALL)
+    (batch,) = [decode(peer_decoder, s.frame) for s in out.sends]
+    assert isinstance(batch, SyncBatch) and batch.truncated
+    (part,) = batch.streams
+    assert [e.seq for e in part.msgs] == list(range(1, 20, 2)) and part.done == 19

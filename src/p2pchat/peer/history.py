@@ -759,8 +759,16 @@ class History:
     @_guarded
     def last(self, room: str, n: int) -> list[StoredMessage]:
         """The ``n`` most recent messages of ``room``, oldest first (``/history ROOM N``)."""
-        newest = self._walk(room, "ORDER BY m.at DESC, m.id DESC LIMIT ?", (), n)
-        return newest[::-1]
+        rid = self._rid(room)
+        if rid is None or n < 1:
+            return []
+        rows = self._db.execute(
+            "SELECT r.name, s.origin, s.key, m.mid, m.seq, m.ts, m.text, m.sig "
+            "FROM messages m JOIN streams s ON s.id = m.stream JOIN rooms r ON r.id = m.room "
+            "WHERE m.room = ? ORDER BY m.at DESC, m.id DESC LIMIT ?",
+            (rid, n),
+        ).fetchall()
+        return [_row_message(r[0], r[1], r[2], r[3:]) for r in reversed(rows)]
 
     @_guarded
     def stream_range(
@@ -789,40 +797,8 @@ class History:
         ).fetchall()
         return [_row_message(name, origin, key, r) for r in rows]
 
-    @_guarded
-    def since(self, room: str, at_least: float, limit: int) -> list[StoredMessage]:
-        """Messages of ``room`` whose ``at`` is at least ``at_least``, oldest first, at most
-        ``limit``: one walk of the room's time index (to serve a newer member)."""
-        return self._walk(room, "AND m.at >= ? ORDER BY m.at, m.id LIMIT ?", (at_least,), limit)
-
-    def _walk(
-        self, room: str, rest: str, args: tuple[object, ...], limit: int
-    ) -> list[StoredMessage]:
-        """A room's messages through its time index; ``rest`` filters, orders and limits."""
-        rid = self._rid(room)
-        if rid is None or limit < 1:
-            return []
-        rows = self._db.execute(
-            "SELECT r.name, s.origin, s.key, m.mid, m.seq, m.ts, m.text, m.sig "
-            "FROM messages m JOIN streams s ON s.id = m.stream JOIN rooms r ON r.id = m.room "
-            "WHERE m.room = ? " + rest,
-            (rid, *args, limit),
-        ).fetchall()
-        return [_row_message(r[0], r[1], r[2], r[3:]) for r in rows]
-
     def _room_name(self, rid: int) -> str:
         return str(self._db.execute("SELECT name FROM rooms WHERE id = ?", (rid,)).fetchone()[0])
-
-    @_guarded
-    def oldest(self, room: str) -> float | None:
-        """The ``at`` of the room's oldest message held."""
-        rid = self._rid(room)
-        if rid is None:
-            return None
-        row = self._db.execute(
-            "SELECT at FROM messages WHERE room = ? ORDER BY at LIMIT 1", (rid,)
-        ).fetchone()
-        return None if row is None else float(row[0])
 
     @_guarded
     def recent_floor(self, room: str, n: int) -> float | None:

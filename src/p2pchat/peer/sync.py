@@ -192,6 +192,9 @@ class SyncConfig:
     max_summary_streams: int = 2000
     max_held_streams: int = 50_000
     max_asks: int = 4
+    max_ranges_served: int = 1024
+    """Ranges examined in answer to one request (one indexed query each, at least);
+    beyond, the answer is ``truncated``."""
     max_retry: float = 30.0
     """A ``retry_after`` longer than this is taken as this."""
 
@@ -221,6 +224,9 @@ class Outcome:
     """(message, what ``add`` returned, the neighbour it came from)."""
     skipped: list[tuple[StreamKey, int]] = field(default_factory=list)
 
+
+_CHUNK = 256
+"""Messages read from the history at a time while answering."""
 
 _Stream = tuple[str, bytes]
 """(origin, key) within a room."""
@@ -617,72 +623,72 @@ class Sync:
 
     def _serve(self, peer: str, msg: SyncRequest, floor: float) -> list[Send]:
         """The answer to a request: what it asks, as far as we hold it and ``floor`` allows,
-        within the page bounds."""
+        within the page bounds. Messages are read a chunk at a time (the age filter runs in
+        SQLite), so what is held in memory stays near one page."""
         cfg = self.config
         room = msg.room
-        wants: list[tuple[str, bytes, list[Range]]] = []
-        for w in msg.wants:
-            ranges = _sorted_ranges(w.ranges)
-            if ranges is not None and len(w.key) == 43:
-                wants.append((w.origin, unb64(w.key), ranges))
-        oldest = self.history.oldest(room)
-        walk: dict[_Stream, list[StoredMessage]] | None = None
-        if oldest is not None and floor > oldest:  # a newer member: walk the room from floor
-            walk = {}
-            wanted = {(o, k): r for o, k, r in wants}
-            for m in self.history.since(room, floor, self.history.limits.max_messages):
-                ranges = wanted.get((m.origin, m.key))
-                if ranges is not None and contains(ranges, m.seq):
-                    walk.setdefault((m.origin, m.key), []).append(m)
         frames: list[SyncBatch] = []
         parts: list[SyncStreamBatch] = []
         size = 150
-        total_bytes = 0
-        total_msgs = 0
+        sent_bytes = sent_msgs = 0
+        ranges_left = cfg.max_ranges_served
         truncated = False
 
-        def close_frame() -> None:
-            nonlocal parts, size, total_bytes
-            frames.append(SyncBatch(room=room, id=msg.id, streams=parts, more=True))
-            total_bytes += size
-            parts, size = [], 150
-
-        for origin, key, ranges in wants:
-            head = self.history.head(room, origin, key)
-            if head is None:
-                continue
-            if walk is not None:
-                found = sorted(walk.get((origin, key), []), key=lambda m: m.seq)
-            else:
-                found = []
-                for lo, hi in ranges:
-                    room_left = cfg.page_messages - total_msgs - len(found) + 1
-                    found += self.history.stream_range(room, origin, key, lo, hi, room_left, floor)
+        def start_part(origin: str, key: bytes) -> SyncStreamBatch:
+            nonlocal size
             part = SyncStreamBatch(origin=origin, key=b64(key))
             parts.append(part)
             size += 160
-            sent_to = 0
-            for m in found:
-                e = entry(m)
-                cost = len(msgspec.json.encode(e)) + 1
-                if total_msgs >= cfg.page_messages or total_bytes + size + cost > cfg.page_bytes:
+            return part
+
+        for w in msg.wants:
+            ranges = _sorted_ranges(w.ranges)
+            if ranges is None:
+                continue
+            key = unb64(w.key)
+            head = self.history.head(room, w.origin, key)
+            if head is None:
+                continue
+            part = start_part(w.origin, key)
+            last = 0  # the last seq of this stream examined in full
+            for lo, hi in ranges:
+                if ranges_left == 0:
                     truncated = True
                     break
-                if size + cost > cfg.frame_bytes or len(part.msgs) >= MAX_SYNC_MESSAGES:
-                    close_frame()
-                    part = SyncStreamBatch(origin=origin, key=b64(key))
-                    parts.append(part)
-                    size += 160
-                part.msgs.append(e)
-                size += cost
-                total_msgs += 1
-                sent_to = m.seq
+                ranges_left -= 1
+                nxt = lo
+                while nxt <= hi and not truncated:
+                    chunk = self.history.stream_range(
+                        room, w.origin, key, nxt, hi, min(_CHUNK, cfg.page_messages + 1), floor
+                    )
+                    for m in chunk:
+                        e = entry(m)
+                        cost = len(msgspec.json.encode(e)) + 1
+                        full = sent_msgs >= cfg.page_messages
+                        if full or sent_bytes + size + cost > cfg.page_bytes:
+                            truncated = True
+                            break
+                        if size + cost > cfg.frame_bytes or len(part.msgs) >= MAX_SYNC_MESSAGES:
+                            frames.append(SyncBatch(room=room, id=msg.id, streams=parts, more=True))
+                            sent_bytes += size
+                            parts, size = [], 150
+                            part = start_part(w.origin, key)
+                        part.msgs.append(e)
+                        size += cost
+                        sent_msgs += 1
+                        last = m.seq
+                    if truncated or len(chunk) < min(_CHUNK, cfg.page_messages + 1):
+                        break
+                    nxt = chunk[-1].seq + 1
+                if truncated:
+                    break
+                last = hi
+            part.done = min(last, head.high)
             if truncated:
-                part.done = min(sent_to, head.high)
                 break
-            part.done = min(ranges[-1][1], head.high)
+        parts = [p for p in parts if p.msgs or p.done]
         frames.append(SyncBatch(room=room, id=msg.id, streams=parts, truncated=truncated))
-        self.stats.messages_out += total_msgs
+        self.stats.messages_out += sent_msgs
         return [self._frame(peer, f) for f in frames]
 
     # ------------------------------------------------------------------ bookkeeping
