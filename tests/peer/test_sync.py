@@ -169,8 +169,12 @@ def test_a_newer_member_of_a_private_room_gets_what_was_said_since_it_was_added(
     assert net.start("old", "new") == 4
     assert ids(new) == {m.id for m in after}
     assert not (set(net.batch_ids()) & {m.id for m in before + other})
-    assert new.digest(ROOM) == old.digest(ROOM)  # done marks make the summaries equal
-    assert net.start("old", "new") == 1
+    # alice's stream is done up to 60 for both (the done mark); of bob's, all said before
+    # new was added, new has seen no signed message, so it keeps no record of it
+    assert {h.origin: h.high for h in new.summary(ROOM)} == {"alice": 60}
+    net.frames.clear()
+    net.start("old", "new")  # the summaries differ by bob's stream: nothing is sent
+    assert net.batch_ids() == []
 
 
 def test_a_newcomer_to_a_public_room_gets_its_last_100_messages() -> None:
@@ -418,12 +422,13 @@ def test_a_done_mark_never_covers_a_hole_asked_of_another_neighbour() -> None:
     net.nodes["b"].history.skip(ROOM, "alice", key, 30, WALL)  # b: all out of reach
     net.nodes["c"].history.add_many(ms[10:19], WALL)  # c: 11..19
     a = net.nodes["a"]
+    a.history.add(message("alice", 31), WALL)  # seen live: alice's stream reaches 31
     to_b = a.sync.ask(ROOM, "b", "alice", key, [(1, 10), (20, 30)], 0.0)
     to_c = a.sync.ask(ROOM, "c", "alice", key, [(11, 19)], 0.0)
     net.run([("a", s) for s in to_b])  # b answers first: done up to 30
     assert a.history.head(ROOM, "alice", key).high == 10  # type: ignore[union-attr]
     net.run([("a", s) for s in to_c])
-    assert {m.seq for m in a.history.last(ROOM, 100)} == set(range(11, 20))
+    assert {m.seq for m in a.history.last(ROOM, 100)} == set(range(11, 20)) | {31}
     assert a.sync.ask(ROOM, "c", "alice", key, [(11, 19)], 0.0) == []  # held: nothing to ask
 
 
@@ -473,3 +478,24 @@ def test_the_ranges_examined_for_one_request_are_bounded() -> None:
     assert isinstance(batch, SyncBatch) and batch.truncated
     (part,) = batch.streams
     assert [e.seq for e in part.msgs] == list(range(1, 20, 2)) and part.done == 19
+
+
+def test_a_neighbours_done_mark_cannot_silence_an_origin() -> None:
+    """A member claiming alice's stream is done far beyond anything alice signed does not
+    make us refuse alice's real messages."""
+    net, a, _ = pair()
+    key = message("alice", 1).key
+    a.add(message("alice", 1), WALL)
+    sync = net.nodes["a"].sync
+    (ask,) = sync.ask(ROOM, "b", "alice", key, [(2, 10**9)], 0.0)
+    req = decode(peer_decoder, ask.frame)
+    assert isinstance(req, SyncRequest)
+    lie = SyncBatch(
+        room=ROOM,
+        id=req.id,
+        streams=[SyncStreamBatch(origin="alice", key=b64(key), done=10**9)],
+    )
+    out = sync.receive("b", lie, 0.0, WALL)
+    assert out.skipped == []
+    assert a.head(ROOM, "alice", key).high == 1  # type: ignore[union-attr]
+    assert a.add(message("alice", 2), WALL) is not None

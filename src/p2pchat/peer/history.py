@@ -732,7 +732,9 @@ class History:
     @_guarded
     def skip(self, room: str, origin: str, key: bytes, upto: int, now: float) -> bool:
         """Seqs up to ``upto`` of this stream will not be fetched (a neighbour said they are
-        out of reach); True if that changed anything. ``now``: wall clock."""
+        out of reach); True if that changed anything. ``now``: wall clock. Callers keep
+        ``upto`` at most ``top``: then ``top`` only ever rises with signed messages, and a
+        neighbour's word cannot make the store refuse an origin's real messages."""
         if not valid_name(room) or not valid_name(origin) or len(key) != KEY_SIZE:
             raise ValueError("room and origin must be names, the key 32 bytes")
         if not 0 <= upto < MAX_SEQ:

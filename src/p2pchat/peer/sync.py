@@ -8,7 +8,9 @@ the two frames, whatever the room's size. On a mismatch each side answers with i
 (``sync_summary``, paged), and each asks the other (``sync_request``) for the seq ranges the
 other's summary covers and its own does not; the answer (``sync_batch``) carries the messages
 with their signatures, and per stream a ``done`` mark for what was asked but is out of the
-answerer's reach (pruned, or not for the asker). So a member who was away gets what it missed
+answerer's reach (pruned, or not for the asker); the asker applies it only up to the stream's
+highest message whose signature it checked, so no neighbour can make it refuse an origin's
+real messages. So a member who was away gets what it missed
 in 2 round trips: digests, summaries, request, batch.
 
 **Why per-stream sequence numbers rather than range-based set reconciliation.** Messages
@@ -27,11 +29,12 @@ An answer that stops at a bound is continued by a new request; a request unanswe
 ``request_timeout`` is released and its ranges asked of another neighbour whose summary has
 them.
 
-**Bounds.** An answer to one request: ``page_messages`` messages and ``page_bytes`` bytes, in
-frames of at most ``frame_bytes``. What a neighbour may make us do: a bucket of bytes per
-neighbour (``bucket_bytes``, refilled at ``refill_bytes`` a second), charged before any work:
-a digest its fixed cost plus our summary's size, a summary page per stream, a request the
-whole page it may cost (the unused part is given back). A request the bucket cannot pay is
+**Bounds.** An answer to one request: ``page_messages`` messages, ``page_bytes`` bytes and
+``max_ranges_served`` ranges examined, in frames of at most ``frame_bytes``. What a neighbour
+may make us do: a bucket of bytes per neighbour (``bucket_bytes``, refilled at
+``refill_bytes`` a second), charged before any work: a digest its fixed cost plus our
+summary's size, a summary page per stream, a request the whole page it may cost (the unused
+part is given back). A request the bucket cannot pay is
 answered ``refused: busy`` with the wait. What we hold for neighbours: their summaries (at most
 ``max_summary_streams`` a room, ``max_held_streams`` in all, oldest dropped), at most
 ``max_asks`` requests in flight per neighbour and room. The responder holds nothing between
@@ -501,11 +504,14 @@ class Sync:
                         out.caught.append((m, added, peer))
                         ask.progress = True
             if part.done:
-                # Done only over what we hold or asked this neighbour for: a hole between
-                # its ranges may be in flight from another neighbour.
+                # Done only over what we hold or asked this neighbour for (a hole between its
+                # ranges may be in flight from another neighbour), and never beyond the
+                # stream's highest signed message we have seen: a neighbour's word alone
+                # must not make us refuse an origin's real messages.
                 head = self.history.head(room, part.origin, key)
                 held = head.ranges if head is not None else []
-                done = min(part.done, _prefix(union(held, asked)))
+                top = self.history.top(room, part.origin, key)
+                done = min(part.done, _prefix(union(held, asked)), top)
                 if done and self.history.skip(room, part.origin, key, done, wall):
                     out.skipped.append(((room.casefold(), part.origin, key), done))
                     ask.progress = True
