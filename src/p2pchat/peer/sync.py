@@ -10,12 +10,12 @@ other's summary covers and its own does not; the answer (``sync_batch``) carries
 with their signatures, and per stream a ``done`` mark for what was asked but is out of the
 answerer's reach (pruned, or not for the asker); the asker applies it only up to the stream's
 highest message whose signature it checked, so no neighbour can make it refuse an origin's
-real messages. So a member who was away gets what it missed
-in 2 round trips: digests, summaries, request, batch.
+real messages. So a member who was away gets what it missed in 2 round trips: digests,
+summaries, request, batch.
 
 **Why per-stream sequence numbers rather than range-based set reconciliation.** Messages
 already carry a contiguous seq per stream, so a stream's holdings are one number almost always
-(ranges only around a gap): a summary is about 100 bytes per stream, and a difference is a seq
+(ranges only around a gap): a summary is about 80 bytes per stream, and a difference is a seq
 range, named exactly in one request. Negentropy-style reconciliation over message ids finds a
 difference of 1,000 messages in about log16(n) rounds of fingerprints and then names every id;
 here the difference is found in one round and named in a few bytes per stream. The digest in
