@@ -355,6 +355,25 @@ def test_a_file_that_is_not_a_database_is_refused_and_not_overwritten(tmp_path: 
     assert path.read_bytes() == b"my notes, not a database\n" * 300
 
 
+@pytest.mark.parametrize("size", [100, 4096, 3 * 4096])
+def test_a_non_empty_file_of_nothing_is_refused_and_left_alone(tmp_path: Path, size: int) -> None:
+    path = tmp_path / "history.db"
+    path.write_bytes(b"\0" * size)  # what a crash on some file systems leaves
+    with pytest.raises(HistoryError, match="not a database"):
+        History(path)
+    assert path.read_bytes() == b"\0" * size
+
+
+def test_a_database_with_nothing_in_it_yet_is_taken_as_new(tmp_path: Path) -> None:
+    """What a first start that stopped after switching to WAL, before its first migration,
+    leaves: a SQLite header and no tables; there is nothing in it to lose."""
+    path = tmp_path / "history.db"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA journal_mode = WAL")
+    assert path.stat().st_size > 0
+    History(path).add(message("alice", 1), NOW)
+
+
 def test_another_programs_database_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "history.db"
     with sqlite3.connect(path) as db:

@@ -30,6 +30,9 @@ the registry's database), one of a newer schema. A zero-byte file is taken as ne
 itself creates the file empty when it opens a path, so an empty file is what a first start
 that stopped before its first write leaves, and it holds nothing that writing could destroy;
 unless a non-empty ``-wal`` file lies beside it (then the database may live in the journal).
+So is a database with no table and no mark (a first start that stopped between switching to
+WAL and its first migration). A non-empty file with nothing SQLite recognises in it (zeros
+left by a crash, say) is not a database, and refused.
 Every write is one transaction (a message, its stream, its room's counters and the pruning it
 causes), every SQLite failure is raised as ``HistoryError``, and the few figures cached in
 memory are updated only after a commit.
