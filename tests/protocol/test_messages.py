@@ -119,6 +119,30 @@ EXAMPLES: list[Message] = [
     m.IHave(room="den", origin="alice", ids=["b" * 32, "c" * 32]),
     m.Graft(room="den", origin="alice", ids=[]),
     m.Prune(room="den", origin="alice"),
+    m.SyncDigest(room="den", digest="A" * 22, streams=3),
+    m.SyncSummary(room="den", streams=[m.SyncStream(origin="alice", key="k" * 43, high=4)]),
+    m.SyncSummary(
+        room="den",
+        streams=[m.SyncStream(origin="bob", key="k" * 43, high=0, extra=[(3, 5)])],
+        more=True,
+    ),
+    m.SyncRequest(
+        room="den", id=1, wants=[m.SyncWant(origin="alice", key="k" * 43, ranges=[(5, 9)])]
+    ),
+    m.SyncBatch(
+        room="den",
+        id=1,
+        streams=[
+            m.SyncStreamBatch(
+                origin="alice",
+                key="k" * 43,
+                done=9,
+                msgs=[m.SyncEntry(id="e" * 32, seq=5, ts=1.7e9, text="hi", sig="s" * 86)],
+            )
+        ],
+        truncated=True,
+    ),
+    m.SyncBatch(room="den", id=2, refused="busy", retry_after=1.0),
 ]
 
 DECODERS: dict[str, tuple[msgspec.json.Decoder[typing.Any], object]] = {

@@ -592,6 +592,115 @@ class Prune(Message, tag="prune"):
     origin: str
 
 
+# History and catch-up (docs/protocol.md, "History and catch-up"): two neighbours compare a
+# digest of what they hold of a room; on a mismatch they swap per-stream summaries, then each
+# asks for the seq ranges it lacks. A stream is one origin's messages in one room under one key.
+
+MAX_SYNC_STREAMS = 1000
+"""Most streams in one ``sync_summary`` page, ``sync_request`` or ``sync_batch``."""
+MAX_SYNC_RANGES = 32
+"""Most seq ranges per stream in a summary or a request."""
+MAX_SYNC_MESSAGES = 2000
+"""Most messages per stream in one ``sync_batch`` frame."""
+MAX_SYNC_SEQ = 2**53 - 1
+"""Largest sequence number (exact as a JSON number everywhere)."""
+
+SyncSeq = Annotated[int, msgspec.Meta(ge=1, le=MAX_SYNC_SEQ)]
+SyncHigh = Annotated[int, msgspec.Meta(ge=0, le=MAX_SYNC_SEQ)]
+SyncRange = tuple[SyncSeq, SyncSeq]
+"""Inclusive ``[lo, hi]``; ``lo <= hi`` is checked where it is used."""
+SyncRanges = Annotated[list[SyncRange], msgspec.Meta(max_length=MAX_SYNC_RANGES)]
+SyncKey = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{43}\Z")]
+"""A raw 32-byte Ed25519 public key, base64url without padding."""
+SyncSig = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{86}\Z")]
+"""A 64-byte Ed25519 signature, base64url without padding."""
+SyncDigestText = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{22}\Z")]
+"""16 bytes, base64url without padding."""
+SyncMsgId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}\Z")]
+SyncTime = Annotated[float, msgspec.Meta(ge=0.0, le=1e11)]
+SyncRequestId = Annotated[int, msgspec.Meta(ge=0, le=MAX_SYNC_SEQ)]
+
+
+class SyncStream(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What the sender holds of one stream: every seq up to ``high`` (held, or out of its
+    reach), and the ranges ``extra`` above it."""
+
+    origin: Name
+    key: SyncKey
+    high: SyncHigh
+    extra: SyncRanges = []
+
+
+class SyncDigest(Message, tag="sync_digest"):
+    """A digest of the sender's summary of ``room``; equal digests: nothing to exchange."""
+
+    room: Name
+    digest: SyncDigestText
+    streams: Annotated[int, msgspec.Meta(ge=0, le=10**9)]
+
+
+class SyncSummary(Message, tag="sync_summary"):
+    """One page of the sender's summary of ``room``; ``more``: further pages follow."""
+
+    room: Name
+    streams: Annotated[list[SyncStream], msgspec.Meta(max_length=MAX_SYNC_STREAMS)]
+    more: bool = False
+
+
+class SyncWant(msgspec.Struct, kw_only=True):
+    origin: Name
+    key: SyncKey
+    ranges: Annotated[list[SyncRange], msgspec.Meta(min_length=1, max_length=MAX_SYNC_RANGES)]
+
+
+class SyncRequest(Message, tag="sync_request"):
+    """Asks for the messages of these streams in these seq ranges."""
+
+    room: Name
+    id: SyncRequestId
+    wants: Annotated[list[SyncWant], msgspec.Meta(min_length=1, max_length=MAX_SYNC_STREAMS)]
+
+
+class SyncEntry(msgspec.Struct, kw_only=True):
+    """One message of a stream: the fields its origin signed, and the signature."""
+
+    id: SyncMsgId
+    seq: SyncSeq
+    ts: SyncTime
+    text: Text
+    sig: SyncSig
+
+
+class SyncStreamBatch(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Messages of one stream; ``done``: every seq up to it that was asked and not sent is
+    out of the sender's reach (pruned, or not for the asker)."""
+
+    origin: Name
+    key: SyncKey
+    done: SyncHigh = 0
+    msgs: Annotated[list[SyncEntry], msgspec.Meta(max_length=MAX_SYNC_MESSAGES)] = []
+
+
+SyncRefusal = Literal["busy", "not_member"]
+
+
+class SyncBatch(Message, tag="sync_batch"):
+    """(Part of) the answer to ``sync_request`` ``id``. ``more``: frames of this answer
+    follow. ``truncated``: the answer stopped at a bound; ask again for the rest. ``refused``
+    (with ``retry_after`` seconds): nothing was served."""
+
+    room: Name
+    id: SyncRequestId
+    streams: Annotated[list[SyncStreamBatch], msgspec.Meta(max_length=MAX_SYNC_STREAMS)] = []
+    more: bool = False
+    truncated: bool = False
+    refused: SyncRefusal | None = None
+    retry_after: Annotated[float, msgspec.Meta(ge=0.0, le=3600.0)] | None = None
+
+
+SyncFrame = SyncDigest | SyncSummary | SyncRequest | SyncBatch
+
+
 PeerFrame = (
     PeerHello
     | PeerWelcome
@@ -603,6 +712,7 @@ PeerFrame = (
     | IHave
     | Graft
     | Prune
+    | SyncFrame
 )
 
 
