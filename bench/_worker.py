@@ -221,8 +221,13 @@ class Worker:
     def _counters(self) -> list[tuple[int, int, int]]:
         out = []
         for node in self.nodes:
-            r = node.core.router if isinstance(node, PeerNode) else node.router  # type: ignore[attr-defined]
-            out.append((r.frames_out, r.duplicates, r.delivered) if r is not None else (0, 0, 0))
+            if isinstance(node, PeerNode):
+                r = node.core.router
+                sent = r.payloads_out if r is not None else 0
+            else:
+                r = node.router  # type: ignore[attr-defined]
+                sent = r.frames_out
+            out.append((sent, r.duplicates, r.delivered) if r is not None else (0, 0, 0))
         return out
 
     async def cmd_run(
