@@ -36,6 +36,7 @@ from p2pchat.peer.actions import (
 )
 from p2pchat.peer.core import PeerConfig, PeerCore
 from p2pchat.peer.events import CommandError, DirectText, Notice, PeerEvent, RoomText
+from p2pchat.peer.history import History
 from p2pchat.peer.mesh import mesh_graph
 from p2pchat.protocol.framing import FrameTooLarge, LineFramer
 from p2pchat.protocol.messages import (
@@ -130,6 +131,8 @@ class SimPeer(Seen):
     record: Callable[[PeerEvent], bool] = lambda event: True
     timer_at: float | None = None
     signer: Signer | None = None
+    history: History | None = None
+    """The user's history on this machine (kept across a restart of the peer)."""
     tamper: Callable[[bytes], bytes] | None = None
     """A malicious peer: what it does to every frame it sends on its links."""
 
@@ -138,7 +141,11 @@ class SimPeer(Seen):
     def start(self, method: str, *args: Any) -> int:
         """Start a command of the core (``say``, ``login``...); returns its id."""
         command = next(self.net._commands)
-        extra = (self.signer,) if method == "login" else ()
+        extra: tuple[Any, ...] = ()
+        if method == "login":
+            if self.history is None:
+                self.history = History(":memory:")
+            extra = (self.signer, (), self.history)
         self.net._feed(self, getattr(self.core, method)(command, *args, self.net.now, *extra))
         return command
 
@@ -355,7 +362,14 @@ class SimNet:
         rng = random.Random(f"{self.seed}:{name}:{self.now}")
         core = PeerCore(old.core.config, rand=rng.randbytes, wall_offset=WALL)
         peer = SimPeer(
-            name, old.host, core, self, port=old.port + 1, record=old.record, signer=old.signer
+            name,
+            old.host,
+            core,
+            self,
+            port=old.port + 1,
+            record=old.record,
+            signer=old.signer,
+            history=old.history,
         )
         core.port = peer.port
         self.peers[name] = peer

@@ -34,8 +34,8 @@ from p2pchat.peer.actions import (
     SaveBlocked,
     SaveCertificate,
     SendLink,
-    Show,
 )
+from p2pchat.peer.catchup import RoomLog
 from p2pchat.peer.events import (
     CommandError,
     DirectText,
@@ -44,6 +44,7 @@ from p2pchat.peer.events import (
     RoomText,
     Status,
 )
+from p2pchat.peer.history import History, StoredMessage
 from p2pchat.peer.identity import Identity, check_message, check_welcome
 from p2pchat.peer.links import LinkView, forwarding_table, plan_links
 from p2pchat.peer.linkstate import Link, LinkEvent, LinkProtocolError, LinkState
@@ -51,6 +52,7 @@ from p2pchat.peer.plumtree import TreeRouter
 from p2pchat.peer.roomview import RoomView, describe
 from p2pchat.peer.router import Check, Drop, FloodDesign, FloodRouter, Send
 from p2pchat.peer.session import Context, RegistrySession
+from p2pchat.peer.sync import Access
 from p2pchat.peer.timers import Timer
 from p2pchat.protocol.framing import FrameTooLarge
 from p2pchat.protocol.messages import (
@@ -74,6 +76,10 @@ from p2pchat.protocol.messages import (
     RoomInfo,
     RoomMessage,
     SearchResult,
+    SyncBatch,
+    SyncDigest,
+    SyncRequest,
+    SyncSummary,
     decode,
     encode,
     peer_decoder,
@@ -83,7 +89,7 @@ from p2pchat.protocol.messages import (
 from p2pchat.registry import flows
 from p2pchat.registry.flows import Flow, RegistryClosed, RegistryError, RegistryUntrusted
 from p2pchat.trust.certs import TrustError, UserCert, ca_key, read_user_cert
-from p2pchat.trust.signing import Signer, Verifier
+from p2pchat.trust.signing import Signer, Verifier, room_message_bytes
 
 log = logging.getLogger("p2pchat.peer")
 
@@ -211,6 +217,9 @@ class PeerCore:
         """Room -> the seq of our last message there."""
         self._renew_timer: Timer | None = None
         self._router_timer: Timer | None = None
+        self._history: History | None = None
+        self.roomlog: RoomLog | None = None
+        """History, catch-up and per-sender order (once logged in with a history)."""
         self._router_rooms: dict[str, frozenset[str]] = {}
         """The forwarding sets as the router knows them."""
         self._penalized: dict[str, float] = {}
@@ -420,6 +429,57 @@ class PeerCore:
         self.registry.logged_in(login)
         if login.cert is not None:
             self._take_certificate(login.username, login.cert)
+        if self.roomlog is None and self._history is not None and self.identity is not None:
+            self.roomlog = RoomLog(
+                self._ctx,
+                self._history,
+                access=self._access,
+                accept=self._accept_caught,
+                send=self._send_frame,
+                show=self._show_message,
+                neighbours=lambda room: self._forward.get(room, ()),
+            )
+
+    def _access(self, room: str, peer: str) -> Access:
+        """What the registry lists of ``peer`` in ``room``: for who may see which history."""
+        view = self.rooms.get(self.room_name(room))
+        member = view.members.get(peer) if view is not None else None
+        if view is None or member is None:
+            return Access(False)
+        return Access(True, member.since, public=not view.private)
+
+    def _accept_caught(self, entry: StoredMessage) -> bool:
+        """A message that came by catch-up: signed with the key the registry lists for its
+        origin now (messages signed with a key superseded since cannot be checked)."""
+        view = self.rooms.get(self.room_name(entry.room))
+        member = view.members.get(entry.origin) if view is not None else None
+        if member is None or member.key != entry.key:
+            return False
+        data = room_message_bytes(
+            entry.room, entry.origin, entry.id, entry.seq, entry.ts, entry.text
+        )
+        return self._verifier.verify(entry.key, data, entry.sig)
+
+    def _send_frame(self, peer: str, frame: bytes) -> None:
+        link = self.links.get(peer)
+        if link is not None:
+            self._out.append(SendLink(link.id, frame))
+
+    def _show_message(self, event: PeerEvent) -> None:
+        """Show, unless it is a message from someone we block."""
+        if isinstance(event, RoomText | DirectText) and event.sender.casefold() in self._blocked:
+            return
+        self._show(event)
+
+    def history(self, room: str, n: int) -> list[RoomText]:
+        """The last ``n`` messages of ``room`` kept here (oldest first)."""
+        if self.roomlog is None:
+            return []
+        return [
+            event
+            for event in self.roomlog.last(self.room_name(room), n)
+            if event.sender.casefold() not in self._blocked
+        ]
 
     def _make_router(self, me: str) -> FloodDesign | TreeRouter:
         if self.config.design == "flood":
@@ -512,6 +572,7 @@ class PeerCore:
         now: float,
         signer: Signer | None = None,
         blocked: Iterable[str] = (),
+        history: History | None = None,
     ) -> list[Action]:
         """``signer``: this user's key on this machine (the shell keeps it in a file); the
         registry certifies it at login. ``blocked``: whom this user blocks (kept by the
@@ -531,6 +592,7 @@ class PeerCore:
                 self.registry.identity = None
             self._logging_in = True
             self._blocked = {name.casefold() for name in list(blocked)[:MAX_BLOCKED]}
+            self._history = history
 
             def finish(name: str) -> str:
                 self._logging_in = False
@@ -601,6 +663,7 @@ class PeerCore:
         self.username = None
         self._password = None
         self.registry.logged_out()
+        self.roomlog = self._history = None
         self.rooms = {}
         self._loading = {}
         for link in list(self._conns.values()):
@@ -675,16 +738,16 @@ class PeerCore:
         return sorted(self._blocked)
 
     def create_room(self, command: int, room: str, private: bool, now: float) -> list[Action]:
-        return self._logged_in(
-            command, self._then_adopt(flows.create_room(room, private), room), now
-        )
+        flow = self._then_adopt(flows.create_room(room, private), room, private)
+        return self._logged_in(command, flow, now)
 
     def join_room(self, command: int, room: str, now: float) -> list[Action]:
-        return self._logged_in(command, self._then_adopt(flows.join_room(room), room), now)
+        flow = self._then_adopt(flows.join_room(room), room, private=False)
+        return self._logged_in(command, flow, now)
 
     def leave_room(self, command: int, room: str, now: float) -> list[Action]:
         def left(_: None) -> None:
-            self.rooms.pop(self.room_name(room), None)
+            self._forget_room(self.room_name(room))
             self._want_replan()
             self._show(RoomsChanged())
 
@@ -703,7 +766,7 @@ class PeerCore:
 
         return self._guarded(command, now, body)
 
-    def _then_adopt(self, first: Flow[None], room: str) -> Flow[None]:
+    def _then_adopt(self, first: Flow[None], room: str, private: bool) -> Flow[None]:
         """``first`` (create or join), then load the room's members and take it in."""
         yield from first
         try:
@@ -712,6 +775,7 @@ class PeerCore:
             log.warning("could not load room %s: %s", room, exc)
             return
         if view is not None:
+            view.private = private
             self._adopt(view)
 
     # ================================================================== rooms
@@ -751,12 +815,14 @@ class PeerCore:
         """
         infos: list[RoomInfo] = yield from flows.rooms(mine=True)
         mine = [info.room for info in infos]
+        private = {info.room: info.private for info in infos}
         for room in mine:
             self._loading.setdefault(room.casefold(), [])  # hold their events from now on
         try:
             for room in mine:
                 view = yield from self._room_view(room)
                 if view is not None:
+                    view.private = private.get(view.name, True)
                     self.rooms[view.name] = view
         finally:  # if the registry went away midway, stop holding for the rooms not loaded
             for room in mine:
@@ -812,7 +878,7 @@ class PeerCore:
                     failed,
                 )
             elif change == "removed":
-                self.rooms.pop(event.room, None)
+                self._forget_room(event.room)
                 self._loading.pop(event.room.casefold(), None)  # a load in flight is void
                 self._notice(f"{event.by} removed you from {event.room}", event.room)
                 self._want_replan()
@@ -830,8 +896,21 @@ class PeerCore:
             return
         if event.by != me:  # our own /add or /remove was answered with ok: already
             self._notice(describe(event), event.room)
+        if view is not None and self.roomlog is not None and change != "offline":
+            for msg, link_id in self.roomlog.known(event.room, who):  # it spoke as it joined
+                link = self._conns.get(link_id)
+                if link is not None and link.is_open:
+                    self._on_room_message(link, msg)
         self._want_replan()
         self._show(RoomsChanged(event.room))
+
+    def _forget_room(self, room: str) -> None:
+        """We left ``room`` or were removed from it."""
+        self.rooms.pop(room, None)
+        if self.router is not None:
+            self.router.forget_room(room)
+        if self.roomlog is not None:
+            self.roomlog.left(room)
 
     # ================================================================== the mesh
 
@@ -938,6 +1017,8 @@ class PeerCore:
         for room, peers in new.items():
             for peer in peers - old.get(room, frozenset()):
                 router.neighbour_up(room, peer)
+                if self.roomlog is not None:
+                    self.roomlog.serves(room, peer)
         for room, peers in old.items():
             for peer in peers - new.get(room, frozenset()):
                 self._dispatch(router.neighbour_down(room, peer))
@@ -955,9 +1036,18 @@ class PeerCore:
                     out.append(SendLink(link.id, frame))
 
     def _arm_router(self) -> None:
-        """The router's deadline (tree push: announcements to flush, grafts to ask) as ours."""
-        router = self.router
-        deadline = router.next_deadline() if router is not None else None
+        """The deadlines of the router (tree push: announcements to flush, grafts to ask)
+        and of the room log (catch-up, order, waits), as one of ours."""
+        router, roomlog = self.router, self.roomlog
+        deadlines = [
+            d
+            for d in (
+                router.next_deadline() if router is not None else None,
+                roomlog.next_deadline() if roomlog is not None else None,
+            )
+            if d is not None
+        ]
+        deadline = min(deadlines) if deadlines else None
         timer = self._router_timer
         if timer is not None and timer.active and timer.when == deadline:
             return
@@ -971,7 +1061,9 @@ class PeerCore:
         self._router_timer = None
         if self.router is not None:
             self._dispatch(self.router.on_timer(now))
-            self._arm_router()
+        if self.roomlog is not None:
+            self.roomlog.timer(now)
+        self._arm_router()
 
     def _address(self, peer: str) -> tuple[str, int] | None:
         for view in self.rooms.values():
@@ -1099,6 +1191,8 @@ class PeerCore:
         del self.links[peer]
         if self._closing:
             return
+        if self.roomlog is not None:
+            self.roomlog.link_down(peer)
         rooms = sorted(link.view.mine | link.view.theirs)
         if rooms and self.username is not None:
             self._notice(f"link to {peer} lost; repairing the mesh of {', '.join(rooms)}")
@@ -1173,6 +1267,10 @@ class PeerCore:
             self._on_mesh(link, msg)
         elif isinstance(msg, IHave | Graft | Prune):
             self._on_tree_frame(link, msg)
+        elif isinstance(msg, SyncDigest | SyncSummary | SyncRequest | SyncBatch):
+            if self.roomlog is not None:
+                self.roomlog.frame(link.peer or "", msg)
+                self._arm_router()
         elif isinstance(msg, PeerError):
             log.info("peer %s reports %s: %s", link.peer, msg.code, msg.reason)
             if msg.id is not None:
@@ -1287,6 +1385,13 @@ class PeerCore:
             log.warning("dropped an oversized or empty message from %s", link.peer)
             return
         peer = link.peer or ""
+        roomlog = self.roomlog
+        if roomlog is not None and not (peer in view.members and msg.origin in view.members):
+            # someone who joined a moment ago: wait for the registry to say so
+            if not roomlog.hold(msg, peer, link.id):
+                log.info("dropped a message in %s from %s: too many wait", msg.room, msg.origin)
+            self._arm_router()
+            return
         result = router.receive(msg, peer, self._now, view.members, self._admit_message(view))
         if result.sends:
             self._dispatch(result.sends)
@@ -1299,8 +1404,14 @@ class PeerCore:
             if dropped is Drop.BAD_SIGNATURE:
                 self._bad_signature(link)
             return
-        if result.deliver and msg.origin.casefold() not in self._blocked:
-            self._out.append(Show(RoomText(msg.room, msg.origin, msg.text, msg.ts)))
+        if not result.deliver:
+            return
+        member = view.members.get(msg.origin)
+        if roomlog is not None and member is not None and member.key is not None:
+            roomlog.received(msg, member.key, peer)
+            self._arm_router()
+        else:
+            self._show_message(RoomText(msg.room, msg.origin, msg.text, msg.ts))
 
     def _on_tree_frame(self, link: Link, msg: IHave | Graft | Prune) -> None:
         """Tree push's control frames: announcements, grafts, prunes."""
@@ -1447,8 +1558,13 @@ class PeerCore:
         if me is None or router is None or pending.room not in self.rooms:
             self._fail(pending.command, f"you are no longer in {pending.room}")
             return
-        seq = self._seqs[pending.room] = self._seqs.get(pending.room, 0) + 1
         identity = self.identity
+        roomlog = self.roomlog
+        if roomlog is not None and identity is not None:
+            seq = roomlog.next_seq(pending.room, me, identity.signer.public_key)
+        else:
+            seq = self._seqs.get(pending.room, 0) + 1
+        self._seqs[pending.room] = seq
         origination = router.originate(
             pending.room,
             pending.text,
@@ -1457,6 +1573,8 @@ class PeerCore:
             seq=seq,
             sign=identity.sign_message if identity is not None and self.config.secure else None,
         )
+        if roomlog is not None and identity is not None:
+            roomlog.sent(origination.msg, identity.signer.public_key)
         self._dispatch(origination.sends)
         self._arm_router()
         self._show(RoomText(pending.room, me, pending.text, origination.msg.ts, mine=True))

@@ -14,6 +14,10 @@ class RoomText:
     text: str
     ts: float
     mine: bool = False
+    history: bool = False
+    """It came by catch-up, or from the local history: said while we were away."""
+    late: bool = False
+    """It arrived after later messages of its sender were shown."""
 
 
 @dataclass(frozen=True, slots=True)

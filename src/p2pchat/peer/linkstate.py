@@ -34,6 +34,10 @@ from p2pchat.protocol.messages import (
     PeerWelcome,
     Prune,
     RoomMessage,
+    SyncBatch,
+    SyncDigest,
+    SyncRequest,
+    SyncSummary,
 )
 
 
@@ -57,7 +61,20 @@ class LinkEvent(enum.Enum):
 
 Trigger = LinkEvent | type
 
-_OPEN_FRAMES = (RoomMessage, DirectMessage, DirectAck, MeshRooms, PeerError, IHave, Graft, Prune)
+_OPEN_FRAMES = (
+    RoomMessage,
+    DirectMessage,
+    DirectAck,
+    MeshRooms,
+    PeerError,
+    IHave,
+    Graft,
+    Prune,
+    SyncDigest,
+    SyncSummary,
+    SyncRequest,
+    SyncBatch,
+)
 
 TRANSITIONS: dict[tuple[LinkState, Trigger], LinkState] = {
     (LinkState.DIALING, LinkEvent.CONNECTED): LinkState.HELLO_SENT,

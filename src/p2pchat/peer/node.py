@@ -38,7 +38,8 @@ from p2pchat.peer.actions import (
     Show,
 )
 from p2pchat.peer.core import PeerConfig, PeerCore
-from p2pchat.peer.events import CommandError, Notice, PeerEvent, Status
+from p2pchat.peer.events import CommandError, Notice, PeerEvent, RoomText, Status
+from p2pchat.peer.history import History, HistoryError
 from p2pchat.protocol.messages import MemberInfo, RoomInfo, SearchResult, UserAddr
 from p2pchat.trust import files, tls
 from p2pchat.trust.certs import TrustError
@@ -194,6 +195,7 @@ class PeerNode:
         self._ca_cert: bytes | None = None
         self._trust_refusal: str | None = None
         self._dialer: ssl.SSLContext | None = None
+        self._history: History | None = None
         self._acceptor: ssl.SSLContext | None = None
         self._links: dict[int, _Link] = {}
         self._dials: dict[int, asyncio.Task[None]] = {}
@@ -459,6 +461,9 @@ class PeerNode:
         self._dead = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._history is not None:
+            self._history.close()
+            self._history = None
         for task in list(self._tasks):
             task.cancel()
         for link in list(self._links.values()):
@@ -485,22 +490,54 @@ class PeerNode:
         await self._command(lambda c, now: self.core.register(c, username, password, now))
 
     async def login(self, username: str, password: str) -> str:
-        signer = None
+        signer, history = None, None
         if self.config.secure:
             try:
+                history, fresh = self._open_history(username)
+                if fresh:  # our seqs restart: a new stream, so a new key (receivers keep the old)
+                    files.key_file(self._identities, username).unlink(missing_ok=True)
                 signer, made = files.load_or_create_key(self._identities, username)
-            except (OSError, TrustError, ValueError) as exc:
-                raise CommandError(f"cannot use our key for {username}: {exc}") from None
+            except (OSError, TrustError, ValueError, HistoryError) as exc:
+                if history is not None:
+                    history.close()
+                raise CommandError(f"cannot use our files for {username}: {exc}") from None
             if made:
                 log.info("made a key for %s in %s", username, self._identities)
         blocked = files.load_blocked(self._identities, username)
-        name: str = await self._command(
-            lambda c, now: self.core.login(c, username, password, now, signer, blocked)
-        )
+        try:
+            name: str = await self._command(
+                lambda c, now: self.core.login(c, username, password, now, signer, blocked, history)
+            )
+        except BaseException:
+            if history is not None:
+                history.close()
+            raise
+        self._history = history
         return name
 
+    def _open_history(self, username: str) -> tuple[History, bool]:
+        """This user's history on this machine (made if there is none; True then)."""
+        self._identities.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self._identities / f"{username.casefold()}.history.db"
+        fresh = not path.exists()
+        history = History(path)
+        path.chmod(0o600)
+        return history, fresh
+
+    def history(self, room: str, n: int = 50) -> list[RoomText]:
+        """The last ``n`` messages of ``room`` kept on this machine, oldest first."""
+        return self.core.history(room, n)
+
     async def logout(self) -> None:
-        await self._command(self.core.logout)
+        try:
+            await self._command(self.core.logout)
+        finally:
+            self._close_history()
+
+    def _close_history(self) -> None:
+        if self._history is not None and self.core.username is None:
+            self._history.close()
+            self._history = None
 
     async def search(self, username: str) -> SearchResult:
         result: SearchResult = await self._command(

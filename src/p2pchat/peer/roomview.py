@@ -26,6 +26,9 @@ class RoomView:
     members: dict[str, Member] = field(default_factory=dict)
     mesh: RoomMesh = field(default_factory=RoomMesh)
     """The online members, in the mesh's orders."""
+    private: bool = True
+    """Whether only members may see the room (unknown: taken as private, which serves less
+    history to newcomers)."""
 
     @classmethod
     def from_list(cls, name: str, members: list[MemberInfo], max_links: int) -> RoomView:
