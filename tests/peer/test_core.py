@@ -44,6 +44,7 @@ from p2pchat.protocol.messages import (
     PROTOCOL_VERSION,
     DirectAck,
     DirectMessage,
+    ErrorCode,
     Hello,
     ListMembers,
     LoggedIn,
@@ -614,20 +615,43 @@ def test_when_both_dial_at_once_both_keep_the_link_the_smaller_name_dialed() -> 
     assert not keep_new_link("alice", "bob", True, 10.0, 10.0 + GRACE_SECONDS + 0.1)
 
 
-def test_a_crossing_dial_leaves_one_link_and_both_ends_agree(
+def test_a_crossing_dial_from_a_larger_name_is_refused_before_it_carries_anything(
     registry: Registry, alice: Driver
 ) -> None:
     room_with(alice, "bob")
     alice.advance(0.1)
     [dial] = alice.dials
-    accepted = alice.link_from("bob")  # bob dialed us meanwhile: that link opens first
+    # bob dialed us meanwhile; "alice" < "bob": alice's dial is the one both ends keep, and
+    # bob's is refused at its hello, so no frame is ever sent on a link that is then dropped
+    accepted = alice.accept(registry.certs["bob"])
+    alice.feed(accepted, PeerHello(version=PROTOCOL_VERSION, username="bob", nonce="ab" * 16))
+    [refusal] = alice.frames(accepted)
+    assert isinstance(refusal, PeerError) and refusal.code == ErrorCode.LINK_CROSSED
+    assert accepted in alice.closed and "bob" not in alice.core.links
     alice.apply(alice.core.link_connected(dial.link, alice.now))
     [hello] = alice.frames(dial.link)
     assert isinstance(hello, PeerHello)
     alice.feed(dial.link, registry.welcome("bob", hello.nonce, "alice"))
-    # "alice" < "bob": the link alice dialed wins, the one bob dialed is closed
-    assert alice.core.links["bob"].id == dial.link
-    assert accepted in alice.closed and dial.link not in alice.closed
+    assert alice.core.links["bob"].id == dial.link and dial.link not in alice.closed
+
+
+def test_a_crossing_dial_from_a_smaller_name_wins_and_ours_is_dropped_without_backoff(
+    registry: Registry, alice: Driver
+) -> None:
+    room_with(alice, "aaron")
+    alice.advance(0.1)
+    [dial] = alice.dials
+    alice.apply(alice.core.link_connected(dial.link, alice.now))
+    alice.frames(dial.link)  # our hello is on its way
+    accepted = alice.link_from("aaron")  # "aaron" < "alice": his dial is kept
+    assert alice.core.links["aaron"].id == accepted
+    assert dial.link in alice.closed and accepted not in alice.closed
+    # his refusal of our dial arrives afterwards: not a failure, nothing to back off from
+    alice.feed(dial.link, PeerError(code=ErrorCode.LINK_CROSSED, reason="our dial to you wins"))
+    assert alice.core.links["aaron"].id == accepted
+    alice.dials.clear()
+    alice.advance(30)
+    assert not alice.dials
 
 
 # ---------------------------------------------------------------------------- backoff and pins

@@ -32,20 +32,20 @@ from tests.peer.test_core import Driver, Registry, room_with
 FRAMES = 50_000
 
 VALID: list[bytes] = [
-    encode(PeerHello(version=2, username="bob", nonce="ab" * 16)),
-    encode(PeerWelcome(version=2, username="bob", cert="AAAA", sig="B" * 86)),
+    encode(PeerHello(version=2, username="abe", nonce="ab" * 16)),
+    encode(PeerWelcome(version=2, username="abe", cert="AAAA", sig="B" * 86)),
     encode(MeshRooms(rooms=["lobby", "other"])),
-    encode(DirectMessage(id="d" * 32, sender="bob", text="hello", ts=1.0)),
+    encode(DirectMessage(id="d" * 32, sender="abe", text="hello", ts=1.0)),
     encode(DirectAck(id="d" * 32)),
     encode(
         RoomMessage(
-            id="e" * 32, room="lobby", origin="bob", seq=1, text="hi", ts=1.0, hops=3, sig="C" * 86
+            id="e" * 32, room="lobby", origin="abe", seq=1, text="hi", ts=1.0, hops=3, sig="C" * 86
         )
     ),
     encode(PeerError(code="bad_request", reason="x", id="d" * 32)),
-    encode(IHave(room="lobby", origin="bob", ids=["e" * 32])),
-    encode(Graft(room="lobby", origin="bob", ids=["e" * 32])),
-    encode(Prune(room="lobby", origin="bob")),
+    encode(IHave(room="lobby", origin="abe", ids=["e" * 32])),
+    encode(Graft(room="lobby", origin="abe", ids=["e" * 32])),
+    encode(Prune(room="lobby", origin="abe")),
 ]
 
 ODD_VALUES: list[Any] = [
@@ -103,17 +103,17 @@ def test_fifty_thousand_hostile_frames_change_nothing_for_honest_members() -> No
     registry = Registry()
     alice = Driver(registry)
     alice.login()
-    room_with(alice, "bob", "cat")
-    honest = alice.link_from("cat")
+    room_with(alice, "abe", "aaron")  # both dial us, and win crossed dials
+    honest = alice.link_from("aaron")
     alice.feed(honest, MeshRooms(rooms=["lobby"]))
     sent = 0
     links: list[int] = []
     while sent < FRAMES:
         if not links or rng.random() < 0.01:  # a new hostile connection, in some state
             if rng.random() < 0.5:
-                link = alice.link_from("bob")
+                link = alice.link_from("abe")
             else:
-                link = alice.accept(registry.certs["bob"])
+                link = alice.accept(registry.certs["abe"])
             links.append(link)
         link = rng.choice(links)
         if link in alice.closed:
@@ -129,7 +129,7 @@ def test_fifty_thousand_hostile_frames_change_nothing_for_honest_members() -> No
     before = len([e for e in alice.shown if isinstance(e, RoomText)])
     msg = registry.signed(
         RoomMessage(
-            id="c" * 32, room="lobby", origin="cat", seq=1, text="still here", ts=1.0, hops=5
+            id="c" * 32, room="lobby", origin="aaron", seq=1, text="still here", ts=1.0, hops=5
         )
     )
     alice.feed(honest, msg)

@@ -891,7 +891,7 @@ class PeerCore:
             held.append(event)
         view = self.rooms.get(event.room)
         if view is not None:
-            view.apply(event)
+            view.apply(event, self._ctx.wall)
         elif held is None:
             return
         if event.by != me:  # our own /add or /remove was answered with ok: already
@@ -1283,6 +1283,13 @@ class PeerCore:
             self._send(link, PeerError(code=ErrorCode.BAD_REQUEST, reason=reason))
             self._close(link)
         else:
+            if isinstance(msg, PeerError) and msg.code == ErrorCode.LINK_CROSSED:
+                log.debug("%s is dialing us at the same time; its link is kept", link.expect)
+                self._close(link)
+                if link.expect is not None and self._dialing.get(link.expect) is link:
+                    del self._dialing[link.expect]  # not a failure: no back-off
+                self._link_gone(link)
+                return
             if isinstance(msg, PeerError):  # refused: full, logging out, certificate...
                 log.info("%s refused our link: %s", link.expect or link.peer, msg.reason)
             else:
@@ -1304,6 +1311,11 @@ class PeerCore:
             reason = "not accepting this link"
         elif self._penalized.get(msg.username, 0.0) > self._now:
             reason = "not accepting links from you for a while: you sent badly signed messages"
+        elif self._crossed(msg.username):
+            self._send(link, PeerError(code=ErrorCode.LINK_CROSSED, reason="our dial to you wins"))
+            self._close(link)
+            self._link_gone(link)
+            return
         else:
             if identity is not None and identity.cert is not None:
                 self._send(link, identity.welcome(msg.nonce, me, msg.username))
@@ -1314,6 +1326,20 @@ class PeerCore:
         self._send(link, PeerError(code=ErrorCode.BAD_REQUEST, reason=reason))
         self._close(link)
         self._link_gone(link)
+
+    def _crossed(self, peer: str) -> bool:
+        """Both of us dialed at once: the smaller name's dial is kept, decided here, before
+        either link carries anything, so nothing is sent on a link the other end then drops."""
+        ours = self._dialing.get(peer)
+        if ours is None:
+            return False
+        if (self.username or "") < peer:
+            return True
+        del self._dialing[peer]  # theirs wins: ours is dropped before it carried anything
+        self._close(ours)
+        self._conns.pop(ours.id, None)
+        ours.state = LinkState.CLOSED
+        return False
 
     def _on_welcome(self, link: Link, msg: PeerWelcome) -> None:
         """Dialer: the acceptor proves who it is (its certificate and a signature)."""
@@ -1386,13 +1412,15 @@ class PeerCore:
             return
         peer = link.peer or ""
         roomlog = self.roomlog
-        if roomlog is not None and not (peer in view.members and msg.origin in view.members):
+        wall = self._ctx.wall
+        speakers = _Speakers(view, msg.ts, wall)
+        if roomlog is not None and not (peer in speakers and msg.origin in speakers):
             # someone who joined a moment ago: wait for the registry to say so
             if not roomlog.hold(msg, peer, link.id):
                 log.info("dropped a message in %s from %s: too many wait", msg.room, msg.origin)
             self._arm_router()
             return
-        result = router.receive(msg, peer, self._now, view.members, self._admit_message(view))
+        result = router.receive(msg, peer, self._now, speakers, self._admit_message(view))
         if result.sends:
             self._dispatch(result.sends)
         if router.next_deadline() is not None:
@@ -1406,9 +1434,9 @@ class PeerCore:
             return
         if not result.deliver:
             return
-        member = view.members.get(msg.origin)
-        if roomlog is not None and member is not None and member.key is not None:
-            roomlog.received(msg, member.key, peer)
+        key = view.author_key(msg.origin, msg.ts, wall)
+        if roomlog is not None and key is not None:
+            roomlog.received(msg, key, peer)
             self._arm_router()
         else:
             self._show_message(RoomText(msg.room, msg.origin, msg.text, msg.ts))
@@ -1437,8 +1465,8 @@ class PeerCore:
 
         def check(msg: RoomMessage) -> Drop | None:
             if self.config.secure:
-                member = view.members.get(msg.origin)
-                if not check_message(self._verifier, msg, member.key if member else None):
+                key = view.author_key(msg.origin, msg.ts, self._ctx.wall)
+                if not check_message(self._verifier, msg, key):
                     return Drop.BAD_SIGNATURE
             if self._incoming.take(f"{msg.room}\0{msg.origin}", self._now) > 0:
                 self._flooding(msg.room, msg.origin)
@@ -1668,6 +1696,19 @@ class PeerCore:
             self._close(link)
         self.registry.close()
         return self._take()
+
+
+class _Speakers:
+    """Who may author or pass on a room message sent at ``ts``: the room's members, and those
+    who left it a moment ago if it was sent before they left (see ``RoomView.speaks``)."""
+
+    __slots__ = ("_ts", "_view", "_wall")
+
+    def __init__(self, view: RoomView, ts: float, wall: float) -> None:
+        self._view, self._ts, self._wall = view, ts, wall
+
+    def __contains__(self, user: object) -> bool:
+        return isinstance(user, str) and self._view.speaks(user, self._ts, self._wall)
 
 
 def keep_new_link(me: str, peer: str, new_dialed: bool, old_established: float, now: float) -> bool:

@@ -170,6 +170,7 @@ class ErrorCode(enum.StrEnum):
     SHUTDOWN = "shutdown"
     # peer-to-peer
     TEXT_TOO_LONG = "text_too_long"
+    LINK_CROSSED = "link_crossed"
 
 
 class Message(msgspec.Struct, tag_field="type", omit_defaults=True, kw_only=True):

@@ -1,0 +1,124 @@
+"""Nothing missed, on the simulated network: history after being away, order, join-then-speak."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from p2pchat.peer.events import Notice, RoomText
+from tests.simnet import PASSWORD, SimNet
+
+ROOM = "lobby"
+
+
+def room_of(net: SimNet, names: list[str]) -> None:
+    for name in names:
+        net.add_peer(name)
+    net.room(ROOM, names)
+
+
+def texts(net: SimNet, name: str) -> list[RoomText]:
+    return net.peers[name].room_texts(ROOM)
+
+
+def test_a_member_offline_during_n_messages_sees_all_of_them_once_after_login() -> None:
+    net = SimNet(seed=31, latency=0.02)
+    names = [f"m{i:02d}" for i in range(10)]
+    room_of(net, names)
+    away = net.peers["m07"]
+    away.do("logout")
+    net.run_for(2)
+    sent = []
+    for k in range(40):
+        sender = names[k % 5]
+        net.say(sender, ROOM, f"while m07 was away {k}")
+        sent.append((sender, f"while m07 was away {k}"))
+        net.run_for(0.3)  # within the senders' pace
+    net.run_for(2)
+    away.do("login", "m07", PASSWORD)
+    net.run_for(5)
+    got = Counter((t.sender, t.text) for t in texts(net, "m07") if "away" in t.text)
+    assert got == Counter(sent)  # every one, once
+    caught = [t for t in texts(net, "m07") if "away" in t.text]
+    assert all(t.history for t in caught)
+    notices = away.notices()
+    assert f"history of {ROOM}" in notices
+    # and in each sender's order
+    for sender in names[:5]:
+        mine = [t.text for t in caught if t.sender == sender]
+        assert mine == sorted(mine, key=lambda t: int(t.rsplit(" ", 1)[1]))
+
+
+def test_a_hundred_join_then_speak_bursts_lose_nothing() -> None:
+    net = SimNet(seed=32, latency=0.01, jitter=0.01)
+    names = [f"m{i:02d}" for i in range(6)]
+    room_of(net, names)
+    net.room("open", names)
+    joiners = [f"j{i:02d}" for i in range(10)]
+    for name in joiners:
+        net.add_peer(name)
+    said = []
+    for burst in range(100):
+        joiner = net.peers[joiners[burst % len(joiners)]]
+        text = f"burst {burst}"
+        joiner.do("join_room", "open")  # one after the other at once, as a script types them
+        joiner.do("say", "open", text)
+        joiner.do("leave_room", "open")
+        said.append((joiner.name, text))
+        net.run_for(1.0)
+    net.run_for(15)
+    for name in names:
+        got = Counter((t.sender, t.text) for t in net.peers[name].room_texts("open"))
+        assert got == Counter(said), (name, Counter(said) - got)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32),
+    latency=st.floats(0.005, 0.2),
+    jitter=st.floats(0.0, 0.3),
+    count=st.integers(2, 25),
+)
+def test_each_sender_is_shown_in_the_order_sent_whatever_the_delays(
+    seed: int, latency: float, jitter: float, count: int
+) -> None:
+    net = SimNet(seed=seed, latency=latency, spread=0.8, jitter=jitter)
+    names = [f"m{i:02d}" for i in range(8)]
+    room_of(net, names)
+    for k in range(count):  # a burst: paths differ, so copies overtake each other
+        net.peers["m03"].start("say", ROOM, f"{k}")
+        net.peers["m05"].start("say", ROOM, f"{k}")
+    net.run_for(30)
+    for name in names:
+        for sender in ("m03", "m05"):
+            if name == sender:
+                continue
+            shown = [t.text for t in texts(net, name) if t.sender == sender]
+            assert shown == [str(k) for k in range(count)], (name, sender, shown)
+        assert not [n for n in net.peers[name].notices() if "did not arrive" in n]
+
+
+def test_nothing_is_shown_twice_across_restarts_and_repairs() -> None:
+    net = SimNet(seed=33, latency=0.03, jitter=0.02)
+    names = [f"m{i:02d}" for i in range(12)]
+    room_of(net, names)
+    for k in range(10):
+        net.say(names[k % 12], ROOM, f"before {k}")
+        net.run_for(0.2)
+    net.crash("m04")
+    net.run_for(3)
+    for k in range(10):
+        net.say(names[(k + 5) % 12], ROOM, f"during {k}")
+        net.run_for(0.2)
+    net.restart("m04")
+    net.run_for(10)
+    for name in names:
+        got = Counter((t.sender, t.text) for t in texts(net, name))
+        assert all(n == 1 for n in got.values()), (name, got)
+    back = {t.text for t in texts(net, "m04")}
+    assert {f"during {k}" for k in range(10) if names[(k + 5) % 12] != "m04"} <= back
+    assert any(
+        isinstance(e, Notice) and e.text == f"history of {ROOM}" for e in net.peers["m04"].events
+    )
