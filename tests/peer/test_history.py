@@ -476,6 +476,15 @@ def test_a_direct_message_moves_through_its_states_and_delivered_leaves_the_outb
     assert h.mark(_id(1), DirectState.DELIVERED, NOW + 10) is None  # acknowledged twice
 
 
+def test_a_message_queued_again_after_a_send_takes_a_late_acknowledgement() -> None:
+    h = History(":memory:")
+    h.queue_direct(_id(1), "bob", "hi", NOW)
+    h.mark(_id(1), DirectState.SENDING, NOW + 1)
+    h.mark(_id(1), DirectState.QUEUED, NOW + 6, "no answer yet")
+    late = h.mark(_id(1), DirectState.DELIVERED, NOW + 7)
+    assert late is not None and late.state is DirectState.DELIVERED and h.outbox() == []
+
+
 @pytest.mark.parametrize(
     ("path", "bad"),
     [

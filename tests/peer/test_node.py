@@ -165,14 +165,16 @@ async def test_direct_messages(swarm: Swarm) -> None:
     alice = await swarm.add("alice")
     bob = await swarm.add("bob")
     await swarm.add("carol", login=False)
-    assert await alice.node.send_direct("BOB", "hello") == "bob"
+    sent = await alice.node.send_direct("BOB", "hello")
+    assert (sent.peer, sent.delivered) == ("bob", True)
     await swarm.changes.until(lambda: len(bob.directs()) == 1)
     [dm] = bob.directs()
     assert (dm.sender, dm.text) == ("alice", "hello")
-    assert await alice.node.send_direct("bob", "again") == "bob"  # reuses the link
+    assert (await alice.node.send_direct("bob", "again")).delivered  # reuses the link
     assert len(alice.node.core.links) == 1
-    with pytest.raises(CommandError, match="offline"):
-        await alice.node.send_direct("carol", "hi")
+    kept = await alice.node.send_direct("carol", "hi")
+    assert (kept.peer, kept.delivered, kept.reason) == ("carol", False, "they are offline")
+    assert [(e.recipient, e.text) for e in alice.node.outbox()] == [("carol", "hi")]
     with pytest.raises(CommandError, match="no user"):
         await alice.node.send_direct("nobody", "hi")
     with pytest.raises(CommandError, match="too long"):

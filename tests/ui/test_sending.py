@@ -10,16 +10,19 @@ from contextlib import asynccontextmanager
 import pytest
 from textual.pilot import Pilot
 
+from p2pchat.peer.directs import DirectSent
 from p2pchat.peer.events import CommandError, DirectText, PeerEvent
 from p2pchat.peer.node import PeerConfig, PeerNode
 from p2pchat.registry.server import RegistryServer
-from p2pchat.ui.tui import ChatApp
+from p2pchat.ui.tui import AutoLogin, ChatApp
 from p2pchat.ui.tui import app as app_module
 from tests.ui.harness import (
+    PASSWORD,
     Peer,
     PeerFactory,
     auto,
     burst,
+    linked,
     logged_in,
     make_app,
     running,
@@ -36,7 +39,7 @@ class GatedNode(PeerNode):
         self.gates: dict[str, asyncio.Event] = {}
         self.refuse: set[str] = set()
 
-    async def send_direct(self, username: str, text: str) -> str:
+    async def send_direct(self, username: str, text: str) -> DirectSent:
         gate = self.gates.get(text)
         if gate is not None:
             await gate.wait()
@@ -132,3 +135,44 @@ async def test_messages_on_their_way_are_bounded(
         await settle(pilot, lambda: "12:00 alice: held 2 ✓✓" in app.lines())
         await pilot.press("ctrl+r")  # room again: it goes
         await bob.until(lambda: "held 3" in got(bob))
+
+
+async def test_a_message_to_someone_offline_is_queued_then_shown_delivered_in_place(
+    registry: RegistryServer, peer: PeerFactory
+) -> None:
+    async with alice_talking_to_bob(registry, peer) as (bob, app, pilot, node):
+        await bob.node.logout()
+        await write(pilot, "see you later")
+        queued = "12:00 alice: see you later ⧗ queued: they are offline"
+        await settle(pilot, lambda: queued in app.lines())
+        await write(pilot, "and this")
+        await settle(
+            pilot, lambda: "12:00 alice: and this ⧗ queued: they are offline" in app.lines()
+        )
+        await bob.node.login("bob", PASSWORD)  # lobby's mesh links them: both go at once
+        await bob.until(lambda: got(bob) == ["hello", "see you later", "and this"])
+        await settle(pilot, lambda: "12:00 alice: see you later ✓✓" in app.lines())
+        await settle(pilot, lambda: "12:00 alice: and this ✓✓" in app.lines())
+        assert node.outbox() == []
+
+
+async def test_a_room_shows_its_history_when_it_opens_also_after_a_restart(
+    registry: RegistryServer, peer: PeerFactory
+) -> None:
+    bob = await peer("bob", room="lobby", create=True)
+    app = make_app(registry, autologin=auto("alice"))
+    async with running(app) as pilot:
+        await logged_in(pilot, app)
+        assert app.node is not None
+        await bob.until(lambda: linked(bob.node, app.node, "lobby"))  # type: ignore[arg-type]
+        for k in range(3):
+            await bob.node.say("lobby", f"before the restart {k}")
+        await settle(pilot, lambda: "12:00 bob: before the restart 2" in app.lines("lobby"))
+    again = make_app(registry, autologin=AutoLogin("alice", PASSWORD, register=False, room=None))
+    async with running(again) as pilot:
+        await logged_in(pilot, again)
+        lines = again.lines("lobby")
+        kept = [f"12:00 bob: before the restart {k}" for k in range(3)]
+        assert [line for line in lines if "before the restart" in line] == kept  # once each
+        await write(pilot, "/history lobby 2")
+        await settle(pilot, lambda: "-- the last 2 messages of lobby" in again.lines("lobby"))

@@ -36,6 +36,7 @@ from p2pchat.peer.actions import (
     SendLink,
 )
 from p2pchat.peer.catchup import RoomLog
+from p2pchat.peer.directs import Directs
 from p2pchat.peer.events import (
     CommandError,
     DirectText,
@@ -44,7 +45,7 @@ from p2pchat.peer.events import (
     RoomText,
     Status,
 )
-from p2pchat.peer.history import History, StoredMessage
+from p2pchat.peer.history import History, Outgoing, StoredMessage
 from p2pchat.peer.identity import Identity, check_message, check_welcome
 from p2pchat.peer.links import LinkView, forwarding_table, plan_links
 from p2pchat.peer.linkstate import Link, LinkEvent, LinkProtocolError, LinkState
@@ -75,7 +76,6 @@ from p2pchat.protocol.messages import (
     RoomEvent,
     RoomInfo,
     RoomMessage,
-    SearchResult,
     SyncBatch,
     SyncDigest,
     SyncRequest,
@@ -171,18 +171,6 @@ class _Say:
     timer: Timer | None = None
 
 
-@dataclass(slots=True, eq=False)
-class _Direct:
-    """A direct message waiting for a link to its recipient, then for the acknowledgement."""
-
-    command: int
-    peer: str
-    text: str
-    msg: DirectMessage | None = None
-    link: Link | None = None
-    timer: Timer | None = None
-
-
 @dataclass(slots=True)
 class _Backoff:
     retry_at: float
@@ -257,7 +245,8 @@ class PeerCore:
         self._replan_timer: Timer | None = None
         self._wake_timer: Timer | None = None
         self._says: list[_Say] = []
-        self._directs: list[_Direct] = []
+        self.directs: Directs | None = None
+        """Our direct messages on their way (once logged in)."""
         self.registry = RegistrySession(
             ctx,
             self,
@@ -429,6 +418,20 @@ class PeerCore:
         self.registry.logged_in(login)
         if login.cert is not None:
             self._take_certificate(login.username, login.cert)
+        if self.directs is None:
+            self.directs = Directs(
+                self._ctx,
+                self._history or History(":memory:"),
+                login.username,
+                ack_timeout=self.config.ack_timeout,
+                link_to=self._linked,
+                transmit=self._transmit_direct,
+                locate=lambda user, found, failed: self.registry.run(
+                    flows.search(user), found, failed
+                ),
+                dial=self._reach,
+            )
+            self.directs.recover()
         if self.roomlog is None and self._history is not None and self.identity is not None:
             self.roomlog = RoomLog(
                 self._ctx,
@@ -670,12 +673,14 @@ class PeerCore:
             self._close(link)
         paced = [p for queue in self._paced.values() for p in queue]
         self._paced, self._pacing_said = {}, {}
-        waiting: list[_Say | _Direct] = [*paced, *self._says, *self._directs]
-        for pending in waiting:
+        for pending in [*paced, *self._says]:
             if pending.timer is not None:
                 pending.timer.cancel()
             self._fail(pending.command, "logged out")
-        self._says, self._directs = [], []
+        self._says = []
+        directs, self.directs = self.directs, None
+        if directs is not None:
+            directs.close("you logged out; it is sent when you log in again")
         self._show(RoomsChanged())
         self._show(self.status())
 
@@ -886,6 +891,8 @@ class PeerCore:
             return
         if change in ("online", "joined", "added"):
             self._backoff.pop(who, None)
+            if self.directs is not None and event.host and event.port:
+                self.directs.online(who, event.host, event.port)
         held = self._loading.get(event.room.casefold())
         if held is not None:
             held.append(event)
@@ -1180,6 +1187,8 @@ class PeerCore:
         was_open = link.is_open
         link.state = LinkState.CLOSED
         self._conns.pop(link.id, None)
+        if was_open and self.directs is not None:
+            self.directs.link_down(link.id)
         if link.dialed and link.expect is not None and self._dialing.get(link.expect) is link:
             del self._dialing[link.expect]
             if not was_open:
@@ -1203,11 +1212,8 @@ class PeerCore:
 
     def _dial_failed(self, peer: str) -> None:
         """A member we could not reach is left out of our mesh until a retry succeeds."""
-        for pending in [d for d in self._directs if d.peer == peer and d.msg is None]:
-            self._directs.remove(pending)
-            if pending.timer is not None:
-                pending.timer.cancel()
-            self._fail(pending.command, f"cannot reach {peer}'s peer")
+        if self.directs is not None:
+            self.directs.unreachable(peer)
         if peer in self.links:  # it reached us meanwhile: nothing to back off from
             return
         entry = self._backoff.get(peer)
@@ -1262,7 +1268,8 @@ class PeerCore:
         elif isinstance(msg, DirectMessage):
             self._on_direct(link, msg)
         elif isinstance(msg, DirectAck):
-            self._settle(link, msg.id, None)
+            if self.directs is not None:
+                self.directs.acked(link, msg.id)
         elif isinstance(msg, MeshRooms):
             self._on_mesh(link, msg)
         elif isinstance(msg, IHave | Graft | Prune):
@@ -1273,8 +1280,8 @@ class PeerCore:
                 self._arm_router()
         elif isinstance(msg, PeerError):
             log.info("peer %s reports %s: %s", link.peer, msg.code, msg.reason)
-            if msg.id is not None:
-                self._settle(link, msg.id, f"{link.peer} refused it: {msg.reason}")
+            if msg.id is not None and self.directs is not None:
+                self.directs.refused(link, msg.id, msg.reason)
 
     def _illegal(self, link: Link, state: LinkState, msg: Message, exc: LinkProtocolError) -> None:
         """The one path for a frame the link's state does not allow."""
@@ -1378,7 +1385,8 @@ class PeerCore:
                 link.peer = None
                 self._close(link)
                 self._link_gone(link)
-                self._flush_directs(peer, old)
+                if self.directs is not None:
+                    self.directs.linked(peer, old)
                 return
             old.peer = None
             self._close(old)
@@ -1390,14 +1398,10 @@ class PeerCore:
         link.pinned_until = max(link.pinned_until, now + GRACE_SECONDS)
         self._backoff.pop(peer, None)
         log.info("linked with %s", peer)
-        self._flush_directs(peer, link)
+        if self.directs is not None:
+            self.directs.linked(peer, link)
         self._want_replan()
         self._show(self.status())
-
-    def _flush_directs(self, peer: str, link: Link) -> None:
-        """Direct messages that waited for a link to ``peer`` go out on ``link``."""
-        for pending in [d for d in self._directs if d.peer == peer and d.msg is None]:
-            self._send_direct(pending, link)
 
     # ================================================================== messages
 
@@ -1516,6 +1520,9 @@ class PeerCore:
             return
         link.pinned_until = self._now + PIN_SECONDS
         self._send(link, DirectAck(id=msg.id))
+        directs = self.directs
+        if directs is not None and not directs.first_time(msg.sender, msg.id):
+            return  # a resend of one we have (our acknowledgement was lost): shown once
         if msg.sender.casefold() not in self._blocked:  # acknowledged all the same
             self._show(DirectText(msg.sender, msg.text, msg.ts, peer=msg.sender))
 
@@ -1609,75 +1616,42 @@ class PeerCore:
         self._done(pending.command, len(self._forward.get(pending.room, ())))
 
     def send_direct(self, command: int, username: str, text: str, now: float) -> list[Action]:
-        """Send ``text`` to one user; done once their peer acknowledges it (with their name)."""
+        """Send ``text`` to one user: done with a ``DirectSent``, delivered (their peer
+        acknowledged it) or kept in the outbox to be sent when they can be reached."""
 
         def body() -> None:
-            me = self._require_login()
+            self._require_login()
             _check_text(text)
-            link = self._linked(username)
-            if link is not None:
-                self._send_direct(_Direct(command, link.peer or username, text), link)
-                return
-
-            def found(result: SearchResult) -> None:
-                peer = result.username
-                if not result.online or result.host is None or result.port is None:
-                    self._fail(command, f"{peer} is offline")
-                    return
-                if peer == me:
-                    self._fail(command, "that is you")
-                    return
-                pending = _Direct(command, peer, text)
-                link = self.links.get(peer)
-                if link is not None:
-                    self._send_direct(pending, link)
-                    return
-                self._directs.append(pending)
-                if peer not in self._dialing:
-                    self._dial(peer, result.host, result.port)
-
-            def failed(exc: Exception) -> None:
-                self._fail(command, exc.reason if isinstance(exc, RegistryError) else exc)
-
-            self.registry.run(flows.search(username), found, failed)
+            if self.directs is None:
+                raise CommandError("not logged in")
+            self.directs.send(command, username, text)
 
         return self._guarded(command, now, body)
 
-    def _send_direct(self, pending: _Direct, link: Link) -> None:
-        me = self.username or ""
-        msg = DirectMessage(id=self._ctx.new_id(), sender=me, text=pending.text, ts=self._ctx.wall)
-        pending.msg, pending.link, pending.peer = msg, link, link.peer or pending.peer
-        if pending not in self._directs:
-            self._directs.append(pending)
+    def resend(self, command: int, username: str | None, now: float) -> list[Action]:
+        """Queue the failed direct messages (to ``username``, or all) again; done with how
+        many."""
+
+        def body() -> None:
+            self._require_login()
+            if self.directs is None:
+                raise CommandError("not logged in")
+            self._done(command, len(self.directs.resend(username)))
+
+        return self._guarded(command, now, body)
+
+    def outbox(self) -> list[Outgoing]:
+        """Our direct messages not yet delivered (queued, on their way, or failed)."""
+        return [] if self.directs is None else self.directs.pending()
+
+    def _transmit_direct(self, link: Link, msg: DirectMessage) -> None:
         link.pinned_until = self._now + PIN_SECONDS
         self._send(link, msg)
-        if pending.timer is not None:
-            pending.timer.cancel()
-        pending.timer = self._timers.at(
-            self._now + self.config.ack_timeout, lambda now: self._unacknowledged(pending)
-        )
 
-    def _unacknowledged(self, pending: _Direct) -> None:
-        if pending in self._directs:
-            self._directs.remove(pending)
-            self._fail(pending.command, f"{pending.peer} did not acknowledge the message")
-
-    def _settle(self, link: Link, msg_id: str, error: str | None) -> None:
-        """An answer to one of our direct messages, if it came over the link it went out on."""
-        for pending in self._directs:
-            if pending.msg is not None and pending.msg.id == msg_id and pending.link is link:
-                break
-        else:
-            return
-        self._directs.remove(pending)
-        if pending.timer is not None:
-            pending.timer.cancel()
-        if error is not None:
-            self._fail(pending.command, error)
-            return
-        msg = pending.msg
-        self._show(DirectText(msg.sender, msg.text, msg.ts, peer=pending.peer, mine=True))
-        self._done(pending.command, pending.peer)
+    def _reach(self, peer: str, host: str, port: int) -> None:
+        """Dial ``peer`` for a direct message, unless a link is open or on its way."""
+        if peer not in self._dialing and self._linked(peer) is None:
+            self._dial(peer, host, port)
 
     def _linked(self, username: str) -> Link | None:
         key = username.casefold()

@@ -35,6 +35,20 @@ class DirectText:
 
 
 @dataclass(frozen=True, slots=True)
+class DirectUpdate:
+    """One of our direct messages changed state after ``/msg`` had answered: ``delivered``
+    (it was queued, or its acknowledgement came late) or ``failed`` (``reason`` says why;
+    ``/resend`` queues it again, same id)."""
+
+    id: str
+    peer: str
+    text: str
+    ts: float
+    state: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Notice:
     """Something nobody asked for but the user should know: joins, links, the registry."""
 
@@ -59,7 +73,7 @@ class Status:
     last_heartbeat: float | None = None
 
 
-PeerEvent = RoomText | DirectText | Notice | RoomsChanged | Status
+PeerEvent = RoomText | DirectText | DirectUpdate | Notice | RoomsChanged | Status
 
 
 class CommandError(Exception):

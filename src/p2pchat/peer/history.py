@@ -104,7 +104,8 @@ _MOVES: dict[DirectState, frozenset[DirectState]] = {
     DirectState.FAILED: frozenset({DirectState.DELIVERED, DirectState.QUEUED}),
     DirectState.DELIVERED: frozenset(),
 }
-"""The allowed changes of a direct message's state; anything else is a ``ValueError``."""
+"""The allowed changes of a direct message's state; anything else is a ``ValueError``. Any
+message sent at least once may also become delivered: its acknowledgement can come late."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -963,7 +964,8 @@ class History:
             if row is None:
                 return None
             entry = self._outgoing(row)
-            if state not in _MOVES[entry.state]:
+            late_ack = state is DirectState.DELIVERED and entry.attempts > 0
+            if state not in _MOVES[entry.state] and not late_ack:
                 raise ValueError(f"a {entry.state} direct message cannot become {state}")
             attempts = entry.attempts + (state is DirectState.SENDING)
             if state is DirectState.DELIVERED:

@@ -38,8 +38,9 @@ from p2pchat.peer.actions import (
     Show,
 )
 from p2pchat.peer.core import PeerConfig, PeerCore
+from p2pchat.peer.directs import DirectSent
 from p2pchat.peer.events import CommandError, Notice, PeerEvent, RoomText, Status
-from p2pchat.peer.history import History, HistoryError
+from p2pchat.peer.history import History, HistoryError, Outgoing
 from p2pchat.protocol.messages import MemberInfo, RoomInfo, SearchResult, UserAddr
 from p2pchat.trust import files, tls
 from p2pchat.trust.certs import TrustError
@@ -591,12 +592,22 @@ class PeerNode:
         count: int = await self._command(lambda c, now: self.core.say(c, room, text, now))
         return count
 
-    async def send_direct(self, username: str, text: str) -> str:
-        """Send ``text`` to one user and wait for their peer to acknowledge it."""
-        peer: str = await self._command(
+    async def send_direct(self, username: str, text: str) -> DirectSent:
+        """Send ``text`` to one user: delivered (their peer acknowledged it), or kept in the
+        outbox and sent when they can be reached (a ``DirectUpdate`` event tells the end)."""
+        sent: DirectSent = await self._command(
             lambda c, now: self.core.send_direct(c, username, text, now)
         )
-        return peer
+        return sent
+
+    async def resend_direct(self, username: str | None = None) -> int:
+        """Queue the failed direct messages (to ``username``, or all) again, same ids."""
+        count: int = await self._command(lambda c, now: self.core.resend(c, username, now))
+        return count
+
+    def outbox(self) -> list[Outgoing]:
+        """Our direct messages not yet delivered, oldest first."""
+        return self.core.outbox()
 
     # ------------------------------------------------------------------ views, for the UIs
 

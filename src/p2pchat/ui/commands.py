@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from p2pchat.peer.events import CommandError
+from p2pchat.peer.directs import DirectSent
+from p2pchat.peer.events import CommandError, RoomText
 from p2pchat.peer.node import PeerNode
 from p2pchat.protocol.messages import MemberInfo, RoomInfo, UserAddr
 
@@ -33,7 +35,10 @@ HELP = """\
 /blocked                  whom you block
 /rooms                    the rooms you can see
 /members ROOM             a room's members, who is online and where
-/msg USER TEXT            send a direct message
+/msg USER TEXT            send a direct message (kept and sent later if USER is offline)
+/outbox                   your direct messages not yet delivered
+/resend [USER]            send the failed direct messages again (to USER, or all)
+/history ROOM [N]         the last N messages of ROOM kept here (default 20)
 /say ROOM TEXT            send a message to a room
 /to ROOM  or  /to @USER   send the plain lines that follow there
 /me TEXT                  an action (shown as "* you TEXT") where plain lines go
@@ -63,6 +68,9 @@ USAGE = {
     "rooms": "/rooms",
     "members": "/members ROOM",
     "msg": "/msg USER TEXT",
+    "outbox": "/outbox",
+    "resend": "/resend [USER]",
+    "history": "/history ROOM [N]",
     "say": "/say ROOM TEXT",
     "to": "/to ROOM  or  /to @USER",
     "me": "/me TEXT",
@@ -93,11 +101,17 @@ _SHAPE: dict[str, tuple[int, int, bool]] = {
     "rooms": (0, 0, False),
     "members": (1, 1, False),
     "msg": (1, 1, True),
+    "outbox": (0, 0, False),
+    "resend": (0, 1, False),
+    "history": (1, 2, False),
     "say": (1, 1, True),
     "to": (1, 1, False),
     "me": (0, 0, True),
     "clear": (0, 0, False),
 }
+
+DEFAULT_HISTORY = 20
+MAX_HISTORY = 1000
 
 ACTION = "/me "
 """How an action travels: a plain text starting with this (IRC's /me, without a new message
@@ -125,6 +139,10 @@ class Result:
     """``/clear``: empty the conversation in view."""
     links: int | None = None
     """``/say``: how many mesh links the message was handed to."""
+    direct: DirectSent | None = None
+    """``/msg``: delivered, or queued (its id, to follow its state)."""
+    history: list[RoomText] = field(default_factory=list)
+    """``/history``: the messages, oldest first."""
 
 
 def plural(count: int, noun: str) -> str:
@@ -172,6 +190,12 @@ def parse(line: str) -> Command:
         raise CommandError(f"usage: {USAGE[name]}")
     if name == "create" and len(args) == 2 and args[1].lower() != "private":
         raise CommandError(f"usage: {USAGE[name]}")
+    if (
+        name == "history"
+        and len(args) == 2
+        and not (args[1].isdecimal() and 1 <= int(args[1]) <= MAX_HISTORY)
+    ):
+        raise CommandError(f"usage: {USAGE[name]} (N from 1 to {MAX_HISTORY})")
     return Command(name, args)
 
 
@@ -300,8 +324,49 @@ async def _members(node: PeerNode, c: Command) -> Result:
 
 
 async def _msg(node: PeerNode, c: Command) -> Result:
-    peer = await node.send_direct(c.args[0], c.text)
-    return Result(f"delivered to {peer}", user=peer)
+    sent = await node.send_direct(c.args[0], c.text)
+    if sent.delivered:
+        return Result(f"delivered to {sent.peer}", user=sent.peer, direct=sent)
+    return Result(f"queued for {sent.peer}; {sent.reason}", user=sent.peer, direct=sent)
+
+
+async def _outbox(node: PeerNode, c: Command) -> Result:
+    waiting = node.outbox()
+    rows = [
+        f"  to {e.recipient}, {e.state}{f' ({e.reason})' if e.reason else ''}: {e.text}"
+        for e in waiting
+    ]
+    failed = sum(e.state == "failed" for e in waiting)
+    also = f", {failed} failed (/resend sends them again)" if failed else ""
+    return Result(f"{plural(len(waiting), 'direct message')} not yet delivered{also}", rows)
+
+
+async def _resend(node: PeerNode, c: Command) -> Result:
+    user = c.args[0] if c.args else None
+    count = await node.resend_direct(user)
+    if count == 0:
+        return Result(f"no failed direct messages{f' to {user}' if user else ''}", user=user)
+    return Result(f"sending {plural(count, 'direct message')} again", user=user)
+
+
+async def _history(node: PeerNode, c: Command) -> Result:
+    room = node.room_name(c.args[0])
+    n = int(c.args[1]) if len(c.args) == 2 else DEFAULT_HISTORY
+    kept = node.history(room, n)
+    if not kept:
+        return Result(f"no messages of {room} are kept here", room=room)
+    rows = [f"  {stamp(m.ts)} {m.sender}: {m.text}" for m in kept]
+    return Result(
+        f"the last {plural(len(kept), 'message')} of {room}", rows, room=room, history=kept
+    )
+
+
+def stamp(ts: float) -> str:
+    """When a message was written, in local time: the hour today, else the date too."""
+    when = datetime.fromtimestamp(ts)
+    if when.date() == datetime.now().date():
+        return when.strftime("%H:%M")
+    return when.strftime("%Y-%m-%d %H:%M")
 
 
 async def room_of_mine(node: PeerNode, room: str) -> str:
@@ -366,6 +431,9 @@ HANDLERS: dict[str, Handler] = {
     "rooms": _rooms,
     "members": _members,
     "msg": _msg,
+    "outbox": _outbox,
+    "resend": _resend,
+    "history": _history,
     "say": _say,
     "to": _to,
     "me": _me,

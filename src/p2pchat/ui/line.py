@@ -15,7 +15,14 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
-from p2pchat.peer.events import CommandError, DirectText, Notice, PeerEvent, RoomText
+from p2pchat.peer.events import (
+    CommandError,
+    DirectText,
+    DirectUpdate,
+    Notice,
+    PeerEvent,
+    RoomText,
+)
 from p2pchat.peer.node import PeerConfig, PeerNode
 from p2pchat.ui import commands, exits
 from p2pchat.ui.text import safe
@@ -31,6 +38,10 @@ def format_event(event: PeerEvent) -> str | None:
         if event.mine:
             return None
         return safe(f"Message from {event.sender}: {event.text}")
+    if isinstance(event, DirectUpdate):
+        if event.state == "delivered":
+            return safe(f"* delivered to {event.peer}: {event.text}")
+        return safe(f"* not delivered to {event.peer}: {event.text} ({event.reason}); /resend")
     if isinstance(event, Notice):
         return safe(f"* {event.text}")
     return None

@@ -38,6 +38,7 @@ from p2pchat.address import AddressError, format_address, parse_address
 from p2pchat.peer.events import (
     CommandError,
     DirectText,
+    DirectUpdate,
     Notice,
     PeerEvent,
     RoomsChanged,
@@ -80,6 +81,8 @@ NodeFactory = Callable[[PeerConfig, Callable[[PeerEvent], None]], PeerNode]
 Job = Callable[[], Awaitable[None]]
 
 MAX_SENDING = 100
+HISTORY_ON_OPEN = 50
+"""Messages of a room shown from the local history when its conversation opens."""
 """Messages waiting to go or on their way at once; more fail at once, to be sent again."""
 QUIT_SECONDS = 5.0
 """Ctrl+Q waits this long for the peer to log out and close its links, then leaves anyway."""
@@ -507,13 +510,17 @@ class ChatApp(App[int]):
         if isinstance(event, RoomText):
             if event.mine:  # shown when typed, with its state
                 return
-            room = self.convs.find(event.room) or event.room
+            room = self.convs.find(event.room) or self._open_room(event.room)
+            if (event.sender, event.ts, event.text) in self.convs.by_key[room].from_history:
+                return  # shown already, from the history when the room opened
             mention = _mentions(event.text, me)
             line = self._chat_line(event.ts, event.sender, event.text, mention)
             self._add(room, line, ts=event.ts, unread=True, mention=mention)
             self._add(HOME, self._home_line(event.ts, event.sender, event.text, event.room))
             if mention:
                 self._ring()
+        elif isinstance(event, DirectUpdate):
+            self._direct_update(event)
         elif isinstance(event, DirectText):
             if event.mine:
                 return
@@ -588,6 +595,8 @@ class ChatApp(App[int]):
                     text.append(f" {line.detail}", style="dim")
             elif line.state is Delivery.DELIVERED:
                 text.append(" ✓✓", style="green")
+            elif line.state is Delivery.QUEUED:
+                text.append(f" ⧗ queued: {safe(line.detail)}", style="yellow")
             else:
                 text.append(f" ✗ {safe(line.detail)}; ^R sends it again", style="bold red")
             return text
@@ -765,8 +774,28 @@ class ChatApp(App[int]):
         keys.display = len(text) + 2 + KEYS_HINT_WIDTH <= self.size.width
         banner.set_class(st.username is not None and not st.registry, "shown")
 
+    def _open_room(self, room: str) -> str:
+        """A room's conversation, made with the room's recent history kept here (shown when
+        it opens, also after a restart)."""
+        conv = self.convs.ensure(room)
+        node = self.node
+        if node is None or conv.lines:
+            return conv.key
+        kept = node.history(room, HISTORY_ON_OPEN)
+        for m in kept:
+            conv.from_history.add((m.sender, m.ts, m.text))
+            line = self._chat_line(m.ts, m.sender, m.text)
+            line.stylize("dim")
+            self._add(conv.key, line, ts=m.ts)
+        if kept:
+            self._add(conv.key, Divider("history kept on this machine, above"))
+        return conv.key
+
     def _sync_rooms(self) -> None:
         before = self.convs.current
+        for room in self._my_rooms():
+            if self.convs.find(room) is None:
+                self._open_room(room)
         if self.convs.sync_rooms(self._my_rooms()) and self.convs.current != before:
             self._show(self.convs.current)
             return
@@ -801,10 +830,42 @@ class ChatApp(App[int]):
         failed = self.convs.failed(self.convs.current)
         if not failed:
             self.bell()
+        kept = [out for out in failed if out.id is not None]
         for out in failed:
-            out.settle(Delivery.SENDING)
+            if out.id is None:  # never kept by the peer: send it anew
+                out.settle(Delivery.SENDING)
+                self._start(out)
+            else:
+                out.settle(Delivery.QUEUED, "sent again when they can be reached")
             self._changed(out)
-            self._start(out)
+        if kept:  # kept in the outbox: sent again with the same ids (never shown twice)
+            self.submit(partial(self._resend, kept, self.convs))
+
+    async def _resend(self, outs: list[Outgoing], convs: Conversations) -> None:
+        if convs is not self.convs or self.node is None:
+            return
+        try:
+            await self.node.resend_direct(outs[0].key[1:])
+        except CommandError as exc:
+            for out in outs:
+                out.settle(Delivery.FAILED, str(exc))
+                self._changed(out)
+
+    def _direct_update(self, event: DirectUpdate) -> None:
+        """A direct message's state changed after /msg answered: update its line in place."""
+        key = self.convs.ensure(dm_key(event.peer)).key
+        conv = self.convs.by_key[key]
+        out = next((x for x in conv.lines if isinstance(x, Outgoing) and x.id == event.id), None)
+        if out is None:  # sent before a restart: say what became of it
+            verb = "delivered" if event.state == "delivered" else "not delivered"
+            why = f" ({event.reason}; ^R there sends it again)" if event.reason else ""
+            self._system(f"-- {verb} to {event.peer}: {event.text}{why}", key)
+            return
+        if event.state == "delivered":
+            out.settle(Delivery.DELIVERED)
+        else:
+            out.settle(Delivery.FAILED, event.reason)
+        self._changed(out)
 
     @on(OptionList.OptionSelected, "#sidebar")
     def _picked(self, event: OptionList.OptionSelected) -> None:
@@ -1013,8 +1074,13 @@ class ChatApp(App[int]):
             self.log.error(f"send failed: {exc!r}")
             out.settle(Delivery.FAILED, f"internal error: {exc!r}")
         else:
-            if is_dm(out.key):
-                out.settle(Delivery.DELIVERED)
+            sent = result.direct
+            if sent is not None:
+                out.id = sent.id
+                if sent.delivered:
+                    out.settle(Delivery.DELIVERED)
+                else:
+                    out.settle(Delivery.QUEUED, sent.reason)
             else:
                 out.settle(Delivery.SENT, "" if result.links else "(nobody linked now)")
         if convs is self.convs and not self._quitting:

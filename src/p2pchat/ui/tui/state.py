@@ -77,6 +77,8 @@ class Delivery(enum.Enum):
     """A room message handed to our mesh links (rooms have no acknowledgement)."""
     DELIVERED = "delivered"
     """A direct message acknowledged by the recipient's peer."""
+    QUEUED = "queued"
+    """A direct message kept to be sent when its recipient can be reached."""
     FAILED = "failed"
 
 
@@ -93,6 +95,8 @@ class Outgoing:
     """Why it failed, or how it went (``over 2 links``)."""
     version: int = 0
     """Bumped on every change, so a drawn copy knows it is stale."""
+    id: str | None = None
+    """A direct message's id once the peer kept it: later state changes name it."""
 
     def settle(self, state: Delivery, detail: str = "") -> None:
         self.state = state
@@ -137,6 +141,9 @@ class Conversation:
     """The first line that came while we looked elsewhere: the unread divider goes above it."""
     day: str | None = None
     """The day of the last dated line, so the next one on another day gets a divider."""
+    from_history: set[tuple[str, float, str]] = field(default_factory=set)
+    """Room messages shown from the local history when it opened (sender, time, text), so
+    the same message arriving as an event meanwhile is not shown twice."""
 
 
 class Conversations:
