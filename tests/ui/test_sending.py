@@ -20,9 +20,9 @@ from tests.ui.harness import (
     PASSWORD,
     Peer,
     PeerFactory,
+    alice_with_bob,
     auto,
     burst,
-    linked,
     logged_in,
     make_app,
     running,
@@ -159,12 +159,7 @@ async def test_a_message_to_someone_offline_is_queued_then_shown_delivered_in_pl
 async def test_a_room_shows_its_history_when_it_opens_also_after_a_restart(
     registry: RegistryServer, peer: PeerFactory
 ) -> None:
-    bob = await peer("bob", room="lobby", create=True)
-    app = make_app(registry, autologin=auto("alice"))
-    async with running(app) as pilot:
-        await logged_in(pilot, app)
-        assert app.node is not None
-        await bob.until(lambda: linked(bob.node, app.node, "lobby"))  # type: ignore[arg-type]
+    async with alice_with_bob(registry, peer) as (bob, app, pilot):
         for k in range(3):
             await bob.node.say("lobby", f"before the restart {k}")
         await settle(pilot, lambda: "12:00 bob: before the restart 2" in app.lines("lobby"))
