@@ -26,7 +26,7 @@ async def raw_link(
     """A hand-driven link to ``target``, in TLS with ``as_peer``'s certificate (it must be
     logged in): for tests that send a peer frames no well-behaved peer would."""
     me = as_peer.username or ""
-    own = as_peer._own_files(me)
+    own = as_peer.local.own_files(me)
     assert own is not None, "log in first"
     reader, writer = await asyncio.open_connection(
         "127.0.0.1", target.port, ssl=tls.client(*own), server_hostname=""

@@ -302,7 +302,7 @@ async def test_a_connection_without_tls_or_a_certificate_gets_nothing(swarm: Swa
 async def test_a_link_that_speaks_first_without_hello_is_refused(swarm: Swarm) -> None:
     await room_of(swarm, ["ann", "ben"])
     mallory = await swarm.add("mallory")
-    own = mallory.node._own_files("mallory")
+    own = mallory.node.local.own_files("mallory")
     assert own is not None
     reader, writer = await asyncio.open_connection(
         "127.0.0.1", swarm.peers["ann"].node.port, ssl=tls.client(*own), server_hostname=""
@@ -337,7 +337,7 @@ async def test_a_peer_cannot_claim_a_name_its_certificate_does_not_give(
 ) -> None:
     await room_of(swarm, ["ann", "ben"])
     mallory = await swarm.add("mallory")
-    own = mallory.node._own_files("mallory")
+    own = mallory.node.local.own_files("mallory")
     assert own is not None
     ann = swarm.peers["ann"]
     reader, writer = await asyncio.open_connection(

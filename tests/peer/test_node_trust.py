@@ -122,7 +122,7 @@ async def test_a_wire_tap_between_peers_sees_no_text_and_no_names(swarm: Swarm) 
     # alice reaches bob through the tap: the registry told her the tap's address
     alice.node.core.rooms.clear()
     link = alice.node.core._dial("bob", "127.0.0.1", tapped)
-    alice.node._apply(alice.node.core._take())
+    alice.node.apply(alice.node.core._take())
     await swarm.changes.until(lambda: "bob" in alice.node.linked_peers())
     assert alice.node.core.links["bob"] is link
     await alice.node.send_direct("bob", "the secret plan")

@@ -1,13 +1,14 @@
-"""The peer's asyncio shell: sockets, TLS, files, one timer, and the ``PeerCore`` that decides.
+"""The peer's asyncio shell: sockets, TLS, one timer, and the ``PeerCore`` that decides.
 
 It feeds the core what the sockets and the clock report, and carries out the actions the core
 returns. After each batch it re-arms a single ``call_later`` for ``core.next_deadline()`` (as
 aioquic's protocol does): no polling loop. User interfaces call the ``async`` methods (which
 raise ``CommandError`` with a sentence for people) and receive ``PeerEvent`` values.
 
-What needs files or ``ssl`` is here too: every connection is TLS 1.3 (``trust/tls.py``); the
-registry's certificate is pinned on first use in ``known_registries`` and checked before
-anything is sent; the user's key and certificate live in the data folder (mode 600).
+Every connection is TLS 1.3 (``trust/tls.py``); the registry's certificate is checked against
+the one pinned for its address before anything is sent. The asyncio protocols are in
+``transport.py``; the files kept on this machine (key, certificate, history, pins) in
+``localdata.py``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 from p2pchat.peer.actions import (
@@ -41,8 +40,10 @@ from p2pchat.peer.core import PeerConfig, PeerCore
 from p2pchat.peer.directs import DirectSent
 from p2pchat.peer.events import CommandError, Notice, PeerEvent, RoomText, Status
 from p2pchat.peer.history import History, HistoryError, Outgoing
+from p2pchat.peer.localdata import LocalData
+from p2pchat.peer.transport import Heartbeats, LinkProtocol, RegistryProtocol
 from p2pchat.protocol.messages import MemberInfo, RoomInfo, SearchResult, UserAddr
-from p2pchat.trust import files, tls
+from p2pchat.trust import tls
 from p2pchat.trust.certs import TrustError
 
 __all__ = ["PeerConfig", "PeerNode"]
@@ -51,125 +52,8 @@ log = logging.getLogger("p2pchat.peer")
 
 TLS_HANDSHAKE = 10.0
 """A connection that has not finished its TLS handshake by then is closed."""
-MAX_LINK_BUFFER = 4 << 20
-"""A neighbour that lets this much pile up unsent is too slow for the mesh: its link is cut."""
 CLOSE_WAIT = 2.0
 """How long ``close()`` waits for the logout and for links to flush."""
-
-
-def _keepalive(sock: socket.socket | None) -> None:
-    """Notice a peer that vanished without a reset (cable pulled, host frozen) in ~25 s."""
-    if sock is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 10)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-
-
-class _Link(asyncio.Protocol):
-    """Moves one link's bytes; the frames of one loop turn go out in one write."""
-
-    def __init__(self, node: PeerNode, link_id: int | None) -> None:
-        self.node = node
-        self.id = link_id if link_id is not None else 0
-        self.accepted = link_id is None
-        self.transport: asyncio.Transport | None = None
-        self.lost: asyncio.Future[None] = node._loop.create_future()
-        self._pending: list[bytes] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        _keepalive(transport.get_extra_info("socket"))
-        node = self.node
-        if self.accepted:
-            cert = tls.peer_certificate(transport.get_extra_info("ssl_object"))
-            self.id, actions = node.core.accept(node.clock(), cert)
-        else:
-            actions = node.core.link_connected(self.id, node.clock())
-        node._links[self.id] = self
-        node._apply(actions)
-
-    def data_received(self, data: bytes) -> None:
-        node = self.node
-        node._apply(node.core.link_data(self.id, data, node.clock()))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        node = self.node
-        if node._links.get(self.id) is self:
-            del node._links[self.id]
-        if not self.lost.done():
-            self.lost.set_result(None)
-        node._apply(node.core.link_closed(self.id, node.clock()))
-
-    def send(self, data: bytes) -> None:
-        pending = self._pending
-        if pending is not None:
-            pending.append(data)
-            return
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        self._pending = [data]
-        self.node._loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        frames, self._pending = self._pending, None
-        transport = self.transport
-        if not frames or transport is None or transport.is_closing():
-            return
-        transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
-        if transport.get_write_buffer_size() > MAX_LINK_BUFFER:
-            log.warning("link %d is not keeping up; cutting it", self.id)
-            transport.abort()
-
-    def close(self, abort: bool) -> None:
-        if self.transport is None:
-            return
-        if abort:
-            self._pending = None
-            self.transport.abort()
-        else:
-            self.flush()
-            self.transport.close()
-
-
-class _RegistryLink(asyncio.Protocol):
-    def __init__(self, node: PeerNode) -> None:
-        self.node = node
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        node = self.node
-        presented = tls.peer_certificate(transport.get_extra_info("ssl_object"))
-        try:
-            node._check_registry(presented)
-        except TrustError as exc:  # nothing was sent: close, and say why
-            node._trust_refusal = str(exc)
-            transport.abort()
-            return
-        node._registry = self
-        node._apply(node.core.registry_connected(node.clock(), presented))
-
-    def data_received(self, data: bytes) -> None:
-        node = self.node
-        node._apply(node.core.registry_data(data, node.clock()))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        node = self.node
-        if node._registry is self:
-            node._registry = None
-            reason = f"connection to the registry lost: {exc}" if exc else "the registry closed"
-            node._apply(node.core.registry_closed(reason, node.clock()))
-
-
-class _Datagrams(asyncio.DatagramProtocol):
-    def error_received(self, exc: Exception) -> None:  # e.g. ICMP port unreachable
-        log.debug("heartbeat datagram error: %s", exc)
 
 
 class PeerNode:
@@ -187,21 +71,16 @@ class PeerNode:
         self._loop = asyncio.get_running_loop()
         self.clock = clock or self._loop.time
         self.core = PeerCore(config, wall_offset=time.time() - self.clock())
-        self._data = Path(config.data_dir) if config.data_dir else files.data_dir()
-        self._config_dir = Path(config.config_dir) if config.config_dir else files.config_dir()
-        registry = f"{config.registry_host}:{config.registry_port}"
-        self._registry_address = registry
-        self._identities = files.identity_dir(self._data, registry)
-        self._known = files.KnownRegistries(self._config_dir / files.KNOWN_REGISTRIES)
+        self.local = LocalData(config)
         self._ca_cert: bytes | None = None
         self._trust_refusal: str | None = None
         self._dialer: ssl.SSLContext | None = None
         self._history: History | None = None
         self._acceptor: ssl.SSLContext | None = None
-        self._links: dict[int, _Link] = {}
+        self.links: dict[int, LinkProtocol] = {}
         self._dials: dict[int, asyncio.Task[None]] = {}
-        self._registry: _RegistryLink | None = None
-        self._udp: dict[tuple[str, int], asyncio.Future[asyncio.DatagramTransport]] = {}
+        self.registry: RegistryProtocol | None = None
+        self._heartbeats = Heartbeats()
         self._commands: dict[int, asyncio.Future[Any]] = {}
         self._command_ids = itertools.count(1)
         self._server: asyncio.Server | None = None
@@ -213,12 +92,13 @@ class PeerNode:
 
     # ------------------------------------------------------------------ carrying out actions
 
-    def _apply(self, actions: list[Action]) -> None:
+    def apply(self, actions: list[Action]) -> None:
+        """Carry out what the core decided, then re-arm the one timer."""
         if self._dead:
             return
         for action in actions:
             if type(action) is SendLink:
-                link = self._links.get(action.link)
+                link = self.links.get(action.link)
                 if link is not None:
                     link.send(action.data)
             elif type(action) is Show:
@@ -234,7 +114,7 @@ class PeerNode:
 
     def _carry_out(self, action: Action) -> None:
         if isinstance(action, CloseLink):
-            link = self._links.get(action.link)
+            link = self.links.get(action.link)
             if link is not None:
                 link.close(action.abort)
             dial = self._dials.pop(action.link, None)
@@ -243,26 +123,20 @@ class PeerNode:
         elif isinstance(action, SaveCertificate):
             self._save_certificate(action)
         elif isinstance(action, SaveBlocked):
-            try:
-                files.save_blocked(self._identities, action.username, action.blocked)
-            except OSError as exc:
-                log.warning("cannot keep the list of blocked users: %s", exc)
+            self.local.save_blocked(action.username, action.blocked)
         elif isinstance(action, Dial):
             self._dials[action.link] = self._spawn(self._dial(action))
         elif isinstance(action, SendRegistry):
-            if self._registry is not None and self._registry.transport is not None:
-                self._registry.transport.write(action.data)
+            if self.registry is not None:
+                self.registry.write(action.data)
         elif isinstance(action, ConnectRegistry):
             self._spawn(self._connect_registry(action))
         elif isinstance(action, CloseRegistry):
-            registry, self._registry = self._registry, None
-            if registry is not None and registry.transport is not None:
-                if action.abort:
-                    registry.transport.abort()
-                else:
-                    registry.transport.close()
+            registry, self.registry = self.registry, None
+            if registry is not None:
+                registry.close(action.abort)
         elif isinstance(action, SendDatagram):
-            self._spawn(self._datagram(action))
+            self._spawn(self._heartbeats.send(action.host, action.port, action.data))
 
     def _finish(self, done: Done) -> None:
         future = self._commands.pop(done.command, None)
@@ -287,7 +161,7 @@ class PeerNode:
 
     def _fire(self) -> None:
         self._timer, self._timer_at = None, None
-        self._apply(self.core.timer(self.clock()))
+        self.apply(self.core.timer(self.clock()))
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -302,7 +176,7 @@ class PeerNode:
                 raise OSError(0, "we have no certificate to show")
             await asyncio.wait_for(
                 self._loop.create_connection(
-                    lambda: _Link(self, action.link),
+                    lambda: LinkProtocol(self, action.link),
                     action.host,
                     action.port,
                     ssl=self._dialer if secure else None,
@@ -313,7 +187,7 @@ class PeerNode:
             )
         except (OSError, TimeoutError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            self._apply(self.core.link_failed(action.link, reason or "timed out", self.clock()))
+            self.apply(self.core.link_failed(action.link, reason or "timed out", self.clock()))
         finally:
             self._dials.pop(action.link, None)
 
@@ -321,13 +195,13 @@ class PeerNode:
         secure = self.config.secure
         context = None
         if secure:
-            own = self._own_files(action.identity)
+            own = self.local.own_files(action.identity)
             context = tls.client(*own) if own else tls.client()
         self._trust_refusal = None
         try:
             await asyncio.wait_for(
                 self._loop.create_connection(
-                    lambda: _RegistryLink(self),
+                    lambda: RegistryProtocol(self),
                     action.host,
                     action.port,
                     ssl=context,
@@ -342,50 +216,36 @@ class PeerNode:
                 reason = exc.strerror
             else:
                 reason = "timed out"
-            self._apply(self.core.registry_failed(reason, self.clock()))
+            self.apply(self.core.registry_failed(reason, self.clock()))
             return
         if self._trust_refusal is not None:
-            self._apply(self.core.registry_untrusted(self._trust_refusal, self.clock()))
+            self.apply(self.core.registry_untrusted(self._trust_refusal, self.clock()))
 
-    def _check_registry(self, presented: bytes | None) -> None:
+    def check_registry(self, presented: bytes | None) -> None:
         """Before anything is sent: the registry must show the certificate pinned for its
-        address (the one given with --registry-fingerprint, or the one seen first)."""
+        address; ``TrustError`` if not."""
         if not self.config.secure:
             return
-        if presented is None:
-            raise TrustError("the registry showed no certificate")
-        address = self._registry_address
-        wanted = self.config.registry_fingerprint
-        pinned = self._known.get(address)
-        if wanted is None and pinned is not None:
-            wanted = pinned[0]
-        if wanted is not None:
-            tls.check_pin(address, presented, wanted)
-        if pinned is None or pinned[1] != presented:
-            fingerprint = self._known.pin(address, presented)
-            if self.config.registry_fingerprint is None:
-                self._on_event_safe(
-                    Notice(
-                        f"trusting the registry at {address} from now on: its certificate's "
-                        f"fingerprint is {fingerprint} (ask its operator to confirm it)"
-                    )
+        fingerprint = self.local.check_registry(presented)
+        if fingerprint is not None:
+            self._on_event_safe(
+                Notice(
+                    f"trusting the registry at {self.local.registry} from now on: its "
+                    f"certificate's fingerprint is {fingerprint} (ask its operator to confirm it)"
                 )
-        if self._ca_cert is None:
+            )
+        if self._ca_cert is None and presented is not None:
             self._ca_cert = presented
             if self._acceptor is not None:
                 tls.trust_registry(self._acceptor, presented)
 
-    def _own_files(self, username: str | None) -> tuple[Path, Path] | None:
-        if username is None:
-            return None
-        cert = files.cert_file(self._identities, username)
-        key = files.key_file(self._identities, username)
-        return (cert, key) if cert.exists() and key.exists() else None
+    def registry_refused(self, reason: str) -> None:
+        self._trust_refusal = reason
 
     def _save_certificate(self, action: SaveCertificate) -> None:
         try:
-            files.save_cert(self._identities, action.username, action.der)
-            own = self._own_files(action.username)
+            self.local.save_certificate(action.username, action.der)
+            own = self.local.own_files(action.username)
             if own is not None:
                 self._dialer = tls.client(*own)
         except (OSError, ssl.SSLError) as exc:
@@ -397,23 +257,6 @@ class PeerNode:
         except Exception:
             log.exception("event handler failed")
 
-    async def _datagram(self, action: SendDatagram) -> None:
-        key = (action.host, action.port)
-        endpoint = self._udp.get(key)
-        if endpoint is None:
-            endpoint = self._udp[key] = asyncio.ensure_future(self._open_udp(key))
-        try:
-            transport = await endpoint
-        except OSError as exc:
-            log.warning("cannot send heartbeats to %s:%d: %s", *key, exc)
-            del self._udp[key]
-            return
-        transport.sendto(action.data)
-
-    async def _open_udp(self, key: tuple[str, int]) -> asyncio.DatagramTransport:
-        transport, _ = await self._loop.create_datagram_endpoint(_Datagrams, remote_addr=key)
-        return transport
-
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
@@ -422,7 +265,7 @@ class PeerNode:
         if cfg.secure:
             self._acceptor = tls.peer_server(time.time())
         self._server = await self._loop.create_server(
-            lambda: _Link(self, None),
+            lambda: LinkProtocol(self, None),
             cfg.listen_host,
             cfg.listen_port,
             ssl=self._acceptor,
@@ -437,8 +280,8 @@ class PeerNode:
         if self.core.username is not None and self.core.status().registry:
             with contextlib.suppress(CommandError, TimeoutError):
                 await asyncio.wait_for(self.logout(), CLOSE_WAIT)
-        lost = [link.lost for link in self._links.values()]
-        self._apply(self.core.shut_down(self.clock()))
+        lost = [link.lost for link in self.links.values()]
+        self.apply(self.core.shut_down(self.clock()))
         if self._server is not None:
             self._server.close()
         if lost:
@@ -452,9 +295,9 @@ class PeerNode:
         """
         if self._server is not None:
             self._server.close()
-        if self._registry is not None and self._registry.transport is not None:
-            self._registry.transport.abort()
-        for link in list(self._links.values()):
+        if self.registry is not None:
+            self.registry.close(abort=True)
+        for link in list(self.links.values()):
             link.close(abort=True)
         self._stop()
 
@@ -467,11 +310,9 @@ class PeerNode:
             self._history = None
         for task in list(self._tasks):
             task.cancel()
-        for link in list(self._links.values()):
+        for link in list(self.links.values()):
             link.close(abort=True)
-        for endpoint in self._udp.values():
-            if endpoint.done() and not endpoint.cancelled() and endpoint.exception() is None:
-                endpoint.result().close()
+        self._heartbeats.close()
         for future in self._commands.values():
             if not future.done():
                 future.set_exception(CommandError("the peer was stopped"))
@@ -484,7 +325,7 @@ class PeerNode:
         command = next(self._command_ids)
         future: asyncio.Future[Any] = self._loop.create_future()
         self._commands[command] = future
-        self._apply(start(command, self.clock()))
+        self.apply(start(command, self.clock()))
         return await future
 
     async def register(self, username: str, password: str) -> None:
@@ -494,17 +335,10 @@ class PeerNode:
         signer, history = None, None
         if self.config.secure:
             try:
-                history, fresh = self._open_history(username)
-                if fresh:  # our seqs restart: a new stream, so a new key (receivers keep the old)
-                    files.key_file(self._identities, username).unlink(missing_ok=True)
-                signer, made = files.load_or_create_key(self._identities, username)
+                signer, history = self.local.for_login(username)
             except (OSError, TrustError, ValueError, HistoryError) as exc:
-                if history is not None:
-                    history.close()
                 raise CommandError(f"cannot use our files for {username}: {exc}") from None
-            if made:
-                log.info("made a key for %s in %s", username, self._identities)
-        blocked = files.load_blocked(self._identities, username)
+        blocked = self.local.load_blocked(username)
         try:
             name: str = await self._command(
                 lambda c, now: self.core.login(c, username, password, now, signer, blocked, history)
@@ -515,15 +349,6 @@ class PeerNode:
             raise
         self._history = history
         return name
-
-    def _open_history(self, username: str) -> tuple[History, bool]:
-        """This user's history on this machine (made if there is none; True then)."""
-        self._identities.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = self._identities / f"{username.casefold()}.history.db"
-        fresh = not path.exists()
-        history = History(path)
-        path.chmod(0o600)
-        return history, fresh
 
     def history(self, room: str, n: int = 50) -> list[RoomText]:
         """The last ``n`` messages of ``room`` kept on this machine, oldest first."""
