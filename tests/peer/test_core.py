@@ -33,6 +33,7 @@ from p2pchat.peer.core import (
     GRACE_SECONDS,
     HANDSHAKE_SECONDS,
     MAX_BAD_FRAMES,
+    MAX_UNAUTHENTICATED,
     PIN_SECONDS,
     PeerConfig,
     PeerCore,
@@ -602,6 +603,25 @@ def test_a_full_peer_says_so_and_closes(registry: Registry) -> None:
     [error] = small.frames(links[2])
     assert isinstance(error, PeerError) and error.code == "too_many_connections"
     assert links[2] in small.closed
+
+
+def test_strangers_holding_connections_open_cannot_take_the_slots_of_real_links(
+    registry: Registry,
+) -> None:
+    alice = Driver(registry, "alice", max_connections=MAX_UNAUTHENTICATED + 4)
+    alice.login()
+    registry.user("mallory")
+    registry.user("bob")
+    held = []
+    for _ in range(MAX_UNAUTHENTICATED * 5):  # connect, never say hello
+        held.append(alice.accept(registry.certs["mallory"]))
+        alice.advance(0.01)
+    waiting = [link for link in held if link not in alice.closed]
+    assert waiting == held[-MAX_UNAUTHENTICATED:]  # the newest; the oldest went first
+    assert all(alice.closed[link] is True for link in held[:-MAX_UNAUTHENTICATED])
+    bob = alice.link_from("bob")  # a real link still gets in, and works
+    alice.feed(bob, DirectMessage(id="d" * 32, sender="bob", text="made it", ts=1.0))
+    assert [e.text for e in alice.shown if isinstance(e, DirectText)] == ["made it"]
 
 
 # ---------------------------------------------------------------------------- simultaneous dials

@@ -99,6 +99,9 @@ PIN_SECONDS = 300.0
 """A link used for direct messages is kept this long after the last one."""
 HANDSHAKE_SECONDS = 10.0
 """An accepted connection must finish its handshake within this."""
+MAX_UNAUTHENTICATED = 16
+"""Accepted connections waiting for their hello, in a pool of their own: a newcomer closes
+the oldest, so strangers holding connections open cannot take the slots of real links."""
 GRACE_SECONDS = 2.0
 """A new link is kept this long even if unneeded, so the other side's ``mesh`` frame can
 arrive (it may have dialed us for a room we have not heard of yet)."""
@@ -1108,6 +1111,12 @@ class PeerCore:
         """Someone connected to our listener, showing ``cert`` in TLS (required, and checked
         against the registry's CA by the shell): a new link, waiting for their hello."""
         self._at(now)
+        waiting = [c for c in self._conns.values() if c.state is LinkState.AWAIT_HELLO]
+        if len(waiting) >= MAX_UNAUTHENTICATED:  # the newcomer takes the oldest one's place
+            oldest = min(waiting, key=lambda c: c.deadline)
+            log.info("too many connections wait for their hello; closing the oldest")
+            self._close(oldest, abort=True)
+            self._link_gone(oldest)
         link = Link(next(self._ids), False, self._ctx.new_id(), LinkState.AWAIT_HELLO)
         self._conns[link.id] = link
         refusal = None

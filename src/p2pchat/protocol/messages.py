@@ -559,6 +559,7 @@ class PeerError(Message, tag="peer_error"):
 MESSAGE_ID_RE = re.compile(r"[0-9a-f]{32}")
 """Room message ids under tree push: 128 random bits as 32 lowercase hex digits."""
 MAX_IDS_PER_FRAME = 1024
+IdList = Annotated[list[MessageId], msgspec.Meta(max_length=MAX_IDS_PER_FRAME)]
 """Most ids in one ``ihave`` or ``graft``; a frame with more is dropped."""
 
 
@@ -571,26 +572,26 @@ class IHave(Message, tag="ihave"):
     """Ids of ``origin``'s messages in ``room`` that the sender has, announced instead of
     pushing the payloads over this link; batched."""
 
-    room: str
-    origin: str
-    ids: list[str]
+    room: Name
+    origin: Name
+    ids: IdList
 
 
 class Graft(Message, tag="graft"):
     """Asks the receiver to push ``origin``'s messages in ``room`` over this link again, and
     to send the payloads of ``ids`` (which may be empty) now."""
 
-    room: str
-    origin: str
-    ids: list[str]
+    room: Name
+    origin: Name
+    ids: IdList
 
 
 class Prune(Message, tag="prune"):
     """Asks the receiver to stop pushing ``origin``'s messages in ``room`` over this link and
     to announce their ids instead: the sender gets them first over another link."""
 
-    room: str
-    origin: str
+    room: Name
+    origin: Name
 
 
 # History and catch-up (docs/protocol.md, "History and catch-up"): two neighbours compare a
