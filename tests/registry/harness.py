@@ -1,5 +1,8 @@
 """Drives a ``RegistryCore`` by hand: requests through the codec, hashing at once, a clock
-that only moves when told. No sockets, no sleeping."""
+that only moves when told. No sockets, no sleeping.
+
+The core has a certificate authority of its own; ``WALL`` is the wall-clock time (what
+certificates are dated with) when the harness clock reads 0."""
 
 from __future__ import annotations
 
@@ -10,20 +13,24 @@ from typing import Any
 import msgspec
 
 from p2pchat.protocol.messages import (
+    PROTOCOL_VERSION,
     Error,
     Hello,
     LoggedIn,
     Login,
     Message,
     Ok,
+    Ping,
     Register,
     RoomEvent,
     Welcome,
+    b64,
     decode,
     decode_error,
     encode,
     request_decoder,
 )
+from p2pchat.registry import flows
 from p2pchat.registry.core import (
     Action,
     Close,
@@ -37,8 +44,11 @@ from p2pchat.registry.passwords import Passwords
 from p2pchat.registry.server import RegistryServer
 from p2pchat.store import SqliteStore
 from p2pchat.store.base import Store, StoreError
+from p2pchat.trust.certs import Authority, ca_key
+from p2pchat.trust.signing import Signer
 
 PW = "secret-pw"
+WALL = 1_800_000_000.0
 
 
 class Harness:
@@ -53,14 +63,18 @@ class Harness:
         timeout: float = 60.0,
         store: Store | None = None,
         hold_jobs: bool = False,
+        authority: Authority | None = None,
         **config: Any,
     ) -> None:
         tokens = itertools.count(1)
         config.setdefault("register_burst", 10_000)
+        self.authority = authority or Authority.create(WALL)
         self.core = RegistryCore(
             store or SqliteStore(":memory:"),
             RegistryConfig(timeout=timeout, udp_port=15500, **config),
             token_factory=lambda: f"tok{next(tokens)}",
+            authority=self.authority,
+            wall_offset=WALL,
         )
         self.passwords = Passwords("cheapest")
         self.now = 0.0
@@ -70,6 +84,17 @@ class Harness:
         self.jobs: list[HashPassword | VerifyPassword] = []
         self._ids = itertools.count(1)
         self._conns = itertools.count(1)
+        self._beats: dict[int, int] = defaultdict(int)
+
+    @property
+    def ca_key(self) -> bytes:
+        """The raw public key of the core's CA (what peers check certificates with)."""
+        return ca_key(self.authority.cert)
+
+    @property
+    def wall(self) -> float:
+        """The wall-clock time now, as the core dates certificates."""
+        return WALL + self.now
 
     def run(self, actions: list[Action]) -> None:
         for action in actions:
@@ -93,11 +118,13 @@ class Harness:
     def id(self) -> int:
         return next(self._ids)
 
-    def connect(self, host: str = "10.0.0.1", greet: bool = True) -> int:
+    def connect(self, host: str = "10.0.0.1", greet: bool = True, cert: bytes | None = None) -> int:
+        """A new session; ``cert``: the user certificate (DER) it showed in TLS."""
         conn = next(self._conns)
-        self.run(self.core.connect(conn, host, self.now))
+        self.run(self.core.connect(conn, host, self.now, cert))
         if greet:
-            assert isinstance(self.req(conn, Hello(id=self.id(), version=1)), Welcome)
+            reply = self.req(conn, Hello(id=self.id(), version=PROTOCOL_VERSION))
+            assert isinstance(reply, Welcome)
         return conn
 
     def send(self, conn: int, msg: Any) -> None:
@@ -128,14 +155,30 @@ class Harness:
         reply = self.req(conn, Register(id=self.id(), username=name, password=PW))
         assert isinstance(reply, Ok), reply
 
-    def user(self, name: str, host: str = "10.0.0.1", port: int = 7000) -> int:
-        """A connected, registered, logged-in session for ``name``."""
+    def user(
+        self, name: str, host: str = "10.0.0.1", port: int = 7000, key: Signer | None = None
+    ) -> int:
+        """A connected, registered, logged-in session for ``name`` (with ``key``'s public
+        half in the login, if given)."""
         conn = self.connect(host)
         if self.core.store.get_account(name) is None:
             self.register(conn, name)
-        reply = self.req(conn, Login(id=self.id(), username=name, password=PW, port=port))
+        public = b64(key.public_key) if key is not None else None
+        login = Login(id=self.id(), username=name, password=PW, port=port, key=public)
+        reply = self.req(conn, login)
         assert isinstance(reply, LoggedIn), reply
         return conn
+
+    def logged_in(self, conn: int) -> LoggedIn:
+        """The last ``logged_in`` reply the session got."""
+        return next(m for m in reversed(self.out[conn]) if isinstance(m, LoggedIn))
+
+    def ping(self, conn: int, seq: int | None = None, request_id: int | None = None) -> Ping:
+        """The session's next heartbeat (or the one numbered ``seq``), MAC'd with its key."""
+        if seq is None:
+            self._beats[conn] += 1
+            seq = self._beats[conn]
+        return flows.heartbeat(self.logged_in(conn), seq, request_id)
 
 
 def code(msg: Message) -> str:
