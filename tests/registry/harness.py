@@ -6,6 +6,7 @@ certificates are dated with) when the harness clock reads 0."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections import defaultdict
 from typing import Any
@@ -44,11 +45,14 @@ from p2pchat.registry.passwords import Passwords
 from p2pchat.registry.server import RegistryServer
 from p2pchat.store import SqliteStore
 from p2pchat.store.base import Store, StoreError
+from p2pchat.trust import tls
 from p2pchat.trust.certs import Authority, ca_key
 from p2pchat.trust.signing import Signer
 
 PW = "secret-pw"
 WALL = 1_800_000_000.0
+HELLO = b'{"type":"hello","id":1,"version":%d}\n' % PROTOCOL_VERSION
+"""The first line of a session, as a client that writes frames by hand sends it."""
 
 
 class Harness:
@@ -224,3 +228,18 @@ async def start_server(**kw: Any) -> RegistryServer:
     )
     await server.start()
     return server
+
+
+async def open_tls(
+    port: int, source: str = "127.0.0.1", **kw: Any
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw TLS connection to a registry on 127.0.0.1, for tests that write frames by hand
+    (``kw``: more for ``asyncio.open_connection``)."""
+    return await asyncio.open_connection(
+        "127.0.0.1",
+        port,
+        ssl=kw.pop("ssl", None) or tls.client(),
+        server_hostname="",
+        local_addr=(source, 0),
+        **kw,
+    )

@@ -20,7 +20,6 @@ from p2pchat.protocol.messages import (
     Login,
     Logout,
     MemberList,
-    Message,
     Ok,
     Ping,
     Register,

@@ -85,6 +85,14 @@ ACCEPT_BATCH = 64
 ACCEPT_RETRY = 1.0
 TLS_HANDSHAKE = 10.0
 """A connection that has not finished its TLS handshake by then is closed."""
+TLS_READ_BUFFER = 16 * 1024
+"""Encrypted input the TLS layer keeps for a connection that is not being read, besides the
+one read in progress (asyncio reads up to 256 KiB at a time); asyncio's default, 256 KiB,
+would let each such connection hold half a megabyte outside ``max_input``."""
+TLS_WRITE_BUFFER = 64 * 1024
+"""Replies the TLS layer keeps for a connection that does not read them before the session
+is told to stop (``pause_writing``), as a plain transport does by default (asyncio's
+default for TLS is 512 KiB)."""
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
@@ -97,6 +105,15 @@ def default_max_connections(soft_limit: int | None = None) -> int:
     if soft_limit == resource.RLIM_INFINITY or soft_limit > 1 << 20:
         soft_limit = 1 << 20
     return max(1, soft_limit - 64 - soft_limit // 10)
+
+
+def _bound_tls_buffers(transport: asyncio.Transport) -> None:
+    """What the TLS layer may hold for one connection, in and out (see ``TLS_READ_BUFFER``
+    and ``TLS_WRITE_BUFFER``): the shell's bounds count only what reaches the session."""
+    transport.set_write_buffer_limits(high=TLS_WRITE_BUFFER)
+    limit_reading = getattr(transport, "set_read_buffer_limits", None)
+    if limit_reading is not None:  # asyncio's TLS transport (Python 3.11 and later)
+        limit_reading(high=TLS_READ_BUFFER)
 
 
 class _TcpSession(asyncio.Protocol):
@@ -459,6 +476,8 @@ class RegistryServer:
         self._sessions[session.conn] = session
         log.debug("session %d from %s", session.conn, session.host)
         assert session.transport is not None
+        if self.tls is not None:
+            _bound_tls_buffers(session.transport)
         cert = tls.peer_certificate(session.transport.get_extra_info("ssl_object"))
         self._apply(self.core.connect(session.conn, session.host, self.now(), cert))
         self._arm()
