@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from p2pchat.protocol.messages import (
     PROTOCOL_VERSION,
@@ -46,7 +49,8 @@ from p2pchat.registry.server import RegistryServer
 from p2pchat.store import SqliteStore
 from p2pchat.store.base import Store, StoreError
 from p2pchat.trust import tls
-from p2pchat.trust.certs import Authority, ca_key
+from p2pchat.trust.certs import Authority, ca_key, private_pem
+from p2pchat.trust.files import key_file, save_cert, write_private
 from p2pchat.trust.signing import Signer
 
 PW = "secret-pw"
@@ -243,3 +247,26 @@ async def open_tls(
         local_addr=(source, 0),
         **kw,
     )
+
+
+def private_key(signer: Signer) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(signer.seed)
+
+
+def identity_files(
+    folder: Path,
+    authority: Authority,
+    username: str,
+    signer: Signer,
+    *,
+    issued: float | None = None,
+    lifetime: float = 24 * 3600.0,
+) -> tuple[Path, Path]:
+    """A user's certificate (issued by ``authority`` at ``issued``, wall clock) and key, as a
+    peer keeps them: what ``RegistryClient.connect(cert=...)`` shows in TLS."""
+    when = time.time() if issued is None else issued
+    der = authority.issue(username, signer.public_key, when, lifetime)
+    cert = save_cert(folder, username, der)
+    key = key_file(folder, username)
+    write_private(key, private_pem(private_key(signer)))
+    return cert, key
