@@ -1,4 +1,6 @@
-"""The real ``p2pchat registry`` program: it starts, serves, survives kill -9, stops cleanly."""
+"""The real ``p2pchat registry`` program: it starts, serves, survives kill -9, stops cleanly,
+keeps its certificate authority beside its database, and speaks TLS that ``openssl`` can
+speak too."""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ import pytest
 from p2pchat.registry.client import RegistryClient, RegistryClosed, RegistryError
 from p2pchat.store import SqliteStore
 from tests.e2e.procs import P2PCHAT, start_registry
+from tests.registry.harness import HELLO, open_tls
 
 PW = "secret-pw"
+MAC = b"0" * 64
 
 
 async def test_registry_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
@@ -178,13 +182,13 @@ async def test_idle_connections_beyond_the_open_files_limit_do_not_shut_users_ou
         port = int(first.split(" tcp ")[1].split()[0])
         idle = []
         for _ in range(300):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b'{"type":"hello","id":1,"version":1}\n')
+            reader, writer = await open_tls(port)
+            writer.write(HELLO)
             assert json.loads(await asyncio.wait_for(reader.readline(), 15))["type"] == "welcome"
             idle.append((reader, writer))
         alive = 0
         for reader, writer in idle:  # which are still held? a ping tells
-            writer.write(b'{"type":"ping","id":2,"token":"x"}\n')
+            writer.write(b'{"type":"ping","id":2,"session":"x","seq":1,"mac":"%s"}\n' % MAC)
             reply = json.loads(await asyncio.wait_for(reader.readline(), 15))
             if reply["type"] == "bye":
                 assert reply["code"] == "too_many_connections"
