@@ -136,26 +136,36 @@ def _other_ca_cert(h: Harness, key: Signer) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("case", "make"),
+    ("case", "make", "why"),
     [
-        ("no certificate", lambda h, key: None),
-        ("another registry's", _other_ca_cert),
+        ("no certificate", lambda h, key: None, "needs this registry's certificate"),
+        ("another registry's", _other_ca_cert, "not issued by this registry"),
         (
             "expired",
             lambda h, key: h.authority.issue("alice", key.public_key, h.wall - 2 * 86400, 86400),
+            "alice has expired",
         ),
         (
             "not yet valid",
             lambda h, key: h.authority.issue("alice", key.public_key, h.wall + 3600),
+            "not yet valid",
         ),
-        ("for another key", lambda h, key: h.authority.issue("alice", Signer().public_key, h.wall)),
-        ("for another user", lambda h, key: h.authority.issue("bob", key.public_key, h.wall)),
-        ("the registry's own", lambda h, key: h.authority.cert),
-        ("junk", lambda h, key: b"\x30\x03\x02\x01\x01"),
+        (
+            "for another key",
+            lambda h, key: h.authority.issue("alice", Signer().public_key, h.wall),
+            "no longer alice's",
+        ),
+        (
+            "for another user",
+            lambda h, key: h.authority.issue("bob", key.public_key, h.wall),
+            "no longer bob's",
+        ),
+        ("the registry's own", lambda h, key: h.authority.cert, "not a user certificate"),
+        ("junk", lambda h, key: b"\x30\x03\x02\x01\x01", "not a certificate"),
     ],
 )
 def test_resume_is_refused_without_a_valid_certificate_for_the_current_key(
-    case: str, make: object
+    case: str, make: object, why: str
 ) -> None:
     h = Harness(hold_jobs=True)
     key = Signer()
@@ -167,7 +177,7 @@ def test_resume_is_refused_without_a_valid_certificate_for_the_current_key(
     conn = h.connect(cert=cert)
     refused = h.req(conn, Resume(id=h.id(), port=7000))
     assert code(refused) == "cert_refused", case
-    assert isinstance(refused, Error) and "log in" in refused.reason
+    assert isinstance(refused, Error) and "log in" in refused.reason and why in refused.reason
     assert h.core.online == {} and h.jobs == []
     # and the password still works on that connection
     h.send(conn, Login(id=h.id(), username="alice", password=PW, port=7000))

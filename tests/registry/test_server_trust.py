@@ -311,6 +311,8 @@ async def test_resume_is_refused_with_cert_refused_and_the_password_still_works(
         with pytest.raises(RegistryError) as refused:
             await client.resume(7000)
         assert refused.value.code == "cert_refused" and "log in" in refused.value.reason
+        why = {"expired": "has expired", "another machine's key": "a later login replaced it"}
+        assert why.get(case, "needs this registry's certificate") in refused.value.reason
         assert not server.core.online
         await client.login("alice", PW, 7000, heartbeat=0)  # on the same connection
         await client.close()
