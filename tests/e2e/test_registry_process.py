@@ -114,15 +114,20 @@ def test_help_explains_every_flag() -> None:
     assert "15600" in out and "15500" in out and "60" in out
 
 
-def test_a_database_that_is_not_one_gets_a_clear_error(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.db"
-    bad.write_text("hello")
-    result = subprocess.run(
-        [*P2PCHAT, "registry", "--port", "0", "--udp-port", "0", "--db", str(bad)],
+def _refused_start(db: Path) -> subprocess.CompletedProcess[str]:
+    """The registry program started on ``db``, expected to refuse (its exit and output)."""
+    return subprocess.run(
+        [*P2PCHAT, "registry", "--port", "0", "--udp-port", "0", "--db", str(db)],
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+
+def test_a_database_that_is_not_one_gets_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.db"
+    bad.write_text("hello")
+    result = _refused_start(bad)
     assert result.returncode == 2 and "cannot open database" in result.stderr
     assert bad.read_text() == "hello"
 
@@ -157,12 +162,7 @@ def test_an_empty_or_damaged_database_is_a_clear_refusal_left_untouched(
         data[3 * 4096 : 3 * 4096 + 64] = b"\xa5" * 64
         db.write_bytes(bytes(data))
     before = db.read_bytes()
-    result = subprocess.run(
-        [*P2PCHAT, "registry", "--port", "0", "--udp-port", "0", "--db", str(db)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = _refused_start(db)
     assert result.returncode == 2, result.stderr
     assert ("empty file" if kind == "empty" else "damaged") in result.stderr
     assert "Traceback" not in result.stderr
@@ -274,12 +274,7 @@ def test_half_a_ca_is_a_clear_refusal_to_start(tmp_path: Path, case: str) -> Non
         load_or_create_authority(other)
         cert_path.write_bytes(authority_paths(other)[1].read_bytes())
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
-    result = subprocess.run(
-        [*P2PCHAT, "registry", "--port", "0", "--udp-port", "0", "--db", str(db)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = _refused_start(db)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and "certificate authority" in result.stderr
     if case == "not a pair":
