@@ -288,6 +288,32 @@ async def test_a_peer_comes_back_after_a_restart_with_its_certificate_and_no_pas
         await _stop(server)
 
 
+async def test_a_resumed_session_heartbeats_as_a_login_does(tmp_path: Path) -> None:
+    """``resume`` takes ``heartbeat`` as ``login`` does: 0 sends none, and the session then
+    ends at the timeout (a load generator holding thousands of sessions needs no UDP socket
+    for each)."""
+    clock = [1000.0]
+    server = await start_server(config=RegistryConfig(timeout=60.0), clock=lambda: clock[0])
+    try:
+        key = Signer()
+        setup = await RegistryClient.connect("127.0.0.1", server.port)
+        await setup.register("alice", PW)
+        await setup.login("alice", PW, 7000, key=key.public_key, heartbeat=0)
+        await setup.close()
+        identity = identity_files(tmp_path, server.authority, "alice", key)
+        client = await RegistryClient.connect("127.0.0.1", server.port, cert=identity)
+        events = client.events()
+        await client.resume(7000, heartbeat=0)
+        assert client._heartbeat_task is None
+        clock[0] = 1060.0
+        server.on_timer()
+        bye = await asyncio.wait_for(anext(events), WAIT)
+        assert isinstance(bye, Bye) and bye.code == "timeout"
+        await client.close()
+    finally:
+        await server.close()
+
+
 @pytest.mark.parametrize("case", ["no certificate", "expired", "another machine's key"])
 async def test_resume_is_refused_with_cert_refused_and_the_password_still_works(
     tmp_path: Path, case: str
