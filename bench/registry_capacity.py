@@ -484,7 +484,7 @@ async def resume_cost(n: int, room_size: int) -> dict[str, Any]:
                             "127.0.0.1", registry.port, cert=identities[i], on_event=lambda e: None
                         )
                         clients.append(client)
-                        await client.resume(40000 + i % 20000)
+                        await client.resume(40000 + i % 20000, heartbeat=0)
                     except (RegistryError, ConnectionError):
                         refused[0] += 1
                         return
