@@ -13,6 +13,7 @@ behind one NAT. The honest user runs in a process of its own, so that the attack
 this process is not counted as the registry's: while an attack runs it logs in (with the
 ticket of its previous login), lists its own rooms, and sends ``--rate`` searches a second,
 open loop (latency counts from when each was due). Every attack is bounded in count and time.
+Every connection speaks TLS, as the registry requires (protocol version 2).
 
 | attack | what it does |
 |---|---|
@@ -26,6 +27,8 @@ open loop (latency counts from when each was due). Every attack is bounded in co
 | join-leave | a member of the honest user's room joining and leaving it without pause |
 | guessing | wrong passwords for the honest user's account without pause, from its own address |
 | fuzz | 8 connections sending the fuzz test's malformed frames, pipelined |
+| handshakes | 4 addresses x 16 connections, each a TLS handshake and a close, without pause |
+| plain-tcp | 4 addresses x 16 connections sending requests in plain TCP (a downgrade) |
 """
 
 from __future__ import annotations
@@ -58,9 +61,10 @@ from bench.common import (
     table,
     usernames,
 )
-from p2pchat.protocol.messages import RoomEvent
+from p2pchat.protocol.messages import PROTOCOL_VERSION, RoomEvent
 from p2pchat.registry.client import RegistryClient, RegistryError
 from p2pchat.store import SqliteStore
+from p2pchat.trust import tls
 
 MODULE = "bench.abuse"
 HONEST = "honest"
@@ -76,7 +80,10 @@ ATTACKS = [
     "join-leave",
     "guessing",
     "fuzz",
+    "handshakes",
+    "plain-tcp",
 ]
+HELLO = b'{"type":"hello","id":1,"version":%d}\n' % PROTOCOL_VERSION
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,16 +193,26 @@ class Ctx:
         self.tasks: list[asyncio.Task[Any]] = []
         self.ready = asyncio.Event()
         """Set by attacks that prepare (log in) before they start; the others start at once."""
+        self.tls = tls.client()
 
     def n(self, count: int) -> int:
         return max(1, int(count * self.scale))
 
-    async def open(self, address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def open(
+        self, address: str, secure: bool = True
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """A connection from ``address``, over TLS unless ``secure`` is off; None (counted
+        as refused) if the registry turned it away, before TLS or during the handshake."""
         try:
             reader, writer = await asyncio.open_connection(
-                "127.0.0.1", self.port, local_addr=(address, 0), limit=1 << 20
+                "127.0.0.1",
+                self.port,
+                local_addr=(address, 0),
+                limit=1 << 20,
+                ssl=self.tls if secure else None,
+                server_hostname="" if secure else None,
             )
-        except OSError:
+        except OSError:  # ssl.SSLError among them
             self.refused += 1
             return None
         self.writers.append(writer)
@@ -238,14 +255,14 @@ async def attack_idle_connections(ctx: Ctx, stop: asyncio.Event) -> None:
             break
         opened = await ctx.open(_address(i % 10))
         if opened:
-            opened[1].write(b'{"type":"hello","id":1,"version":1}\n')
+            opened[1].write(HELLO)
             ctx.sent += 1
             ctx.watch(opened[0])
     await stop.wait()
 
 
 async def attack_slow_frames(ctx: Ctx, stop: asyncio.Event) -> None:
-    partial = b'{"type":"hello","id":1,"version":1,"agent":"' + b"x" * 65_000
+    partial = HELLO[:-2] + b',"agent":"' + b"x" * 65_000
     for i in range(ctx.n(2000)):
         if stop.is_set():
             break
@@ -266,7 +283,7 @@ async def _closed_loop(
         return
     reader, writer = opened
     with contextlib.suppress(ConnectionError, OSError, ValueError):
-        writer.write(b'{"type":"hello","id":0,"version":1}\n' + login)
+        writer.write(HELLO + login)
         await reader.readline()
         if login:
             await reader.readline()
@@ -343,7 +360,7 @@ async def _pipeline(ctx: Ctx, stop: asyncio.Event, address: str, chunks: list[by
 
 
 async def attack_pipeline_flood(ctx: Ctx, stop: asyncio.Event) -> None:
-    chunk = b'{"type":"hello","id":7,"version":1}\n' * 1800  # 64 KiB
+    chunk = HELLO * 1800  # 64 KiB
     await asyncio.gather(
         *(_pipeline(ctx, stop, _address(i % 4), [chunk]) for i in range(ctx.n(200)))
     )
@@ -420,6 +437,45 @@ async def attack_fuzz(ctx: Ctx, stop: asyncio.Event) -> None:
     await asyncio.gather(*(_pipeline(ctx, stop, _address(k), chunks) for k in range(8)))
 
 
+async def attack_handshakes(ctx: Ctx, stop: asyncio.Event) -> None:
+    """What TLS costs the registry when nobody says anything: handshakes, closed at once."""
+
+    async def one(address: str) -> None:
+        while not stop.is_set():
+            opened = await ctx.open(address)
+            if opened is None:
+                await asyncio.sleep(0.01)  # turned away: try again shortly
+                continue
+            ctx.sent += 1
+            opened[1].transport.abort()
+            ctx.writers.remove(opened[1])
+
+    await asyncio.gather(*(one(_address(a)) for a in range(4) for _ in range(ctx.n(16))))
+
+
+async def attack_plain_tcp(ctx: Ctx, stop: asyncio.Event) -> None:
+    """A downgrade: requests in plain TCP. Each connection ends at the failed handshake."""
+    login = _login_frame(HONEST, "guess-in-clear")
+
+    async def one(address: str) -> None:
+        while not stop.is_set():
+            opened = await ctx.open(address, secure=False)
+            if opened is None:
+                await asyncio.sleep(0.01)
+                continue
+            reader, writer = opened
+            ctx.writers.remove(writer)
+            with contextlib.suppress(ConnectionError, OSError):
+                writer.write(HELLO + login)
+                ctx.sent += 2
+                if await asyncio.wait_for(reader.read(), 10):
+                    ctx.refused += 1  # an answer of any kind (there should be none)
+            ctx.closed += 1
+            writer.transport.abort()
+
+    await asyncio.gather(*(one(_address(a)) for a in range(4) for _ in range(ctx.n(16))))
+
+
 ATTACK: dict[str, Callable[[Ctx, asyncio.Event], Awaitable[None]]] = {
     "none": attack_none,
     "idle-connections": attack_idle_connections,
@@ -431,6 +487,8 @@ ATTACK: dict[str, Callable[[Ctx, asyncio.Event], Awaitable[None]]] = {
     "join-leave": attack_join_leave,
     "guessing": attack_guessing,
     "fuzz": attack_fuzz,
+    "handshakes": attack_handshakes,
+    "plain-tcp": attack_plain_tcp,
 }
 
 

@@ -14,8 +14,17 @@ run with ``--concurrency`` requests in flight follows, to find the ceiling. CPU 
 registry process's user+system time over wall time (1.0 = one core); memory per session is its
 RSS growth from empty to K sessions, over K.
 
+Every session speaks TLS 1.3 (protocol version 2) and each heartbeat is the session's next
+MAC'd ping (a replayed one would be ignored).
+
 Login cost is measured apart (``--logins``): the default Argon2id profile (RFC 9106 low-memory,
-t=3, 64 MiB), one login at a time and then all at once.
+t=3, 64 MiB), one login at a time and then all at once. So is coming back after a registry
+restart (``--resumes``): that many peers, each with a certificate of the registry's CA for its
+key (as a peer keeps from its last login), connect showing it and ``resume``, 64 at a time,
+against the same registry with the default Argon2id profile: no password is hashed, so this
+is what issue 10's "10,000 returning peers back within 60 s" needs.
+The returning peers are members of rooms of ``--room-size``, so each comeback also tells the
+members already back.
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.common import (
     PASSWORD,
@@ -51,9 +62,12 @@ from bench.common import (
     table,
     usernames,
 )
-from p2pchat.protocol.messages import Ping, encode
+from p2pchat.protocol.messages import encode
 from p2pchat.registry.client import RegistryClient, RegistryError
 from p2pchat.store import SqliteStore
+from p2pchat.trust.certs import cert_pem, private_pem
+from p2pchat.trust.files import load_or_create_authority
+from p2pchat.trust.signing import Signer
 
 MODULE = "bench.registry_capacity"
 HEARTBEAT = 20.0
@@ -82,9 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=20,
         help="logins timed with the default Argon2id profile (0: skip)",
     )
+    p.add_argument(
+        "--resumes",
+        type=int,
+        default=10_000,
+        help="returning peers timed coming back with their certificate (0: skip)",
+    )
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--quick", action="store_true", help="K=200, 2 s runs, 1 repeat, 3 logins")
+    p.add_argument(
+        "--quick", action="store_true", help="K=200, 2 s runs, 1 repeat, 3 logins, 200 resumes"
+    )
     return p
 
 
@@ -168,9 +190,9 @@ class _Heartbeats(asyncio.DatagramProtocol):
 
 
 async def heartbeats(
-    udp_port: int, frames: list[bytes], stop: asyncio.Event, sent: list[int]
+    udp_port: int, clients: list[RegistryClient], stop: asyncio.Event, sent: list[int]
 ) -> None:
-    """Each session's ping every 20 s, the phases spread evenly over the period."""
+    """Each session's next ping every 20 s, the phases spread evenly over the period."""
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(
         _Heartbeats, remote_addr=("127.0.0.1", udp_port)
@@ -179,11 +201,11 @@ async def heartbeats(
     done = 0  # pings sent so far, counting whole periods
     try:
         while not stop.is_set():
-            k = len(frames)
+            k = len(clients)
             if k:
                 due = int((loop.time() - start) / HEARTBEAT * k)
                 while done < due:
-                    transport.sendto(frames[done % k])
+                    transport.sendto(encode(clients[done % k].next_ping()))
                     done += 1
             sent[0] = done
             await asyncio.sleep(0.01)
@@ -191,20 +213,18 @@ async def heartbeats(
         transport.close()
 
 
-async def login_all(port: int, users: list[str]) -> tuple[list[RegistryClient], list[bytes]]:
+async def login_all(port: int, users: list[str]) -> list[RegistryClient]:
     clients: list[RegistryClient] = [None] * len(users)  # type: ignore[list-item]
-    frames: list[bytes] = []
     sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
     async def one(i: int, user: str) -> None:
         async with sem:
             client = await RegistryClient.connect("127.0.0.1", port, on_event=lambda e: None)
-            session = await client.login(user, PASSWORD, 40000 + i % 20000, heartbeat=0)
+            await client.login(user, PASSWORD, 40000 + i % 20000, heartbeat=0)
             clients[i] = client
-            frames.append(encode(Ping(token=session.token)))
 
     await asyncio.gather(*(one(i, u) for i, u in enumerate(users)))
-    return clients, frames
+    return clients
 
 
 async def request(
@@ -324,11 +344,11 @@ async def capacity_run(k: int, args: argparse.Namespace, rng: random.Random) -> 
             await asyncio.sleep(0.3)
             rss0 = rss_bytes(registry.pid)
             t = time.perf_counter()
-            frames: list[bytes] = []
+            pingers: list[RegistryClient] = []
             sent = [0]
-            beat = asyncio.create_task(heartbeats(registry.udp_port, frames, stop, sent))
-            clients, new_frames = await login_all(registry.port, users)
-            frames.extend(new_frames)
+            beat = asyncio.create_task(heartbeats(registry.udp_port, pingers, stop, sent))
+            clients = await login_all(registry.port, users)
+            pingers.extend(clients)
             setup_s = time.perf_counter() - t
             gc.collect()
             gc.freeze()  # the generator's 10,000 clients: keep its full collections short
@@ -429,6 +449,74 @@ async def login_cost(n: int) -> dict[str, Any]:
     }
 
 
+async def resume_cost(n: int, room_size: int) -> dict[str, Any]:
+    """``n`` peers back after a restart, each with its certificate: no password hash."""
+    with tempfile.TemporaryDirectory(prefix="p2pchat-bench-") as tmp:
+        folder = Path(tmp)
+        db = folder / "registry.db"
+        make_db(db, n, room_size, "default")
+        users = usernames(n)
+        authority, _ = load_or_create_authority(db)  # the registry's CA, kept beside its db
+        store = SqliteStore(db)
+        identities: list[tuple[Path, Path]] = []
+        now = time.time()
+        for user in users:
+            signer = Signer()
+            store.set_key(user, signer.public_key)
+            cert, key = folder / f"{user}.cert.pem", folder / f"{user}.key.pem"
+            cert.write_bytes(cert_pem(authority.issue(user, signer.public_key, now)))
+            key.write_bytes(private_pem(_private_key(signer)))
+            identities.append((cert, key))
+        store.close()
+        registry = Registry(db, "default")
+        clients: list[RegistryClient] = []
+        try:
+            await asyncio.sleep(0.3)
+            sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
+            times: list[float] = []
+            refused = [0]
+
+            async def one(i: int) -> None:
+                async with sem:
+                    t = time.perf_counter()
+                    try:
+                        client = await RegistryClient.connect(
+                            "127.0.0.1", registry.port, cert=identities[i], on_event=lambda e: None
+                        )
+                        clients.append(client)
+                        await client.resume(40000 + i % 20000, heartbeat=0)
+                    except (RegistryError, ConnectionError):
+                        refused[0] += 1
+                        return
+                    times.append((time.perf_counter() - t) * 1000)
+
+            cpu0 = sum(cpu_seconds(registry.pid))
+            t = time.perf_counter()
+            await asyncio.gather(*(one(i) for i in range(n)))
+            wall = time.perf_counter() - t
+            cpu1 = sum(cpu_seconds(registry.pid))
+        finally:
+            registry.stop()
+            for c in clients:
+                with contextlib.suppress(Exception):
+                    await c.close()
+    return {
+        "resumes": n,
+        "resumed": len(times),
+        "refused": refused[0],
+        "wall_s": wall,
+        "resumes_per_s": len(times) / wall,
+        "p50_ms": median(times),
+        "p99_ms": percentile(times, 99),
+        "cpu_share": (cpu1 - cpu0) / wall,
+        "registry_cpu_ms_each": (cpu1 - cpu0) * 1000 / max(1, len(times)),
+    }
+
+
+def _private_key(signer: Signer) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(signer.seed)
+
+
 async def _timed_login(client: RegistryClient, user: str) -> float:
     t = time.perf_counter()
     await client.login(user, PASSWORD, 40000, heartbeat=0)
@@ -454,6 +542,16 @@ COLUMNS = [
     ("dropped", "dropped_sessions"),
     ("errors", "errors"),
 ]
+RESUME_COLUMNS = [
+    ("peers back", "resumed"),
+    ("refused", "refused"),
+    ("wall s", "wall_s"),
+    ("resumes/s", "resumes_per_s"),
+    ("p50 ms", "p50_ms"),
+    ("p99 ms", "p99_ms"),
+    ("registry CPU", "cpu_share"),
+    ("registry CPU ms each", "registry_cpu_ms_each"),
+]
 LOGIN_COLUMNS = [
     ("logins", "logins"),
     ("one at a time p50 ms", "sequential_p50_ms"),
@@ -465,7 +563,9 @@ LOGIN_COLUMNS = [
 ]
 
 
-async def main_async(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+async def main_async(
+    args: argparse.Namespace,
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     raise_nofile()
     rng = random.Random(args.seed)
     rows = []
@@ -483,7 +583,8 @@ async def main_async(args: argparse.Namespace) -> tuple[list[dict[str, Any]], di
         row["repeats"] = runs
         rows.append(row)
     logins = await login_cost(args.logins) if args.logins else {}
-    return rows, logins
+    resumes = await resume_cost(args.resumes, args.room_size) if args.resumes else {}
+    return rows, logins, resumes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -491,7 +592,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:  # new defaults; options given explicitly still win
         parser.set_defaults(
-            sessions=[200], seconds=2.0, saturate_seconds=1.0, repeat=1, logins=3, rate=200.0
+            sessions=[200],
+            seconds=2.0,
+            saturate_seconds=1.0,
+            repeat=1,
+            logins=3,
+            rate=200.0,
+            resumes=200,
         )
         args = parser.parse_args(argv)
     command = command_line(MODULE)
@@ -505,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.saturate_seconds:g} s; median of {args.repeat}\n",
         flush=True,
     )
-    rows, logins = asyncio.run(main_async(args))
+    rows, logins, resumes = asyncio.run(main_async(args))
     print()
     print(table([c for c, _ in COLUMNS], [[r[k] for _, k in COLUMNS] for r in rows]))
     if logins:
@@ -514,13 +621,28 @@ def main(argv: list[str] | None = None) -> int:
             "ms in this process):"
         )
         print(table([c for c, _ in LOGIN_COLUMNS], [[logins[k] for _, k in LOGIN_COLUMNS]]))
+    if resumes:
+        print(
+            f"\ncoming back after a restart with a certificate (resume, no password hash), "
+            f"{CONNECT_CONCURRENCY} at a time, same profile:"
+        )
+        print(table([c for c, _ in RESUME_COLUMNS], [[resumes[k] for _, k in RESUME_COLUMNS]]))
+        if logins:
+            each = resumes["resumes"]
+            print(
+                f"{each:,} peers back: {each / resumes['resumes_per_s']:.1f} s by resume, "
+                f"{each / logins['concurrent_logins_per_s']:.0f} s by password login "
+                f"({logins['concurrent_logins_per_s']:.1f} logins/s)"
+            )
     out = (
         args.out
         if args.out is not None
         else (None if args.quick else RESULTS_DIR / "registry_capacity.json")
     )
     if out is not None:
-        path = save_results("registry_capacity", command, rows, {"logins": logins}, out)
+        path = save_results(
+            "registry_capacity", command, rows, {"logins": logins, "resumes": resumes}, out
+        )
         print(f"\nresults: {shown(path)}")
     return 0
 

@@ -19,6 +19,8 @@ class Registry:
     proc: asyncio.subprocess.Process
     port: int
     udp_port: int
+    fingerprint: str = ""
+    """Of the registry's CA certificate, as its second line says."""
 
     async def stop(self) -> int:
         return await stop(self.proc)
@@ -51,7 +53,10 @@ async def start_registry(db: Path, *extra: str, host: str = "127.0.0.1") -> Regi
     line = (await asyncio.wait_for(proc.stdout.readline(), WAIT)).decode()
     match = re.search(r"tcp (\d+) udp (\d+)", line)
     assert match, f"unexpected first line {line!r}"
-    return Registry(proc, int(match[1]), int(match[2]))
+    second = (await asyncio.wait_for(proc.stdout.readline(), WAIT)).decode()
+    fingerprint = re.search(r"fingerprint (SHA256:\S+)", second)
+    assert fingerprint, f"unexpected second line {second!r}"
+    return Registry(proc, int(match[1]), int(match[2]), fingerprint[1])
 
 
 async def stop(proc: asyncio.subprocess.Process) -> int:

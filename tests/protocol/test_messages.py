@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import typing
 
 import msgspec
@@ -24,17 +26,27 @@ from p2pchat.protocol.messages import (
 
 SETTINGS = settings(derandomize=True, database=None, deadline=None, max_examples=200)
 
+KEY = m.b64(bytes(range(32)))
+"""An Ed25519 public key as the wire carries it (43 characters of base64url)."""
+SIG = m.b64(bytes(64))
+CERT = m.b64(b"\x30\x82" + bytes(300))
+MAC = "ab" * 32
+
 EXAMPLES: list[Message] = [
     # client -> registry
-    m.Hello(id=1, version=1),
-    m.Hello(id=2, version=1, agent="p2pchat/0.1"),
+    m.Hello(id=1, version=m.PROTOCOL_VERSION),
+    m.Hello(id=2, version=m.PROTOCOL_VERSION, agent="p2pchat/0.1"),
     m.Register(id=3, username="alice", password="secret1"),
     m.Login(id=4, username="alice", password="secret1", port=7000),
     m.Login(id=5, username="alice", password="secret1", port=7000, host="10.0.0.5"),
     m.Login(id=5, username="alice", password="secret1", port=7000, ticket="ab12.cd34"),
+    m.Login(id=5, username="alice", password="secret1", port=7000, key=KEY),
+    m.Resume(id=6, port=7000),
+    m.Resume(id=6, port=7000, host="10.0.0.5"),
+    m.Renew(id=6),
     m.Logout(id=6),
-    m.Ping(token="tok"),
-    m.Ping(token="tok", id=7),
+    m.Ping(session="s3ss10n", seq=1, mac=MAC),
+    m.Ping(session="s3ss10n", seq=2**53, mac=MAC, id=7),
     m.Search(id=8, username="bob"),
     m.ListUsers(id=9),
     m.ListUsers(id=9, after="bob", limit=10),
@@ -52,14 +64,14 @@ EXAMPLES: list[Message] = [
     m.ListRooms(id=16, mine=True),
     m.ListMembers(id=17, room="den"),
     m.ListMembers(id=17, room="den", after="alice", limit=2),
-    m.Vouch(id=18, username="bob", peer="alice", role="dial", nonce="ab" * 16, proof="cd" * 32),
     # registry -> client
-    m.Welcome(id=1, version=1, server="reg", udp_port=9001, heartbeat_interval=5.0, timeout=15.5),
+    m.Welcome(id=1, version=2, server="reg", udp_port=9001, heartbeat_interval=5.0, timeout=15.5),
     m.Ok(id=2),
     m.LoggedIn(
         id=3,
         username="alice",
-        token="t0k",
+        session="s3ss10n",
+        heartbeat_key=m.b64(bytes(32)),
         host="10.0.0.5",
         port=7000,
         udp_port=9001,
@@ -69,16 +81,20 @@ EXAMPLES: list[Message] = [
     m.LoggedIn(
         id=3,
         username="alice",
-        token="t0k",
+        session="s3ss10n",
+        heartbeat_key=m.b64(bytes(32)),
         host="10.0.0.5",
         port=7000,
         udp_port=9001,
         heartbeat_interval=5.0,
         timeout=15.0,
         ticket="ab12.cd34",
+        cert=CERT,
     ),
+    m.CertificateReply(id=3, cert=CERT),
     m.SearchResult(id=4, username="bob", online=False),
     m.SearchResult(id=5, username="bob", online=True, host="10.0.0.6", port=7001),
+    m.SearchResult(id=5, username="bob", online=True, host="10.0.0.6", port=7001, key=KEY),
     m.UserList(id=6, users=[]),
     m.UserList(id=6, users=[], more=True),
     m.UserList(id=7, users=[m.UserAddr(username="bob", host="10.0.0.6", port=7001)]),
@@ -94,26 +110,37 @@ EXAMPLES: list[Message] = [
         id=9,
         room="den",
         members=[
-            m.MemberInfo(username="alice", online=True, owner=True, host="10.0.0.5", port=7000),
+            m.MemberInfo(
+                username="alice",
+                online=True,
+                owner=True,
+                host="10.0.0.5",
+                port=7000,
+                key=KEY,
+                since=1.7e9,
+            ),
             m.MemberInfo(username="bob", online=False),
         ],
     ),
     m.MemberList(id=9, room="den", members=[], more=True),
     m.Error(id=None, code=ErrorCode.BAD_FRAME, reason="not JSON"),
     m.Error(id=10, code=ErrorCode.RATE_LIMITED, reason="slow down", retry_after=1.5),
-    m.RoomEvent(room="den", username="bob", change="online", host="10.0.0.6", port=7001),
-    m.RoomEvent(room="den", username="carol", change="added", by="alice"),
+    m.Error(id=11, code=ErrorCode.CERT_REFUSED, reason="log in with the password"),
+    m.RoomEvent(room="den", username="bob", change="online", host="10.0.0.6", port=7001, key=KEY),
+    m.RoomEvent(room="den", username="carol", change="added", by="alice", key=KEY, since=1.7e9),
     m.Bye(code=ErrorCode.SHUTDOWN, reason="shutting down"),
     m.Bye(code=ErrorCode.TIMEOUT, reason="no heartbeat"),
     # peer <-> peer
-    m.PeerHello(version=1, username="alice", nonce="ab" * 16),
-    m.PeerWelcome(version=1, username="bob", nonce="cd" * 16, proof="ef" * 32),
-    m.PeerProof(proof="01" * 32),
+    m.PeerHello(version=2, username="alice", nonce="ab" * 16),
+    m.PeerWelcome(version=2, username="bob", cert=CERT, sig=SIG),
+    m.PeerWelcome(version=2, username="bob"),
     m.MeshRooms(rooms=["den", "lobby"]),
     m.MeshRooms(rooms=[]),
     m.DirectMessage(id="a" * 32, sender="alice", text="hi\nthere", ts=1.7e9),
     m.DirectAck(id="a" * 32),
-    m.RoomMessage(id="b" * 32, room="den", origin="alice", text="héllo ✓", ts=1.7e9, hops=64),
+    m.RoomMessage(
+        id="b" * 32, room="den", origin="alice", seq=1, text="héllo ✓", ts=1.7e9, hops=64, sig=SIG
+    ),
     m.PeerError(code=ErrorCode.TEXT_TOO_LONG, reason="too long", id="d1"),
     m.PeerError(code=ErrorCode.TEXT_TOO_LONG, reason="too long", id="c" * 32),
     m.IHave(room="den", origin="alice", ids=["b" * 32, "c" * 32]),
@@ -183,7 +210,8 @@ def test_round_trip(msg: Message) -> None:
 
 
 def test_ping_decoder() -> None:
-    assert m.ping_decoder.decode(encode(m.Ping(token="t"))) == m.Ping(token="t")
+    ping = m.Ping(session="s", seq=3, mac=MAC)
+    assert m.ping_decoder.decode(encode(ping)) == ping
 
 
 def test_defaults_are_omitted() -> None:
@@ -200,7 +228,7 @@ def test_defaults_are_omitted() -> None:
     name=st.from_regex(r"\A[A-Za-z0-9_.\-]{1,32}\Z"),
 )
 def test_room_message_round_trips_any_content(text: str, ts: float, hops: int, name: str) -> None:
-    msg = m.RoomMessage(id="0" * 32, room=name, origin=name, text=text, ts=ts, hops=hops)
+    msg = m.RoomMessage(id="0" * 32, room=name, origin=name, seq=1, text=text, ts=ts, hops=hops)
     frame = encode(msg)
     assert frame.count(b"\n") == 1  # JSON escapes newlines inside strings: still one frame
     assert peer_decoder.decode(frame) == msg
@@ -283,17 +311,38 @@ def test_valid_host(host: str, ok: bool) -> None:
     assert m.valid_host(host) is ok
 
 
-def test_link_proofs_bind_the_token_the_role_the_nonce_and_both_names() -> None:
-    proof = m.link_proof("token", "dial", "n1", "alice", "bob")
-    assert len(proof) == 64 and proof == m.link_proof("token", "dial", "n1", "alice", "bob")
+def test_heartbeat_macs_bind_the_key_the_session_and_the_sequence_number() -> None:
+    key = bytes(range(32))
+    mac = m.heartbeat_mac(key, "s3ss10n", 7)
+    assert len(mac) == 64 and mac == m.heartbeat_mac(key, "s3ss10n", 7)
+    # what docs/protocol.md says it is, so that other clients can make it
+    expected = hmac.new(key, b"p2pchat-ping\x00s3ss10n\x007", hashlib.sha256).hexdigest()
+    assert mac == expected
     for other in (
-        m.link_proof("other", "dial", "n1", "alice", "bob"),
-        m.link_proof("token", "accept", "n1", "alice", "bob"),
-        m.link_proof("token", "dial", "n2", "alice", "bob"),
-        m.link_proof("token", "dial", "n1", "bob", "alice"),
-        m.link_proof("token", "dial", "n1", "alice", "carol"),
+        m.heartbeat_mac(bytes(32), "s3ss10n", 7),
+        m.heartbeat_mac(key, "s3ss10m", 7),
+        m.heartbeat_mac(key, "s3ss10n", 8),
+        m.heartbeat_mac(key, "s3ss10n7", 0),  # the separator keeps fields apart
     ):
-        assert other != proof
+        assert other != mac
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 31, 32, 33, 64, 400])
+def test_binary_fields_are_base64url_without_padding(size: int) -> None:
+    data = bytes(range(256))[:size] * 2
+    text = m.b64(data)
+    assert "=" not in text and "+" not in text and "/" not in text
+    assert m.unb64(text) == data
+
+
+def test_keys_signatures_and_certificates_have_their_exact_shapes() -> None:
+    assert len(KEY) == 43 and len(SIG) == 86
+    decoder = msgspec.json.Decoder(m.Login)
+    login = {"type": "login", "id": 1, "username": "a", "password": "p", "port": 1}
+    for bad in (KEY[:-1], KEY + "A", KEY[:-1] + "=", KEY[:-1] + "+", m.b64(bytes(33))):
+        with pytest.raises(msgspec.ValidationError):
+            decoder.decode(msgspec.json.encode({**login, "key": bad}))
+    assert decoder.decode(msgspec.json.encode({**login, "key": KEY})).key == KEY
 
 
 # ------------------------------------------------------------------ limits declared on the types
@@ -363,20 +412,20 @@ def _frame(**fields: object) -> bytes:
             "bad_request",
         ),
         ({"type": "hello", "id": 1, "version": 1, "agent": "a" * 129}, "bad_request"),
-        ({"type": "ping", "id": 1, "token": "t" * 129}, "bad_request"),
-        ({"type": "users", "id": 1, "after": "a" * 33}, "bad_request"),
+        ({"type": "ping", "id": 1, "session": "t" * 129, "seq": 1, "mac": MAC}, "bad_request"),
+        ({"type": "ping", "id": 1, "session": "t", "seq": 0, "mac": MAC}, "bad_request"),
+        ({"type": "ping", "id": 1, "session": "t", "seq": 2**53 + 1, "mac": MAC}, "bad_request"),
+        ({"type": "ping", "id": 1, "session": "t", "seq": 1, "mac": "AB" * 32}, "bad_request"),
+        ({"type": "ping", "id": 1, "session": "t", "seq": 1, "mac": "ab"}, "bad_request"),
+        ({"type": "ping", "id": 1, "token": "t"}, "bad_request"),  # version 1's ping
         (
-            {
-                "type": "vouch",
-                "id": 1,
-                "username": "a",
-                "peer": "b",
-                "role": "dial",
-                "nonce": "n" * 129,
-                "proof": "p",
-            },
+            {"type": "login", "id": 1, "username": "x", "password": "p", "port": 1, "key": "k"},
             "bad_request",
         ),
+        ({"type": "resume", "id": 1, "port": 0}, "bad_request"),
+        ({"type": "resume", "id": 1, "port": 1, "host": "h" * 65}, "bad_request"),
+        ({"type": "users", "id": 1, "after": "a" * 33}, "bad_request"),
+        ({"type": "vouch", "id": 1}, "unknown_type"),  # gone in version 2
         ({"type": "search", "id": 1, "username": 7}, "bad_request"),  # a wrong type is not a rule
     ],
 )
@@ -393,7 +442,10 @@ def test_field_limits_are_declared_on_the_types(fields: dict[str, object], code:
     "fields",
     [
         {"type": "peer_hello", "version": 1, "username": "a b", "nonce": "n"},
-        {"type": "peer_welcome", "version": 1, "username": "a", "nonce": "n" * 129, "proof": "p"},
+        {"type": "peer_hello", "version": 2, "username": "a", "nonce": "n" * 129},
+        {"type": "peer_welcome", "version": 2, "username": "a", "sig": "s"},
+        {"type": "peer_welcome", "version": 2, "username": "a", "cert": "c" * 2049},
+        {"type": "peer_welcome", "version": 2, "username": "a", "cert": "not base64"},
         {"type": "mesh", "rooms": ["ok", "not ok"]},
         {"type": "mesh", "rooms": ["r"] * (m.MAX_MESH_ROOMS + 1)},
         {"type": "dm", "id": "i" * 65, "sender": "a", "text": "t", "ts": 0},
@@ -403,18 +455,41 @@ def test_field_limits_are_declared_on_the_types(fields: dict[str, object], code:
             "id": "x" * 60_000,
             "room": "r",
             "origin": "a",
+            "seq": 1,
             "text": "t",
             "ts": 0,
             "hops": 1,
         },
         {
             "type": "room_msg",
-            "id": "i",
+            "id": "a" * 32,
             "room": "r",
             "origin": "é",
+            "seq": 1,
             "text": "t",
             "ts": 0,
             "hops": 1,
+        },
+        {
+            "type": "room_msg",
+            "id": "A" * 32,  # ids are lowercase hex, of one size
+            "room": "r",
+            "origin": "a",
+            "seq": 1,
+            "text": "t",
+            "ts": 0,
+            "hops": 1,
+        },
+        {
+            "type": "room_msg",
+            "id": "a" * 32,
+            "room": "r",
+            "origin": "a",
+            "seq": 1,
+            "text": "t",
+            "ts": 0,
+            "hops": 1,
+            "sig": "x" * 85,
         },
         {"type": "dm_ack", "id": "i" * 65},
     ],
@@ -432,6 +507,7 @@ def test_the_longest_valid_requests_fit_well_inside_a_frame() -> None:
         port=65535,
         host="h" * 64,
         ticket="t" * 128,
+        key=KEY,
     )
     assert len(encode(longest)) < 4096
     assert request_decoder.decode(encode(longest)) == longest

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from p2pchat.protocol.messages import (
+    PROTOCOL_VERSION,
     AddMember,
     Bye,
     CreateRoom,
@@ -19,7 +20,6 @@ from p2pchat.protocol.messages import (
     Login,
     Logout,
     MemberList,
-    Message,
     Ok,
     Ping,
     Register,
@@ -28,9 +28,9 @@ from p2pchat.protocol.messages import (
     Search,
     SearchResult,
     UserList,
-    Vouch,
     Welcome,
-    link_proof,
+    heartbeat_mac,
+    unb64,
 )
 from p2pchat.registry.core import HashPassword, VerifyPassword
 from tests.registry.harness import PW, Harness, code
@@ -53,7 +53,8 @@ def test_requests_before_hello_are_refused(h: Harness) -> None:
 def test_hello_with_another_version_is_refused(h: Harness) -> None:
     conn = h.connect(greet=False)
     assert code(h.req(conn, Hello(id=1, version=99))) == "unsupported_version"
-    reply = h.req(conn, Hello(id=2, version=1))
+    assert code(h.req(conn, Hello(id=3, version=1))) == "unsupported_version"  # before TLS
+    reply = h.req(conn, Hello(id=2, version=PROTOCOL_VERSION))
     assert isinstance(reply, Welcome) and reply.udp_port == 15500 and reply.timeout == 60.0
 
 
@@ -84,7 +85,7 @@ def test_register_rejects_bad_passwords(h: Harness, password: str) -> None:
     assert h.core.store.get_account("bob") is None
 
 
-def test_login_reply_carries_token_udp_port_and_address(h: Harness) -> None:
+def test_login_reply_carries_session_heartbeat_key_udp_port_and_address(h: Harness) -> None:
     conn = h.connect(host="10.1.2.3")
     h.req(conn, Register(id=1, username="alice", password=PW))
     reply = h.req(conn, Login(id=2, username="ALICE", password=PW, port=7001))
@@ -95,7 +96,8 @@ def test_login_reply_carries_token_udp_port_and_address(h: Harness) -> None:
         7001,
         15500,
     )
-    assert reply.token == "tok1"
+    assert reply.session == "tok1" and len(unb64(reply.heartbeat_key)) == 32
+    assert reply.cert is None  # no key in the login: nothing to certify
 
 
 def test_login_may_advertise_another_address_only_where_allowed() -> None:
@@ -176,7 +178,7 @@ def test_missing_heartbeats_disconnect_after_the_timeout(h: Harness) -> None:
     h.req(alice, AddMember(id=h.id(), room="lobby", username="bob"))
     h.events(alice)
     h.now = 50.0
-    assert h.core.heartbeat("tok1", h.now)  # alice pings; bob (tok2) does not
+    assert h.core.heartbeat(h.ping(alice), h.now)  # alice pings; bob does not
     h.run(h.core.expire(59.9))
     assert not h.closed
     h.run(h.core.expire(60.0))
@@ -198,17 +200,24 @@ def test_any_request_counts_as_being_heard_from(h: Harness) -> None:
     assert not h.closed
 
 
-def test_pings_with_unknown_or_stale_tokens_are_ignored(h: Harness) -> None:
+def test_pings_for_unknown_or_ended_sessions_are_ignored(h: Harness) -> None:
     conn = h.user("alice")
-    assert not h.core.heartbeat("forged", 1.0)
+    key = unb64(h.logged_in(conn).heartbeat_key)
+    assert not h.core.heartbeat(
+        Ping(session="forged", seq=1, mac=heartbeat_mac(key, "forged", 1)), 1.0
+    )
+    ping = h.ping(conn)
     h.req(conn, Logout(id=h.id()))
-    assert not h.core.heartbeat("tok1", 2.0)
+    assert not h.core.heartbeat(ping, 2.0)  # the session it named has ended
 
 
-def test_ping_over_tcp_needs_the_sessions_token(h: Harness) -> None:
-    conn = h.user("alice")
-    assert isinstance(h.req(conn, Ping(id=5, token="tok1")), Ok)
-    assert code(h.req(conn, Ping(id=6, token="tok9"))) == "not_logged_in"
+def test_ping_over_tcp_needs_the_sessions_mac(h: Harness) -> None:
+    conn, other = h.user("alice"), h.user("bob")
+    assert isinstance(h.req(conn, h.ping(conn, request_id=5)), Ok)
+    assert code(h.req(conn, h.ping(other, request_id=6))) == "not_logged_in"  # bob's session
+    forged = Ping(id=7, session="tok1", seq=99, mac="0" * 64)
+    assert code(h.req(conn, forged)) == "not_logged_in"
+    assert isinstance(h.req(conn, h.ping(conn, request_id=8)), Ok)
 
 
 def test_next_deadline_follows_connections_and_logins(h: Harness) -> None:
@@ -371,7 +380,7 @@ def test_only_the_owner_removes_members(h: Harness) -> None:
     assert code(h.req(alice, RemoveMember(id=h.id(), room="lobby", username="carol"))) == (
         "not_a_member"
     )
-    assert h.core.store.members_page("lobby", "", 10) == ["alice", "bob"]
+    assert [m.username for m in h.core.store.members_page("lobby", "", 10)] == ["alice", "bob"]
 
 
 def test_owner_leaving_hands_the_room_over_and_the_last_one_out_deletes_it(h: Harness) -> None:
@@ -499,7 +508,7 @@ def test_long_names_are_cut_short_in_error_reasons(h: Harness) -> None:
 def test_a_session_that_logs_out_falls_under_the_idle_rule_again(h: Harness) -> None:
     conn = h.user("alice")
     h.now = 100.0  # past the first idle deadline, while logged in
-    h.core.heartbeat("tok1", h.now)
+    assert h.core.heartbeat(h.ping(conn), h.now)
     h.run(h.core.expire(h.now))
     h.req(conn, Logout(id=h.id()))  # at 100: 20 s to log in again, or to say something
     h.run(h.core.expire(119.0))
@@ -515,32 +524,3 @@ def test_successful_logins_never_lock_their_address(h: Harness) -> None:
     for i in range(15):
         session = h.connect(host="10.3.3.3")
         assert isinstance(h.req(session, _login(f"s{i}", PW)), LoggedIn), i
-
-
-def test_vouch_checks_a_link_proof_against_the_live_session(h: Harness) -> None:
-    alice, bob = h.user("alice"), h.user("bob")
-    good = link_proof("tok1", "dial", "nonce", "alice", "bob")  # alice's session token: tok1
-
-    def vouch(req_id: int, **kw: str) -> Message:
-        fields = {
-            "username": "alice",
-            "peer": "bob",
-            "role": "dial",
-            "nonce": "nonce",
-            "proof": good,
-        }
-        fields.update(kw)
-        return h.req(bob, Vouch(id=req_id, **fields))  # type: ignore[arg-type]
-
-    assert isinstance(vouch(1), Ok)
-    assert code(vouch(2, nonce="other")) == "not_vouched"
-    assert code(vouch(3, proof="0" * 64)) == "not_vouched"
-    assert code(vouch(4, role="accept")) == "not_vouched"  # an acceptor's proof is not a dialer's
-    assert code(vouch(5, peer="carol")) == "not_vouched"  # only bob may check a proof for bob
-    assert code(vouch(6, username="ALICE")) == "not_vouched"  # the exact spelling
-    assert code(vouch(7, proof="é" * 64)) == "not_vouched"  # not hex: refused, no error
-    h.req(alice, Logout(id=h.id()))  # a proof dies with the session it was made from
-    assert code(vouch(8)) == "not_vouched"
-    assert code(
-        h.req(h.connect(), Vouch(id=9, username="x", peer="y", role="dial", nonce="n", proof="p"))
-    ) == ("not_logged_in")

@@ -498,10 +498,10 @@ def test_online_counts_in_memory_match_the_store(ops: list[tuple[int, int, int]]
             conns[name] = None
     for room in rooms:
         members = h.core.store.members_page(room, "", 100) if h.core.store.get_room(room) else []
-        online = sum(1 for m in members if m.casefold() in h.core.online)
+        online = sum(1 for m in members if m.username.casefold() in h.core.online)
         assert h.core.online_in(room) == online, room
         for m in members:
-            session = h.core.online.get(m.casefold())
+            session = h.core.online.get(m.username.casefold())
             if session is not None:
                 assert room in session.rooms
     listing = h.req(owner, ListRooms(id=h.id(), mine=True))

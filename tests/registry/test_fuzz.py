@@ -1,6 +1,7 @@
-"""100,000 fuzzed frames to a real registry over TCP: random bytes, truncated and mutated valid
-requests, random JSON and deeply nested JSON, on logged-in and fresh sessions. No frame may
-raise an unhandled exception or an ``internal`` error, and the registry must serve afterwards.
+"""100,000 fuzzed frames to a real registry over TLS: random bytes, truncated and mutated valid
+requests, random JSON and deeply nested JSON, on logged-in sessions that showed a certificate
+of the registry (so ``resume`` and ``renew`` can succeed as well as fail). No frame may raise
+an unhandled exception or an ``internal`` error, and the registry must serve afterwards.
 
 A seeded generator (not hypothesis): the same 100,000 frames on every run, made in about a
 second, so that a failure can be replayed by its seed and index.
@@ -12,15 +13,21 @@ import asyncio
 import json
 import logging
 import random
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from p2pchat.protocol.framing import MAX_FRAME
-from p2pchat.registry.core import RegistryConfig
+from p2pchat.protocol.messages import PROTOCOL_VERSION, Renew, Resume, b64
+from p2pchat.registry.core import RegistryConfig, Send
 from p2pchat.registry.passwords import Passwords
 from p2pchat.registry.server import RegistryServer
 from p2pchat.store import SqliteStore
+from p2pchat.trust import tls
+from p2pchat.trust.signing import Signer
+from tests.registry.harness import HELLO, identity_files, open_tls
 
 FRAMES = 100_000
 CONNECTIONS = 8
@@ -31,8 +38,9 @@ WAIT = 60.0
 TYPES = [
     "hello", "register", "login", "logout", "ping", "search", "users", "create_room",
     "join_room", "leave_room", "add_member", "remove_member", "unban", "rooms", "members",
-    "vouch", "welcome", "error", "nonsense",
+    "resume", "renew", "vouch", "welcome", "error", "nonsense",
 ]  # fmt: skip
+KEYS = [b64(bytes([i]) * 32) for i in range(3)]
 NAMES = ["fuzz0", "fuzz1", "fuzz2", "lobby", "den", "Fuzz0", "a1ice", "x" * 32, "room.1"]
 
 
@@ -60,10 +68,20 @@ def _request(rng: random.Random) -> dict[str, Any]:
     name = rng.choice(NAMES)
     fields: dict[str, Any] = {"type": kind, "id": rng.randrange(1, 10_000)}
     extra = {
-        "hello": {"version": rng.choice([1, 1, 1, 2])},
+        "hello": {"version": rng.choice([2, 2, 2, 1, 3])},
         "register": {"username": name, "password": rng.choice([PW, "short", "p" * 300])},
-        "login": {"username": name, "password": PW, "port": rng.choice([7000, 0, 70000])},
-        "ping": {"token": rng.choice(["t", "x" * 64])},
+        "login": {
+            "username": name,
+            "password": PW,
+            "port": rng.choice([7000, 0, 70000]),
+            "key": rng.choice([None, *KEYS, "k", KEYS[0] + "="]),
+        },
+        "resume": {"port": rng.choice([7000, 0]), "host": rng.choice([None, "127.0.0.1", "a b"])},
+        "ping": {
+            "session": rng.choice(["t", "x" * 64]),
+            "seq": rng.choice([1, 0, 2**53, 2**60]),
+            "mac": rng.choice(["0" * 64, "A" * 64, "0"]),
+        },
         "search": {"username": name},
         "users": {"after": rng.choice([None, name]), "limit": rng.randrange(-5, 300)},
         "create_room": {"room": name, "private": rng.random() < 0.5},
@@ -125,15 +143,20 @@ def fuzz_frames(seed: int, count: int) -> list[bytes]:
     return frames
 
 
-async def _drive(port: int, frames: list[bytes], account: str) -> None:
-    """Send ``frames`` in batches on a session logged in as ``account``, each batch followed
-    by a marker request whose answer shows that the batch has been read and answered."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
+async def _drive(
+    port: int, frames: list[bytes], account: str, identity: tuple[Path, Path], key: str
+) -> None:
+    """Send ``frames`` in batches on a session logged in as ``account`` (showing its
+    certificate in TLS), each batch followed by a marker request whose answer shows that the
+    batch has been read and answered."""
+    context = tls.client(*identity)
+    reader, writer = await open_tls(port, ssl=context, limit=1 << 22)
     login = {"type": "login", "id": 1, "username": account, "password": PW, "port": 7000}
-    writer.write(b'{"type":"hello","id":0,"version":1}\n' + json.dumps(login).encode() + b"\n")
+    login["key"] = key
+    writer.write(HELLO + json.dumps(login).encode() + b"\n")
     for start in range(0, len(frames), 2000):
         marker = 10**9 + start
-        tail = b'{"type":"hello","id":%d,"version":1}\n' % marker
+        tail = b'{"type":"hello","id":%d,"version":%d}\n' % (marker, PROTOCOL_VERSION)
         writer.write(b"\n".join(frames[start : start + 2000]) + b"\n" + tail)
         while True:
             data = await asyncio.wait_for(reader.readline(), WAIT)
@@ -143,7 +166,9 @@ async def _drive(port: int, frames: list[bytes], account: str) -> None:
     writer.close()
 
 
-async def test_a_hundred_thousand_fuzzed_frames(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_hundred_thousand_fuzzed_frames(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
     store = SqliteStore(":memory:")
     passwords = Passwords("cheapest")
     for i in range(CONNECTIONS):
@@ -153,6 +178,11 @@ async def test_a_hundred_thousand_fuzzed_frames(caplog: pytest.LogCaptureFixture
         store, host="127.0.0.1", port=0, udp_port=0, config=config, passwords=passwords
     )
     await server.start()
+    signers = [Signer() for _ in range(CONNECTIONS)]
+    identities = [
+        identity_files(tmp_path, server.authority, f"fuzz{i}", signers[i])
+        for i in range(CONNECTIONS)
+    ]
     loop = asyncio.get_running_loop()
     unhandled: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _, context: unhandled.append(context))
@@ -166,11 +196,30 @@ async def test_a_hundred_thousand_fuzzed_frames(caplog: pytest.LogCaptureFixture
         handle(session, frame)
 
     server._handle = counting  # type: ignore[method-assign]
+    answered: Counter[str] = Counter()  # what the trust requests got: they are exercised
+    core_handle = server.core.handle
+
+    def tallying(conn: int, request: Any, now: float) -> list[Any]:
+        actions = core_handle(conn, request, now)
+        if isinstance(request, Resume | Renew):
+            for action in actions:
+                if isinstance(action, Send) and getattr(action.msg, "id", None) == request.id:
+                    outcome = getattr(action.msg, "code", type(action.msg).__name__)
+                    answered[f"{type(request).__name__}:{outcome}"] += 1
+        return actions
+
+    server.core.handle = tallying  # type: ignore[method-assign]
     try:
         with caplog.at_level(logging.WARNING):
             await asyncio.gather(
                 *(
-                    _drive(server.port, frames[i * share : (i + 1) * share], f"fuzz{i}")
+                    _drive(
+                        server.port,
+                        frames[i * share : (i + 1) * share],
+                        f"fuzz{i}",
+                        identities[i],
+                        b64(signers[i].public_key),
+                    )
                     for i in range(CONNECTIONS)
                 )
             )
@@ -182,12 +231,12 @@ async def test_a_hundred_thousand_fuzzed_frames(caplog: pytest.LogCaptureFixture
             if r.levelno >= logging.ERROR or r.exc_info is not None
         ]
         assert problems == [] and unhandled == []
+        for outcome in ("Resume:LoggedIn", "Resume:cert_refused", "Renew:CertificateReply"):
+            assert answered[outcome] > 0, answered
         # still serving (from another address: the fuzz's failed logins slowed 127.0.0.1)
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", server.port, local_addr=("127.0.0.2", 0)
-        )
+        reader, writer = await open_tls(server.port, "127.0.0.2")
         for request, expect in [
-            ({"type": "hello", "id": 1, "version": 1}, "welcome"),
+            ({"type": "hello", "id": 1, "version": PROTOCOL_VERSION}, "welcome"),
             ({"type": "register", "id": 2, "username": "survivor", "password": PW}, "ok"),
             (
                 {"type": "login", "id": 3, "username": "survivor", "password": PW, "port": 1},

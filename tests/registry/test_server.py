@@ -17,7 +17,7 @@ from p2pchat.registry.passwords import Passwords
 from p2pchat.registry.server import RegistryServer
 from p2pchat.store import SqliteStore
 from tests.conftest import ClientFactory
-from tests.registry.harness import start_server
+from tests.registry.harness import HELLO, open_tls, start_server
 
 PW = "secret-pw"
 WAIT = 5.0
@@ -47,7 +47,8 @@ class Inbox:
 
 
 async def raw(registry: RegistryServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection("127.0.0.1", registry.port)
+    """A TLS connection that frames are written to by hand."""
+    return await open_tls(registry.port)
 
 
 async def roundtrip(
@@ -202,8 +203,17 @@ async def test_garbage_on_the_udp_port_is_dropped(
     registry: RegistryServer, connect: ClientFactory
 ) -> None:
     alice = await user(connect, "alice")
+    assert alice.session is not None
+    forged = Ping(session=alice.session.session, seq=1, mac="0" * 64)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        for junk in [b"\xff\x00garbage", b"{}", b"x" * 5000, encode(Ping(token="forged"))]:
+        for junk in [
+            b"\xff\x00garbage",
+            b"{}",
+            b"x" * 5000,
+            encode(Ping(session="forged", seq=1, mac="0" * 64)),
+            encode(forged),
+            b'{"type":"ping","token":"%s"}' % alice.session.session.encode(),  # version 1
+        ]:
             sock.sendto(junk, ("127.0.0.1", registry.udp_port))
     assert (await alice.search("alice")).online
 
@@ -216,7 +226,7 @@ async def test_malformed_frames_get_errors_and_the_session_goes_on(
 ) -> None:
     bystander = await user(connect, "alice")
     reader, writer = await raw(registry)
-    hello = await roundtrip(reader, writer, b'{"type":"hello","id":1,"version":1}\n')
+    hello = await roundtrip(reader, writer, HELLO)
     assert hello["type"] == "welcome"
     cases = [
         (b"not json\n", "bad_frame", None),
@@ -241,8 +251,7 @@ async def test_an_oversized_frame_closes_only_that_session(
 ) -> None:
     bystander = await user(connect, "alice")
     reader, writer = await raw(registry)
-    hello = b'{"type":"hello","id":1,"version":1}\n'
-    writer.write(hello + b'{"type":"hello","id":2,"agent":"' + b"x" * (MAX_FRAME + 10))
+    writer.write(HELLO + b'{"type":"hello","id":2,"agent":"' + b"x" * (MAX_FRAME + 10))
     welcome = json.loads(await asyncio.wait_for(reader.readline(), WAIT))
     assert welcome["type"] == "welcome"  # what came before the oversized frame is answered
     reply = json.loads(await asyncio.wait_for(reader.readline(), WAIT))
@@ -259,6 +268,7 @@ async def test_connection_limit() -> None:
     await server.start()
     try:
         first = await RegistryClient.connect("127.0.0.1", server.port)
+        # refused before any TLS: one plain error line, then the end
         reader, _ = await asyncio.open_connection("127.0.0.1", server.port)
         reply = json.loads(await asyncio.wait_for(reader.readline(), WAIT))
         assert reply["code"] == "too_many_connections"

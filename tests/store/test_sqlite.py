@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
-from p2pchat.store import NameTaken, RoomExists, SqliteStore, StoreError
+from p2pchat.store import Member, NameTaken, RoomExists, SqliteStore, StoreError
 from p2pchat.store.sqlite import SCHEMA_VERSION
 
 
@@ -21,7 +22,7 @@ def test_names_are_unique_regardless_of_case() -> None:
     store.create_room("Lobby", False, "alice")
     with pytest.raises(RoomExists):
         store.create_room("lobby", True, "alice")
-    assert store.members_page("LOBBY", "", 10) == ["Alice"]
+    assert [m.username for m in store.members_page("LOBBY", "", 10)] == ["Alice"]
     assert store.rooms_of("aLiCe") == ["Lobby"]
 
 
@@ -49,8 +50,8 @@ def test_membership_operations() -> None:
     assert store.membership("r", "nobody") is None
     store.set_may_add("r", "c", True)
     assert store.membership("r", "c") is True
-    assert store.members_page("r", "", 10) == ["a", "b", "c"]  # by name
-    assert store.members_page("r", "a", 1) == ["b"]
+    assert [m.username for m in store.members_page("r", "", 10)] == ["a", "b", "c"]  # by name
+    assert [m.username for m in store.members_page("r", "a", 1)] == ["b"]
     room = store.get_room("R")
     assert room is not None and (room.room, room.private, room.owner, room.members) == (
         "r",
@@ -61,6 +62,34 @@ def test_membership_operations() -> None:
     assert store.remove_member("r", "c") and not store.remove_member("r", "c")
     assert store.get_room("r").members == 2  # type: ignore[union-attr]
     assert store.owned_count("a") == 1 and store.owned_count("b") == 0
+
+
+def test_an_accounts_key_is_kept_replaced_by_the_next_and_listed_with_its_memberships(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "r.db")
+    store.create_account("Alice", "h")
+    store.create_account("bob", "h")
+    assert store.get_account("alice").public_key is None  # type: ignore[union-attr]
+    store.set_key("ALICE", b"k" * 32)
+    account = store.get_account("alice")
+    assert account is not None and (account.password_hash, account.public_key) == ("h", b"k" * 32)
+    before = time.time()
+    store.create_room("lobby", False, "bob")
+    store.add_member("lobby", "alice")
+    after = time.time()
+    store.set_key("alice", b"n" * 32)  # a login from another machine: the new key replaces it
+    store.close()
+    store = SqliteStore(tmp_path / "r.db")  # and it is kept
+    alice, bob = store.members_page("lobby", "", 10)
+    assert (alice.username, alice.public_key, bob.username, bob.public_key) == (
+        "Alice",
+        b"n" * 32,
+        "bob",
+        None,
+    )
+    assert before <= alice.since <= after and before <= bob.since <= after  # wall clock
+    assert isinstance(alice, Member)
 
 
 def test_leaving_hands_the_room_to_the_longest_standing_member_and_the_last_deletes_it() -> None:
@@ -159,7 +188,7 @@ def test_a_file_that_is_not_a_database_is_refused_and_not_overwritten(tmp_path: 
     assert path.read_bytes() == b"my precious notes, not a database\n" * 200
 
 
-def test_a_version_1_database_is_migrated_with_skeletons_counts_and_indexes(
+def test_a_version_1_database_is_migrated_with_skeletons_counts_indexes_and_keys(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "v1.db"
@@ -183,6 +212,9 @@ def test_a_version_1_database_is_migrated_with_skeletons_counts_and_indexes(
     store = SqliteStore(path)
     room = store.get_room("lobby")
     assert room is not None and (room.room, room.owner, room.members) == ("Lobby", "Alice", 2)
+    assert store.members_page("lobby", "", 5) == [Member("Alice", None, 0), Member("bob", None, 0)]
+    store.set_key("alice", b"k" * 32)  # version 3: a key per account
+    assert store.get_account("alice").public_key == b"k" * 32  # type: ignore[union-attr]
     assert store.lookalike("a1ice") == "Alice"
     assert store.membership("lobby", "bob") is False
     store.close()
@@ -251,7 +283,7 @@ def test_a_full_disk_is_a_store_error_and_a_write_is_all_or_nothing(tmp_path: Pa
     for name in rooms[:: max(1, len(rooms) // 10)]:
         room = store.get_room(name)
         assert room is not None and room.members == 1
-        assert store.members_page(name, "", 5) == ["owner"]
+        assert [m.username for m in store.members_page(name, "", 5)] == ["owner"]
     assert store.owned_count("owner") == len(rooms)
 
 

@@ -253,11 +253,14 @@ class RegistryClient:
         self._beat_every(session, heartbeat)
         return session
 
-    async def resume(self, port: int, *, host: str | None = None) -> LoggedIn:
-        """Log in again with the certificate shown in TLS (``connect(cert=...)``)."""
+    async def resume(
+        self, port: int, *, host: str | None = None, heartbeat: float | None = None
+    ) -> LoggedIn:
+        """Log in again with the certificate shown in TLS (``connect(cert=...)``); heartbeats
+        as for ``login``."""
         session = await self._run(flows.resume(port, host))
         self.session = session
-        self._beat_every(session, None)
+        self._beat_every(session, heartbeat)
         return session
 
     async def renew(self) -> bytes:

@@ -154,6 +154,8 @@ class Session:
     """The key this login's certificates are for."""
     tls: UserCert | None = None
     """The user certificate the connection presented in TLS, if any (checked)."""
+    tls_refused: str = ""
+    """Why the certificate it presented is not one we take (what ``resume`` answers)."""
     last_seen: float = 0.0
     rooms: dict[str, str] = field(default_factory=dict)
     """While logged in: the user's rooms, casefolded id -> id as spelled."""
@@ -413,6 +415,7 @@ class RegistryCore:
                     cert, ca_key(self.authority.cert), now + self._wall_offset
                 )
             except TrustError as exc:
+                session.tls_refused = str(exc)
                 log.info(
                     "a connection from %s showed a certificate we refuse: %s", source_host, exc
                 )
@@ -701,7 +704,10 @@ class RegistryCore:
             ]
         cert = s.tls
         if cert is None:
-            reason = "resume needs this registry's certificate for the user; log in instead"
+            if s.tls_refused:
+                reason = f"{s.tls_refused}; log in with the password"
+            else:
+                reason = "resume needs this registry's certificate for the user; log in instead"
             return [Send(s.conn, _err(req.id, ErrorCode.CERT_REFUSED, reason))]
         account = self.store.get_account(cert.username)
         if account is None or account.public_key != cert.public_key:

@@ -33,6 +33,7 @@ import resource
 import socket
 import ssl
 import time
+from asyncio import sslproto
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -83,8 +84,20 @@ MAX_INPUT = 32 << 20
 MAX_PER_ADDRESS = 64
 ACCEPT_BATCH = 64
 ACCEPT_RETRY = 1.0
-TLS_HANDSHAKE = 10.0
+TLS_HANDSHAKE = 10
 """A connection that has not finished its TLS handshake by then is closed."""
+TLS_READ_SIZE = 16 * 1024
+"""The TLS layer's read buffer, which asyncio allocates (and fills) for every connection: its
+default, 256 KiB, made each idle session cost 280 KiB (2.7 GB for 10,000 sessions). One TLS
+record is at most 16 KiB, and the registry's frames are small."""
+TLS_READ_BUFFER = 16 * 1024
+"""Encrypted input the TLS layer keeps for a connection that is not being read, besides the
+one read in progress (``TLS_READ_SIZE``); asyncio's default, 256 KiB, would let each such
+connection hold a quarter of a megabyte outside ``max_input``."""
+TLS_WRITE_BUFFER = 64 * 1024
+"""Replies the TLS layer keeps for a connection that does not read them before the session
+is told to stop (``pause_writing``), as a plain transport does by default (asyncio's
+default for TLS is 512 KiB)."""
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
@@ -97,6 +110,21 @@ def default_max_connections(soft_limit: int | None = None) -> int:
     if soft_limit == resource.RLIM_INFINITY or soft_limit > 1 << 20:
         soft_limit = 1 << 20
     return max(1, soft_limit - 64 - soft_limit // 10)
+
+
+class _TlsLayer(sslproto.SSLProtocol):
+    """asyncio's TLS layer, with a read buffer of ``TLS_READ_SIZE``."""
+
+    max_size = TLS_READ_SIZE
+
+
+def _bound_tls_buffers(transport: asyncio.Transport) -> None:
+    """What the TLS layer may hold for one connection, in and out (see ``TLS_READ_BUFFER``
+    and ``TLS_WRITE_BUFFER``): the shell's bounds count only what reaches the session."""
+    transport.set_write_buffer_limits(high=TLS_WRITE_BUFFER)
+    limit_reading = getattr(transport, "set_read_buffer_limits", None)
+    if limit_reading is not None:  # asyncio's TLS transport (Python 3.11 and later)
+        limit_reading(high=TLS_READ_BUFFER)
 
 
 class _TcpSession(asyncio.Protocol):
@@ -396,14 +424,7 @@ class RegistryServer:
         session = _TcpSession(self, host)
         try:
             conn.setblocking(False)
-            task: asyncio.Future[object] = asyncio.ensure_future(
-                self._loop.connect_accepted_socket(
-                    lambda: session,
-                    sock=conn,
-                    ssl=self.tls,
-                    ssl_handshake_timeout=TLS_HANDSHAKE if self.tls else None,
-                )
-            )
+            task: asyncio.Future[object] = asyncio.ensure_future(self._open(session, conn))
         except Exception:
             self._opening -= 1
             self._release_address(host)
@@ -411,6 +432,29 @@ class RegistryServer:
             raise
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._opened(t, session, conn))
+
+    async def _open(self, session: _TcpSession, conn: socket.socket) -> None:
+        """Make the connection's transport: plain, or TLS through ``_TlsLayer`` (what
+        ``connect_accepted_socket(ssl=...)`` does, but with asyncio's TLS layer made here, so
+        that its buffer is ours to size). Raises if the handshake fails."""
+        if self.tls is None:
+            await self._loop.connect_accepted_socket(lambda: session, sock=conn)
+            return
+        handshake: asyncio.Future[None] = self._loop.create_future()
+        layer = _TlsLayer(
+            self._loop,
+            session,
+            self.tls,
+            handshake,
+            server_side=True,
+            ssl_handshake_timeout=TLS_HANDSHAKE,
+        )
+        transport, _ = await self._loop.connect_accepted_socket(lambda: layer, sock=conn)
+        try:
+            await handshake
+        except BaseException:
+            transport.close()
+            raise
 
     def _opened(
         self, task: asyncio.Future[object], session: _TcpSession, conn: socket.socket
@@ -459,6 +503,8 @@ class RegistryServer:
         self._sessions[session.conn] = session
         log.debug("session %d from %s", session.conn, session.host)
         assert session.transport is not None
+        if self.tls is not None:
+            _bound_tls_buffers(session.transport)
         cert = tls.peer_certificate(session.transport.get_extra_info("ssl_object"))
         self._apply(self.core.connect(session.conn, session.host, self.now(), cert))
         self._arm()

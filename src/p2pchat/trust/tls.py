@@ -38,11 +38,22 @@ def _context(purpose: int) -> ssl.SSLContext:
     return ctx
 
 
+X509_V_FLAG_NO_CHECK_TIME = 0x200000
+"""OpenSSL's verification flag (``ssl`` has no name for it): check a chain, not its dates."""
+
+
 def registry_server(authority: Authority) -> ssl.SSLContext:
-    """The registry's side: its CA certificate; user certificates accepted, not required."""
+    """The registry's side: its CA certificate; user certificates accepted, not required.
+
+    ``ssl`` checks that a user certificate was issued by this CA and that the client holds
+    its key; its dates are left to the registry's core (``read_user_cert``), which answers
+    ``resume`` with ``cert_refused``. Were ``ssl`` to check them, an expired certificate
+    would fail the handshake, and a peer back after a day away could not even log in with
+    its password on that connection."""
     ctx = _context(ssl.PROTOCOL_TLS_SERVER)
     _load_chain(ctx, authority.key, authority.cert)
     ctx.verify_mode = ssl.CERT_OPTIONAL
+    ctx.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
     ctx.load_verify_locations(cadata=authority.cert)
     return ctx
 
