@@ -15,6 +15,7 @@ import msgspec
 import pytest
 from msgspec.structs import replace
 
+from p2pchat.peer import core as peer_core
 from p2pchat.peer.actions import (
     Action,
     CloseLink,
@@ -33,6 +34,7 @@ from p2pchat.peer.core import (
     GRACE_SECONDS,
     HANDSHAKE_SECONDS,
     MAX_BAD_FRAMES,
+    MAX_DECLARED,
     MAX_UNAUTHENTICATED,
     PIN_SECONDS,
     PeerConfig,
@@ -42,7 +44,9 @@ from p2pchat.peer.core import (
 from p2pchat.peer.directs import DirectSent
 from p2pchat.peer.events import CommandError, DirectText, Notice, PeerEvent, RoomText
 from p2pchat.peer.identity import Identity
+from p2pchat.peer.plumtree import TreeRouter
 from p2pchat.protocol.messages import (
+    MAX_MESH_ROOMS,
     PROTOCOL_VERSION,
     DirectAck,
     DirectMessage,
@@ -279,11 +283,13 @@ class Driver:
         return link
 
 
-def room_with(alice: Driver, *names: str, room: str = "lobby") -> None:
-    """``room``, created by alice, with ``names`` as members, online at 10.0.0.9:7100."""
+def room_with(alice: Driver, *names: str, room: str = "lobby", new_users: bool = True) -> None:
+    """``room``, created by alice, with ``names`` as members, online at 10.0.0.9:7100
+    (``new_users``: their accounts are made here)."""
     alice.do("create_room", room, False)
     for name in names:
-        alice.registry.user(name)
+        if new_users:
+            alice.registry.user(name)
         alice.do("add_member", room, name)
         key = b64(alice.registry.signers[name].public_key)
         alice.push(
@@ -765,6 +771,62 @@ def test_our_own_messages_are_paced_in_order_not_refused(registry: Registry, ali
     assert [m.text for m in sent] == [f"line {i}" for i in range(burst + 10)]
     assert [m.seq for m in sent] == list(range(1, burst + 11))
     assert all(alice.done[c].error is None for c in commands)
+
+
+def test_our_announcement_is_split_across_frames_within_their_bound(
+    registry: Registry, alice: Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(peer_core, "MAX_MESH_ROOMS", 2)
+    rooms = [f"room{k}" for k in range(5)]
+    registry.user("bob")
+    for room in rooms:
+        room_with(alice, "bob", room=room, new_users=False)
+    link = alice.link_from("bob")
+    alice.advance(0.1)
+    frames = [f for f in alice.frames(link) if isinstance(f, MeshRooms)]
+    assert [len(f.rooms) for f in frames] == [2, 2, 1]
+    assert [f.more for f in frames] == [True, True, False]
+    assert sorted(r for f in frames for r in f.rooms) == rooms
+
+
+def test_a_neighbours_endless_announcement_is_bounded_and_only_shared_rooms_count(
+    registry: Registry, alice: Driver
+) -> None:
+    room_with(alice, "bob")
+    link = alice.link_from("bob")
+    frames = MAX_DECLARED // MAX_MESH_ROOMS * 3  # three times the bound
+    many = [[f"r{i}x{k}" for k in range(MAX_MESH_ROOMS)] for i in range(frames)]
+    for rooms in many:  # never ending
+        alice.feed(link, MeshRooms(rooms=rooms, more=True))
+    held = alice.core.links["bob"]
+    assert len(held.declaring) == MAX_DECLARED
+    alice.feed(link, MeshRooms(rooms=many[0]))  # ends it: what is past the bound was ignored
+    assert held.declaring == [] and len(held.declared) == MAX_DECLARED
+    assert held.view.theirs == frozenset()  # rooms we are not in pull nothing our way
+    alice.feed(link, MeshRooms(rooms=["lobby", *many[0][:10]]))
+    assert held.view.theirs == {"lobby"}
+
+
+def test_huge_message_ids_are_malformed_frames_that_cost_nothing_and_end_the_link(
+    registry: Registry, alice: Driver
+) -> None:
+    room_with(alice, "bob")
+    link = alice.link_from("bob")
+    alice.feed(link, MeshRooms(rooms=["lobby"]))
+    huge = "f" * 60_000  # 60 KB ids grew every peer by 100 MB/s before ids had a format
+    frame = (
+        b'{"type":"room_msg","id":"%s","room":"lobby","origin":"bob","seq":1,"text":"x",'
+        b'"ts":1.0,"hops":5,"sig":""}\n' % huge.encode()
+    )
+    ihave = b'{"type":"ihave","room":"lobby","origin":"bob","ids":["%s"]}\n' % huge.encode()
+    for k in range(MAX_BAD_FRAMES):
+        alice.feed(link, frame if k % 2 else ihave)
+    assert link not in alice.closed
+    router = alice.core.router
+    assert isinstance(router, TreeRouter) and router.seen_size == 0
+    alice.feed(link, frame)
+    assert alice.closed[link] is True  # cut after MAX_BAD_FRAMES
+    assert not [e for e in alice.shown if isinstance(e, RoomText)]
 
 
 def test_a_member_flooding_a_room_is_cut_short_and_the_user_told_once(
