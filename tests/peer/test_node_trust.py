@@ -82,6 +82,43 @@ async def test_a_fingerprint_given_up_front_is_checked_on_first_use(
     await right.close()
 
 
+async def test_after_the_ca_is_replaced_a_user_given_its_fingerprint_logs_in_again() -> None:
+    """A new process shows no stored certificate until this login issues one: the old CA's
+    certificate on disk cannot fail the handshake with the new CA."""
+    store = SqliteStore(":memory:")
+    first = await registry_on(0, Authority.create(time.time()), store)
+    swarm = Swarm(first.port)
+    try:
+        alice = await swarm.add("alice")  # holds a certificate of the first CA
+        await alice.node.close()
+        assert alice.node.local.own_files("alice") is not None
+        await first.close()
+        second = await registry_on(first.port, Authority.create(time.time()), store)
+        try:
+            again = PeerNode(
+                PeerConfig(
+                    registry_port=second.port,
+                    listen_host="127.0.0.1",
+                    registry_fingerprint=second.authority.fingerprint,  # the operator says so
+                )
+            )
+            await again.start()
+            try:
+                assert await asyncio.wait_for(again.login("alice", PW), 10) == "alice"
+                own = again.local.own_files("alice")  # the new CA's, issued at this login
+                assert own is not None
+                assert (
+                    second.authority.fingerprint
+                    in (again.local.known.get(again.local.registry) or ("",))[0]
+                )
+            finally:
+                await again.close()
+        finally:
+            await second.close()
+    finally:
+        await swarm.close()
+
+
 class Tap:
     """A TCP relay on 127.0.0.1 that keeps a copy of every byte, both ways."""
 

@@ -67,7 +67,7 @@ def load_or_create_authority(db: Path) -> tuple[Authority, bool]:
     if key_path.exists() and cert_path.exists():
         try:
             key_pem = key_path.read_bytes()
-            cert_der = _pem_to_der(cert_path.read_bytes())
+            cert_der = pem_to_der(cert_path.read_bytes())
         except OSError as exc:
             raise TrustError(f"cannot read the registry's CA files: {exc}") from None
         return Authority.load(key_pem, cert_der), False
@@ -84,12 +84,12 @@ def load_or_create_authority(db: Path) -> tuple[Authority, bool]:
     return authority, True
 
 
-def _pem_to_der(pem: bytes) -> bytes:
+def pem_to_der(pem: bytes) -> bytes:
     body = b"".join(line for line in pem.splitlines() if line and not line.startswith(b"-----"))
     try:
         return base64.b64decode(body, validate=True)
     except binascii.Error:
-        raise TrustError("the CA certificate file is not PEM") from None
+        raise TrustError("not a PEM file") from None
 
 
 # ---------------------------------------------------------------------------- a peer's identity
