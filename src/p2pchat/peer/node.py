@@ -211,7 +211,7 @@ class PeerNode:
             )
         except (OSError, TimeoutError) as exc:
             if isinstance(exc, ssl.SSLError):
-                reason = f"TLS failed ({exc.reason or exc}); is it a p2pchat registry?"
+                reason = f"TLS failed ({exc.reason or exc}): not a p2pchat registry, or it is full"
             elif isinstance(exc, OSError) and exc.strerror:
                 reason = exc.strerror
             else:
