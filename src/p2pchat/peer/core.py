@@ -36,7 +36,7 @@ from p2pchat.peer.actions import (
     SendLink,
 )
 from p2pchat.peer.catchup import RoomLog
-from p2pchat.peer.directs import Directs
+from p2pchat.peer.directs import LOGGED_OUT, Directs
 from p2pchat.peer.events import (
     CommandError,
     DirectText,
@@ -683,7 +683,7 @@ class PeerCore:
         self._says = []
         directs, self.directs = self.directs, None
         if directs is not None:
-            directs.close("you logged out; it is sent when you log in again")
+            directs.close(LOGGED_OUT)
         self._show(RoomsChanged())
         self._show(self.status())
 

@@ -33,6 +33,7 @@ RETRY_MAX = 120.0
 """A recipient with messages waiting is looked for after 5 s, doubling up to 2 minutes."""
 MAX_LOOKUPS = 4
 """Registry searches for waiting recipients in flight at once (the rest wait their turn)."""
+LOGGED_OUT = "you logged out; it is sent when you log in again"
 EXPIRE_EVERY = 3600.0
 """How often queued messages past the outbox's age limit are failed."""
 
@@ -114,7 +115,10 @@ class Directs:
                 self._fail(command, "that is you")
                 return
             entry = self._queue(command, peer, text)
-            if entry is None or self._closed:
+            if entry is None:
+                return
+            if self._closed:  # logged out meanwhile: kept for the next login
+                self._done(command, DirectSent(peer, entry.id, False, LOGGED_OUT))
                 return
             link = self._link_to(peer)
             if link is not None:
