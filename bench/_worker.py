@@ -47,6 +47,27 @@ class _Node(Protocol):
     async def close(self) -> None: ...
 
 
+def skip_signature_checks() -> Callable[[], None]:
+    """Benchmark-only, to measure what checking signatures costs: every peer of this process
+    takes every room message's signature as good (origins still sign, frames are unchanged).
+    Returns what puts the check back."""
+    from p2pchat.peer import core
+
+    original = getattr(core, "check_message", None)
+    if original is None:
+        raise RuntimeError("p2pchat.peer.core no longer checks signatures with check_message")
+
+    def take_as_good(verifier: object, msg: object, key: bytes | None) -> bool:
+        return True
+
+    core.check_message = take_as_good  # type: ignore[assignment]
+
+    def restore() -> None:
+        core.check_message = original
+
+    return restore
+
+
 @dataclass
 class _Recorder:
     recs: list[tuple[int, str, float, float]] = field(default_factory=list)
@@ -118,6 +139,7 @@ class Worker:
         self.rss_base = 0
         self._home: tempfile.TemporaryDirectory[str] | None = None
         self._sat: _Saturation | None = None
+        self._restore: Callable[[], None] | None = None
         self._acks: asyncio.DatagramTransport | None = None
         self._expected_cache: dict[tuple[str, str], frozenset[str]] = {}
 
@@ -135,10 +157,14 @@ class Worker:
         max_links: int = 6,
         secure: bool = True,
         home: str | None = None,
+        check_signatures: bool = True,
     ) -> dict[str, Any]:
         """``secure``: TLS, certificates and signatures (False: none, to measure their cost).
         ``home``: the folder for the peers' keys, certificates and pinned registry (a private
-        temporary one, removed at ``stop``, if None); never the user's own."""
+        temporary one, removed at ``stop``, if None); never the user's own.
+        ``check_signatures`` False: see ``skip_signature_checks``."""
+        if not check_signatures and self._restore is None:
+            self._restore = skip_signature_checks()
         gc.collect()
         self.rss_base = rss_bytes()
         self.mode = mode
@@ -449,6 +475,9 @@ class Worker:
         if self._home is not None:
             self._home.cleanup()
             self._home = None
+        if self._restore is not None:
+            self._restore()
+            self._restore = None
         return {}
 
 

@@ -250,6 +250,7 @@ def save_results(
         "command": command,
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "load_average_at_end": os.getloadavg(),
         "rows": rows,
         **(extra or {}),
     }
@@ -258,7 +259,8 @@ def save_results(
 
 
 def header(title: str, command: str) -> str:
-    return f"{title}\n{machine_line()}\ncommand: {command}\n"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{title}\n{machine_line()}\nload average: {load}\ncommand: {command}\n"
 
 
 def shown(path: Path) -> str:
@@ -269,20 +271,31 @@ def shown(path: Path) -> str:
         return str(path)
 
 
-def trust_list(text: str) -> list[bool]:
-    """``on,off`` as ``[True, False]``: security (TLS, certificates, signatures) on or off."""
-    values = {"on": True, "off": False}
-    out = []
+TRUST_MODES = ("on", "unchecked", "off")
+"""``on``: TLS, certificates and signed messages, as shipped. ``off``: none of them (the
+benchmark-only ``secure=False``). ``unchecked``: as ``on``, but receivers take every signature as
+good (benchmark-only, see ``_worker.skip_signature_checks``), to split what trust costs
+between TLS with the larger frames and the checking of signatures."""
+
+
+def trust_modes(text: str, allowed: Sequence[str] = TRUST_MODES) -> list[str]:
+    """``on,off`` as ``["on", "off"]``, each mode once, in the order given."""
+    out: list[str] = []
     for word in (w.strip().lower() for w in text.split(",")):
         if not word:
             continue
-        if word not in values:
-            raise argparse.ArgumentTypeError(f"--trust takes on and/or off, not {word!r}")
-        if values[word] not in out:
-            out.append(values[word])
+        if word not in allowed:
+            raise argparse.ArgumentTypeError(f"--trust takes {', '.join(allowed)}, not {word!r}")
+        if word not in out:
+            out.append(word)
     if not out:
-        raise argparse.ArgumentTypeError("--trust needs on, off or both")
+        raise argparse.ArgumentTypeError(f"--trust needs one of {', '.join(allowed)}")
     return out
+
+
+def trust_list(text: str) -> list[bool]:
+    """``on,off`` as ``[True, False]``: security (TLS, certificates, signatures) on or off."""
+    return [mode == "on" for mode in trust_modes(text, ("on", "off"))]
 
 
 def trust_name(secure: bool) -> str:

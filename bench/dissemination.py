@@ -41,8 +41,7 @@ from bench.common import (
     shown,
     start_registry,
     table,
-    trust_list,
-    trust_name,
+    trust_modes,
     usernames,
 )
 from p2pchat.protocol.messages import LIST_LIMIT
@@ -70,11 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--trust",
-        type=trust_list,
-        default=[True, False],
+        type=trust_modes,
+        default=["on", "off"],
         help="on: TLS links with certificates and signed room messages (as shipped); off: "
-        "plain TCP, no certificates, no signatures (benchmark-only); on,off: both, side by "
-        "side (the naive baseline runs with off only: it has no identities)",
+        "plain TCP, no certificates, no signatures (benchmark-only); unchecked: as on, but "
+        "receivers skip the signature check (benchmark-only, to split the cost); several, "
+        "comma-separated, side by side (the naive baseline has no identities: it runs with "
+        "off when off is asked for)",
     )
     p.add_argument("--messages", type=int, default=200, help="messages M per run")
     p.add_argument("--rate", type=float, default=100.0, help="messages per second, in total")
@@ -150,10 +151,11 @@ async def _configuration(
     n: int,
     procs: int,
     design: str,
-    secure: bool,
+    trust: str,
     rng: random.Random,
     seq: list[int],
 ) -> dict[str, Any]:
+    secure = trust != "off"
     users = usernames(n)
     registry = await start_registry(users, {ROOM: users}, secure=secure)
     workers: list[AnyWorker] = []
@@ -172,6 +174,7 @@ async def _configuration(
                     max_links=args.max_links,
                     secure=secure,
                     home=os.path.join(home.name, f"w{k}"),
+                    check_signatures=trust != "unchecked",
                 )
                 for k, (w, part) in enumerate(zip(workers, parts, strict=True))
             )
@@ -190,7 +193,8 @@ async def _configuration(
             "n": n,
             "procs": procs,
             "design": design,
-            "trust": trust_name(secure),
+            "trust": trust,
+            "load_before": os.getloadavg()[0],
             "login_s": max(s["login_s"] for s in setups),
             "converged": all(c["converged"] for c in conv),
             "converge_s": max(c["seconds"] for c in conv),
@@ -416,6 +420,7 @@ def render(rows: list[dict[str, Any]]) -> str:
             line.append(f"{v * 100:.1f}%" if key == "delivery" else v)
         cells.append(line)
     out = table([c for c, _ in COLUMNS], cells)
+    nan = float("nan")
     by = {(r["n"], r["procs"], r["design"], r.get("trust", "on")): r for r in rows}
     pairs = []
     for (n, procs, design, trust), r in by.items():
@@ -426,17 +431,32 @@ def render(rows: list[dict[str, Any]]) -> str:
         out += "\n\nnaive / flood, same run, same trust:\n" + table(
             ["N", "P", "trust", *[c for c, _ in RATIOS]], pairs
         )
-    costs = []
-    for (n, procs, design, trust), r in by.items():
-        off = by.get((n, procs, design, "off"))
-        if trust == "on" and off is not None:
-            costs.append(
-                [n, procs, design] + [_ratio(r.get(k), off.get(k)) for _, k in TRUST_RATIOS]
+    for mode in ("on", "unchecked"):
+        costs = []
+        for (n, procs, design, trust), r in by.items():
+            off = by.get((n, procs, design, "off"))
+            if trust == mode and off is not None:
+                costs.append(
+                    [n, procs, design] + [_ratio(r.get(k), off.get(k)) for _, k in TRUST_RATIOS]
+                )
+        if costs:
+            out += f"\n\ntrust {mode} / trust off, same run:\n" + table(
+                ["N", "P", "design", *[c for c, _ in TRUST_RATIOS]], costs
             )
-    if costs:
-        out += "\n\ntrust on / trust off, same run:\n" + table(
-            ["N", "P", "design", *[c for c, _ in TRUST_RATIOS]], costs
-        )
+    split = []
+    for (n, procs, design, trust), on in by.items():
+        off, unchecked = by.get((n, procs, design, "off")), by.get((n, procs, design, "unchecked"))
+        if trust != "on" or off is None or unchecked is None:
+            continue
+        for regime, key in (
+            ("100 msg/s", "cpu_us_per_delivery"),
+            ("saturated", "sat_cpu_us_per_delivery"),
+        ):
+            a, b, c = off.get(key, nan), unchecked.get(key, nan), on.get(key, nan)
+            split.append([n, procs, regime, a, b, c, b - a, c - b])
+    if split:
+        out += "\n\nCPU us per delivery: what trust adds (TLS and larger frames; the checks):\n"
+        out += table(["N", "P", "regime", "off", "unchecked", "on", "TLS+frames", "checks"], split)
     return out
 
 
@@ -458,11 +478,11 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             if args.inline and procs != 1:
                 continue
             for design in designs:
-                for secure in args.trust:
-                    if design == "naive" and secure and False in args.trust:
+                for trust in args.trust:
+                    if design == "naive" and trust != "off" and "off" in args.trust:
                         continue  # the baseline has no identities: measured once, with off
                     t = time.perf_counter()
-                    row = await _configuration(args, n, procs, design, secure, rng, seq)
+                    row = await _configuration(args, n, procs, design, trust, rng, seq)
                     row["wall_s"] = time.perf_counter() - t
                     rows.append(row)
                     print(

@@ -28,15 +28,16 @@ def test_quick_dissemination_runs_in_process(capsys: pytest.CaptureFixture[str])
 
 def test_quick_dissemination_with_trust_on_and_off(capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--quick", "--inline", "--sizes", "5", "--messages", "10", "--designs", "flood"]
-    args += ["--trust", "on,off"]
+    args += ["--trust", "on,unchecked,off"]
     assert dissemination.main(args) == 0
     out = capsys.readouterr().out
-    rows = _rows(out, "5")
-    trust = {r[3]: r for r in rows if len(r) > 4 and r[2] == "flood" and r[3] in ("on", "off")}
-    assert set(trust) == {"on", "off"}
+    modes = {"on", "unchecked", "off"}
+    trust = {r[3]: r for r in _rows(out, "5") if len(r) > 4 and r[2] == "flood" and r[3] in modes}
+    assert set(trust) == modes
     for row in trust.values():
         assert row[4] == "100.0%"
     assert "trust on / trust off, same run:" in out
+    assert "what trust adds" in out
 
 
 def test_trust_option_refuses_other_words() -> None:
