@@ -1,6 +1,6 @@
 """Link setup: the time from dial to an open link, and its CPU at each end, trust on and off.
 
-    .venv/bin/python -m bench.links                  # 300 links a run, 3 runs each way, ~1.5 min
+    .venv/bin/python -m bench.links                  # 300 links a run, 3 runs each way, ~1 min
     .venv/bin/python -m bench.links --quick          # 20 links, 1 run, a few seconds
 
 A registry (this process), ``--dialers`` peers in one worker process and ``--acceptors`` in
