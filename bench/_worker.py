@@ -14,9 +14,11 @@ import asyncio
 import contextlib
 import cProfile
 import gc
+import importlib
 import multiprocessing
 import multiprocessing.connection
 import os
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -45,13 +47,40 @@ class _Node(Protocol):
     async def close(self) -> None: ...
 
 
+def skip_signature_checks() -> Callable[[], None]:
+    """Benchmark-only, to measure what checking signatures costs: every peer of this process
+    takes every room message's signature as good (origins still sign, frames are unchanged).
+    Returns what puts the check back."""
+    from p2pchat.peer import core
+
+    original = getattr(core, "check_message", None)
+    if original is None:
+        raise RuntimeError("p2pchat.peer.core no longer checks signatures with check_message")
+
+    def take_as_good(verifier: object, msg: object, key: bytes | None) -> bool:
+        return True
+
+    core.check_message = take_as_good  # type: ignore[assignment]
+
+    def restore() -> None:
+        core.check_message = original
+
+    return restore
+
+
 @dataclass
 class _Recorder:
     recs: list[tuple[int, str, float, float]] = field(default_factory=list)
     expected: int = 1 << 62
     done: asyncio.Event = field(default_factory=asyncio.Event)
     counts: dict[str, int] | None = None
+    """Saturation: deliveries here per message (by its sequence prefix)."""
     need: int = 0
+    """Saturation: deliveries here that complete a message sent from this worker..."""
+    need_other: int = 0
+    """... and one sent from another worker (all of this worker's peers show it)."""
+    own: Callable[[str], bool] | None = None
+    """Saturation: whether a message (by its sequence prefix) was sent from this worker."""
     on_complete: Callable[[str], None] | None = None
 
     def callback(self, index: int) -> Callable[[PeerEvent], None]:
@@ -64,10 +93,13 @@ class _Recorder:
                 append((index, event.text, event.ts, now()))
                 counts = self.counts
                 if counts is not None:
-                    c = counts.get(event.text, 0) + 1
-                    counts[event.text] = c
-                    if c == self.need and self.on_complete is not None:
-                        self.on_complete(event.text)
+                    key = event.text[:SEQ_DIGITS]
+                    c = counts.get(key, 0) + 1
+                    counts[key] = c
+                    own = self.own
+                    need = self.need if own is None or own(key) else self.need_other
+                    if c == need and self.on_complete is not None:
+                        self.on_complete(key)
                 if len(recs) >= self.expected:
                     self.done.set()
 
@@ -81,8 +113,22 @@ class _Recorder:
             self.done.set()
 
 
+class _Acks(asyncio.DatagramProtocol):
+    """Saturation over several processes: another worker's peers have all shown one of our
+    messages (one datagram per message and worker, on 127.0.0.1)."""
+
+    def __init__(self, on_ack: Callable[[str], None]) -> None:
+        self.on_ack = on_ack
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.on_ack(data.decode())
+
+
 class Worker:
     """Holds some peers of one room and carries out the coordinator's commands."""
+
+    node_class: type[PeerNode] = PeerNode
+    """What ``setup`` makes for the flooding design (benchmarks may time a subclass)."""
 
     def __init__(self) -> None:
         self.nodes: list[_Node] = []
@@ -91,6 +137,10 @@ class Worker:
         self.mode = "flood"
         self.max_links = 6
         self.rss_base = 0
+        self._home: tempfile.TemporaryDirectory[str] | None = None
+        self._sat: _Saturation | None = None
+        self._restore: Callable[[], None] | None = None
+        self._acks: asyncio.DatagramTransport | None = None
         self._expected_cache: dict[tuple[str, str], frozenset[str]] = {}
 
     async def handle(self, cmd: str, arg: dict[str, Any]) -> Any:
@@ -105,11 +155,24 @@ class Worker:
         users: list[str],
         mode: str = "flood",
         max_links: int = 6,
+        secure: bool = True,
+        home: str | None = None,
+        check_signatures: bool = True,
     ) -> dict[str, Any]:
+        """``secure``: TLS, certificates and signatures (False: none, to measure their cost).
+        ``home``: the folder for the peers' keys, certificates and pinned registry (a private
+        temporary one, removed at ``stop``, if None); never the user's own.
+        ``check_signatures`` False: see ``skip_signature_checks``."""
+        if not check_signatures and self._restore is None:
+            self._restore = skip_signature_checks()
         gc.collect()
         self.rss_base = rss_bytes()
         self.mode = mode
         self.max_links = max_links
+        if home is None:
+            self._home = tempfile.TemporaryDirectory(prefix="p2pchat-bench-")
+            home = self._home.name
+        data, conf = os.path.join(home, "data"), os.path.join(home, "config")
         t0 = time.perf_counter()
         for i, user in enumerate(users):
             node: _Node
@@ -122,10 +185,13 @@ class Worker:
                     send_burst=10**9,
                     receive_rate=1e9,
                     receive_burst=10**9,
+                    secure=secure,
+                    data_dir=data,
+                    config_dir=conf,
                 )
-                node = PeerNode(config, self.rec.callback(i))
+                node = self.node_class(config, self.rec.callback(i))
             else:
-                node = NaivePeer(registry_port, self.rec.callback(i))
+                node = NaivePeer(registry_port, self.rec.callback(i), secure=secure)
             self.nodes.append(node)
             self.by_name[user] = node
         for k in range(0, len(users), LOGIN_BATCH):
@@ -304,6 +370,19 @@ class Worker:
             "pid": os.getpid(),
         }
 
+    async def cmd_sat_open(self) -> dict[str, Any]:
+        """Saturation over several processes: a UDP port for the others' completion notices."""
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Acks(self._ack), local_addr=("127.0.0.1", 0)
+        )
+        self._acks = transport
+        return {"port": transport.get_extra_info("sockname")[1]}
+
+    def _ack(self, key: str) -> None:
+        if self._sat is not None:
+            self._sat.part_done(key)
+
     async def cmd_saturate(
         self,
         senders: list[str],
@@ -313,79 +392,150 @@ class Worker:
         size: int,
         first_seq: int,
         profile: str | None = None,
+        index: int = 0,
+        stride: int = 1,
+        ports: list[int] | None = None,
+        start: float | None = None,
     ) -> dict[str, Any]:
-        """Keep ``window`` messages in flight (a message is done when all others showed it)."""
+        """Keep ``window`` messages from ``senders`` (peers of this worker) in flight; a message
+        is done when all other peers of the room showed it. With several workers (``stride``
+        of them, this one number ``index``, their UDP ``ports``), worker k sends the sequence
+        numbers ``first_seq + k + stride * i`` and hears from the others (``cmd_sat_open``)
+        when their peers have all shown one of its messages. Sending starts at wall time
+        ``start`` (now if None). Deliveries are recorded until ``sat_end``."""
         import random
 
-        rng = random.Random(first_seq)
-        need = len(self.nodes) - 1
+        rng = random.Random(first_seq + index)
+        sat = self._sat = _Saturation(self, window, first_seq, index, stride, ports or [])
         rec = self.rec
         rec.reset(1 << 62)
         rec.counts = {}
-        rec.need = need
-        slots = asyncio.Semaphore(window)
-        all_done = asyncio.Event()
-        state = {"outstanding": 0, "stopped": False}
-        tasks: set[asyncio.Task[int]] = set()
-
-        def complete(text: str) -> None:
-            slots.release()
-            state["outstanding"] -= 1
-            if state["stopped"] and state["outstanding"] == 0:
-                all_done.set()
-
-        rec.on_complete = complete
-        before = self._counters()
-        cpu0 = cpu_seconds()
+        rec.need = len(self.nodes) - 1
+        rec.need_other = len(self.nodes)
+        rec.own = sat.is_own if stride > 1 else None
+        rec.on_complete = sat.local_done
+        if start is not None:
+            await asyncio.sleep(max(0.0, start - time.time()))
+        sat.before = self._counters()
+        sat.cpu0 = cpu_seconds()
         prof = cProfile.Profile() if profile else None
         if prof is not None:
             prof.enable()
         t0 = time.perf_counter()
         wall0 = time.time()
         sent = 0
-        while sent < total and time.perf_counter() - t0 < seconds:
-            await slots.acquire()
-            state["outstanding"] += 1
-            text = message_text(first_seq + sent, size)
+        tasks: set[asyncio.Task[int]] = set()
+        while senders and sent < total and time.perf_counter() - t0 < seconds:
+            await sat.slots.acquire()
+            sat.outstanding += 1
+            text = message_text(first_seq + index + stride * sent, size)
             task = asyncio.ensure_future(self.by_name[rng.choice(senders)].say(ROOM, text))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             sent += 1
-        state["stopped"] = True
-        if state["outstanding"] == 0:
-            all_done.set()
+            if rec.need == 0:  # the sender is this worker's only peer
+                sat.local_done(text[:SEQ_DIGITS])
+        sat.stopped = True
+        if sat.outstanding == 0:
+            sat.all_done.set()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(all_done.wait(), 10.0)
+            await asyncio.wait_for(sat.all_done.wait(), 10.0)
         elapsed = time.perf_counter() - t0
         if prof is not None:
             prof.disable()
             prof.dump_stats(profile)  # type: ignore[arg-type]
+        return {
+            "sent": sent,
+            "complete": sat.complete,
+            "elapsed": elapsed,
+            "wall0": wall0,
+            "wall1": wall0 + elapsed,
+        }
+
+    async def cmd_sat_end(self) -> dict[str, Any]:
+        """Stop recording the saturation run: deliveries here, their latencies, counters, CPU."""
+        sat, self._sat = self._sat, None
+        assert sat is not None
         cpu1 = cpu_seconds()
         after = self._counters()
-        complete_msgs = sum(1 for c in rec.counts.values() if c == need)
+        rec = self.rec
         lat = [now - ts for _, _, ts, now in rec.recs]
         rec.counts = None
         rec.on_complete = None
+        rec.own = None
+        if self._acks is not None:
+            self._acks.close()
+            self._acks = None
         return {
-            "sent": sent,
-            "complete": complete_msgs,
             "deliveries": len(rec.recs),
-            "elapsed": elapsed,
-            "wall0": wall0,
             "latencies": lat,
             "counters": [
                 tuple(a - b for a, b in zip(x, y, strict=True))
-                for x, y in zip(after, before, strict=True)
+                for x, y in zip(after, sat.before, strict=True)
             ],
-            "cpu_user": cpu1[0] - cpu0[0],
-            "cpu_sys": cpu1[1] - cpu0[1],
+            "cpu_user": cpu1[0] - sat.cpu0[0],
+            "cpu_sys": cpu1[1] - sat.cpu0[1],
         }
 
     async def cmd_stop(self) -> dict[str, Any]:
         await asyncio.gather(*(n.close() for n in self.nodes), return_exceptions=True)
         self.nodes.clear()
         self.by_name.clear()
+        if self._home is not None:
+            self._home.cleanup()
+            self._home = None
+        if self._restore is not None:
+            self._restore()
+            self._restore = None
         return {}
+
+
+class _Saturation:
+    """One worker's share of a saturation run: its window of messages in flight, and which of
+    its messages all peers (here and in the other workers) have shown."""
+
+    def __init__(
+        self, worker: Worker, window: int, first_seq: int, index: int, stride: int, ports: list[int]
+    ) -> None:
+        self.slots = asyncio.Semaphore(window)
+        self.all_done = asyncio.Event()
+        self.outstanding = 0
+        self.stopped = False
+        self.complete = 0
+        self.first_seq = first_seq
+        self.index = index
+        self.stride = stride
+        self.parts: dict[str, int] = {}
+        """Our messages: how many workers (this one included) have shown them everywhere."""
+        self.ports = ports
+        self.worker = worker
+        self.before: list[tuple[int, int, int]] = []
+        self.cpu0 = (0.0, 0.0)
+
+    def is_own(self, key: str) -> bool:
+        return (int(key) - self.first_seq) % self.stride == self.index
+
+    def local_done(self, key: str) -> None:
+        """All this worker's peers showed message ``key``."""
+        if self.stride == 1 or self.is_own(key):
+            self.part_done(key)
+            return
+        origin = (int(key) - self.first_seq) % self.stride
+        acks = self.worker._acks
+        if acks is not None:
+            acks.sendto(key.encode(), ("127.0.0.1", self.ports[origin]))
+
+    def part_done(self, key: str) -> None:
+        c = self.parts.get(key, 0) + 1
+        if c < self.stride:
+            self.parts[key] = c
+            return
+        self.parts.pop(key, None)
+        self.complete += 1
+        self.slots.release()
+        self.outstanding -= 1
+        if self.stopped and self.outstanding == 0:
+            self.all_done.set()
 
 
 # ---------------------------------------------------------------- transports
@@ -394,8 +544,8 @@ class Worker:
 class InlineWorker:
     """A worker in the caller's own event loop (and process)."""
 
-    def __init__(self) -> None:
-        self.worker = Worker()
+    def __init__(self, worker: Worker | None = None) -> None:
+        self.worker = worker or Worker()
         self.pid = os.getpid()
 
     async def call(self, cmd: str, **arg: Any) -> Any:
@@ -408,11 +558,13 @@ class InlineWorker:
         return None
 
 
-def _serve(conn: multiprocessing.connection.Connection) -> None:
+def _serve(conn: multiprocessing.connection.Connection, kind: str) -> None:
     raise_nofile()
+    module, _, name = kind.partition(":")
+    worker_class = getattr(importlib.import_module(module), name)
 
     async def main() -> None:
-        worker = Worker()
+        worker = worker_class()
         loop = asyncio.get_running_loop()
         while True:
             try:
@@ -431,12 +583,13 @@ def _serve(conn: multiprocessing.connection.Connection) -> None:
 
 
 class ProcessWorker:
-    """A worker in a process of its own, started with the ``spawn`` method."""
+    """A worker in a process of its own, started with the ``spawn`` method; ``kind`` names
+    its class (``module:Class``, a ``Worker``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str = "bench._worker:Worker") -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child,), daemon=True)
+        self.proc = ctx.Process(target=_serve, args=(child, kind), daemon=True)
         self.proc.start()
         child.close()
         self.pid = self.proc.pid or 0

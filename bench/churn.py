@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -60,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-size", type=int, default=100)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--seed", type=int, default=2)
+    p.add_argument(
+        "--trust",
+        choices=["on", "off"],
+        default="on",
+        help="on: TLS links, certificates and signed messages (as shipped); off: none "
+        "(benchmark-only), to compare",
+    )
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--quick", action="store_true", help="N=20, 4 s, 1 repeat")
     return p
@@ -70,7 +79,10 @@ async def one_run(args: argparse.Namespace, rng: random.Random, run: int) -> dic
     users = usernames(n)
     victims = sorted(rng.sample(users, max(1, round(n * args.kill))))
     survivors = [u for u in users if u not in set(victims)]
-    registry = await start_registry(users, {ROOM: users})
+    secure = args.trust == "on"
+    registry = await start_registry(users, {ROOM: users}, secure=secure)
+    home = tempfile.TemporaryDirectory(prefix="p2pchat-bench-")
+    setup = {"registry_port": registry.port, "secure": secure}
     parts = [survivors[i :: args.procs] for i in range(args.procs)]
     owner = {u: k for k, part in enumerate(parts) for u in part}
     workers = [ProcessWorker() for _ in parts]
@@ -79,10 +91,11 @@ async def one_run(args: argparse.Namespace, rng: random.Random, run: int) -> dic
     try:
         await asyncio.gather(
             *(
-                w.call("setup", registry_port=registry.port, users=part)
-                for w, part in zip(workers, parts, strict=True)
+                w.call("setup", users=part, home=os.path.join(home.name, f"w{k}"), **setup)
+                for k, (w, part) in enumerate(zip(workers, parts, strict=True))
             ),
-            doomed.call("setup", registry_port=registry.port, users=victims),
+            # the victims come back with the keys they had (a restarted program)
+            doomed.call("setup", users=victims, home=os.path.join(home.name, "victims"), **setup),
         )
         conv = await asyncio.gather(
             *(w.call("converge", online=users, timeout=30.0, tidy=5.0) for w in [*workers, doomed])
@@ -133,7 +146,7 @@ async def one_run(args: argparse.Namespace, rng: random.Random, run: int) -> dic
         await asyncio.sleep(max(0.0, t0 + args.back_at - time.time()))
         t_back = time.time()
         back = ProcessWorker()
-        await back.call("setup", registry_port=registry.port, users=victims)
+        await back.call("setup", users=victims, home=os.path.join(home.name, "victims"), **setup)
         t_logged_in = time.time()
         remaining = t0 + args.duration - time.time()
         back_res = await back.call(
@@ -156,6 +169,7 @@ async def one_run(args: argparse.Namespace, rng: random.Random, run: int) -> dic
         await doomed.close()
         await registry.close()
         registry.core.store.close()
+        home.cleanup()
 
     send_time = {text[:SEQ_DIGITS]: t0 + off for off, _, text in sends}
     got: Counter[tuple[str, str]] = Counter()
@@ -193,6 +207,7 @@ async def one_run(args: argparse.Namespace, rng: random.Random, run: int) -> dic
     )
     return {
         "n": n,
+        "trust": args.trust,
         "killed": len(victims),
         "messages": len(sends),
         "survivor_delivery": survivor_ratio,
@@ -209,6 +224,7 @@ async def one_run(args: argparse.Namespace, rng: random.Random, run: int) -> dic
 
 COLUMNS = [
     ("N", "n"),
+    ("trust", "trust"),
     ("killed", "killed"),
     ("msgs", "messages"),
     ("survivors deliv", "survivor_delivery"),
@@ -247,12 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     command = command_line(MODULE)
     print(header("churn: 10% of a room killed abruptly and brought back", command), flush=True)
     print(
-        f"N={args.size}, {args.rate:g} msg/s for {args.duration:g} s, kill at "
+        f"N={args.size}, trust {args.trust}, {args.rate:g} msg/s for {args.duration:g} s, kill at "
         f"{args.kill_at:g} s, back at {args.back_at:g} s; median of {args.repeat}\n",
         flush=True,
     )
     runs = asyncio.run(main_async(args))
-    row = {k: median(r[k] for r in runs) for k in runs[0]}
+    row = {k: v if isinstance(v, str) else median(r[k] for r in runs) for k, v in runs[0].items()}
     cells = []
     for r in [*runs, row]:
         cells.append([f"{r[k] * 100:.2f}%" if k.endswith("delivery") else r[k] for _, k in COLUMNS])

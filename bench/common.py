@@ -3,6 +3,7 @@ an in-process registry with pre-made accounts, and the JSON results files."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -64,8 +65,17 @@ def machine_line(m: dict[str, Any] | None = None) -> str:
     )
 
 
-def command_line(module: str) -> str:
-    return shlex.join([".venv/bin/python", "-m", module, *sys.argv[1:]])
+def command_line(module: str, argv: Sequence[str] | None = None) -> str:
+    """The command as typed: ``argv`` when given (a call from Python), else this process's."""
+    return shlex.join([".venv/bin/python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
+
+
+def results_path(out: Path | None, quick: bool, name: str) -> Path | None:
+    """Where a benchmark writes its results: ``--out``, else ``bench/results/NAME.json``
+    (a ``--quick`` run writes nothing unless given ``--out``)."""
+    if out is not None:
+        return out
+    return None if quick else RESULTS_DIR / f"{name}.json"
 
 
 # ---------------------------------------------------------------- statistics and tables
@@ -198,8 +208,11 @@ def bench_registry_config() -> RegistryConfig:
     )
 
 
-async def start_registry(users: Sequence[str], rooms: dict[str, Sequence[str]]) -> RegistryServer:
-    """A real ``RegistryServer`` on 127.0.0.1 (ephemeral ports), cheapest Argon2id profile."""
+async def start_registry(
+    users: Sequence[str], rooms: dict[str, Sequence[str]], *, secure: bool = True
+) -> RegistryServer:
+    """A real ``RegistryServer`` on 127.0.0.1 (ephemeral ports), cheapest Argon2id profile;
+    ``secure`` False serves plain TCP (to measure what TLS costs)."""
     store = SqliteStore(":memory:")
     populate(store, users, rooms)
     server = RegistryServer(
@@ -209,6 +222,7 @@ async def start_registry(users: Sequence[str], rooms: dict[str, Sequence[str]]) 
         udp_port=0,
         config=bench_registry_config(),
         passwords=Passwords("cheapest"),
+        secure=secure,
     )
     await server.start()
     return server
@@ -236,6 +250,7 @@ def save_results(
         "command": command,
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "load_average_at_end": os.getloadavg(),
         "rows": rows,
         **(extra or {}),
     }
@@ -244,7 +259,8 @@ def save_results(
 
 
 def header(title: str, command: str) -> str:
-    return f"{title}\n{machine_line()}\ncommand: {command}\n"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{title}\n{machine_line()}\nload average: {load}\ncommand: {command}\n"
 
 
 def shown(path: Path) -> str:
@@ -253,6 +269,37 @@ def shown(path: Path) -> str:
         return str(path.resolve().relative_to(RESULTS_DIR.resolve().parent.parent))
     except ValueError:
         return str(path)
+
+
+TRUST_MODES = ("on", "unchecked", "off")
+"""``on``: TLS, certificates and signed messages, as shipped. ``off``: none of them (the
+benchmark-only ``secure=False``). ``unchecked``: as ``on``, but receivers take every signature as
+good (benchmark-only, see ``_worker.skip_signature_checks``), to split what trust costs
+between TLS with the larger frames and the checking of signatures."""
+
+
+def trust_modes(text: str, allowed: Sequence[str] = TRUST_MODES) -> list[str]:
+    """``on,off`` as ``["on", "off"]``, each mode once, in the order given."""
+    out: list[str] = []
+    for word in (w.strip().lower() for w in text.split(",")):
+        if not word:
+            continue
+        if word not in allowed:
+            raise argparse.ArgumentTypeError(f"--trust takes {', '.join(allowed)}, not {word!r}")
+        if word not in out:
+            out.append(word)
+    if not out:
+        raise argparse.ArgumentTypeError(f"--trust needs one of {', '.join(allowed)}")
+    return out
+
+
+def trust_list(text: str) -> list[bool]:
+    """``on,off`` as ``[True, False]``: security (TLS, certificates, signatures) on or off."""
+    return [mode == "on" for mode in trust_modes(text, ("on", "off"))]
+
+
+def trust_name(secure: bool) -> str:
+    return "on" if secure else "off"
 
 
 def int_list(text: str) -> list[int]:

@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import pstats
 import random
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,7 +28,6 @@ from typing import Any
 
 from bench._worker import SEQ_DIGITS, AnyWorker, InlineWorker, ProcessWorker, message_text
 from bench.common import (
-    RESULTS_DIR,
     ROOM,
     command_line,
     cpu_seconds,
@@ -35,10 +36,12 @@ from bench.common import (
     median,
     percentile,
     raise_nofile,
+    results_path,
     save_results,
     shown,
     start_registry,
     table,
+    trust_modes,
     usernames,
 )
 from p2pchat.protocol.messages import LIST_LIMIT
@@ -63,6 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--designs",
         default="flood,naive",
         help="flood (the real PeerNode) and/or naive (the baseline)",
+    )
+    p.add_argument(
+        "--trust",
+        type=trust_modes,
+        default=["on", "off"],
+        help="on: TLS links with certificates and signed room messages (as shipped); off: "
+        "plain TCP, no certificates, no signatures (benchmark-only); unchecked: as on, but "
+        "receivers skip the signature check (benchmark-only, to split the cost); several, "
+        "comma-separated, side by side (the naive baseline has no identities: it runs with "
+        "off when off is asked for)",
     )
     p.add_argument("--messages", type=int, default=200, help="messages M per run")
     p.add_argument("--rate", type=float, default=100.0, help="messages per second, in total")
@@ -134,11 +147,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def _configuration(
-    args: argparse.Namespace, n: int, procs: int, design: str, rng: random.Random, seq: list[int]
+    args: argparse.Namespace,
+    n: int,
+    procs: int,
+    design: str,
+    trust: str,
+    rng: random.Random,
+    seq: list[int],
 ) -> dict[str, Any]:
+    secure = trust != "off"
     users = usernames(n)
-    registry = await start_registry(users, {ROOM: users})
+    registry = await start_registry(users, {ROOM: users}, secure=secure)
     workers: list[AnyWorker] = []
+    home = tempfile.TemporaryDirectory(prefix="p2pchat-bench-")
     try:
         workers = [InlineWorker() if args.inline else ProcessWorker() for _ in range(procs)]
         parts = [users[i::procs] for i in range(procs)]
@@ -151,8 +172,11 @@ async def _configuration(
                     users=part,
                     mode=design,
                     max_links=args.max_links,
+                    secure=secure,
+                    home=os.path.join(home.name, f"w{k}"),
+                    check_signatures=trust != "unchecked",
                 )
-                for w, part in zip(workers, parts, strict=True)
+                for k, (w, part) in enumerate(zip(workers, parts, strict=True))
             )
         )
         pool = rng.sample(users, min(args.senders, n))
@@ -169,6 +193,8 @@ async def _configuration(
             "n": n,
             "procs": procs,
             "design": design,
+            "trust": trust,
+            "load_before": os.getloadavg()[0],
             "login_s": max(s["login_s"] for s in setups),
             "converged": all(c["converged"] for c in conv),
             "converge_s": max(c["seconds"] for c in conv),
@@ -201,8 +227,8 @@ async def _configuration(
             row[key] = median(r[key] for r in runs)
         row["repeats"] = [{k: round(v, 4) for k, v in r.items()} for r in runs]
         row["links_after_converge"] = sum(links) / len(links)
-        if procs == 1 and args.saturate_seconds > 0:
-            row.update(await _saturate(args, workers[0], n, design, pool, seq))
+        if args.saturate_seconds > 0 and (procs == 1 or design == "flood"):
+            row.update(await _saturate(args, workers, parts, n, design, pool, seq))
         return row
     finally:
         for w in workers:
@@ -213,6 +239,7 @@ async def _configuration(
             await w.close()
         await registry.close()
         registry.core.store.close()
+        home.cleanup()
 
 
 def _run_stats(
@@ -270,38 +297,69 @@ def _run_stats(
 
 async def _saturate(
     args: argparse.Namespace,
-    worker: AnyWorker,
+    workers: list[AnyWorker],
+    parts: list[list[str]],
     n: int,
     design: str,
     pool: list[str],
     seq: list[int],
 ) -> dict[str, Any]:
+    """``--window`` messages in flight in all, shared by the workers that hold senders; each
+    worker learns from the others over UDP when their peers have shown one of its messages."""
+    procs = len(workers)
     profile = None
-    if args.profile is not None and design == "flood" and n == args.profile_size:
+    if args.profile is not None and design == "flood" and n == args.profile_size and procs == 1:
         profile = str(args.profile)
-    res = await worker.call(
-        "saturate",
-        senders=pool,
-        window=args.window,
-        total=1_000_000,
-        seconds=args.saturate_seconds,
-        size=args.size,
-        first_seq=seq[0],
-        profile=profile,
+    senders = [[u for u in pool if u in set(part)] for part in parts]
+    sending = [k for k in range(procs) if senders[k]]
+    windows = [0] * procs
+    for i in range(max(args.window, len(sending))):
+        windows[sending[i % len(sending)]] += 1
+    ports = (
+        [p["port"] for p in await asyncio.gather(*(w.call("sat_open") for w in workers))]
+        if procs > 1
+        else []
     )
-    seq[0] += res["sent"]
-    counters = res["counters"]
+    start = time.time() + 0.3
+    runs = await asyncio.gather(
+        *(
+            w.call(
+                "saturate",
+                senders=senders[k],
+                window=max(1, windows[k]),
+                total=1_000_000,
+                seconds=args.saturate_seconds,
+                size=args.size,
+                first_seq=seq[0],
+                profile=profile,
+                index=k,
+                stride=procs,
+                ports=ports,
+                start=start,
+            )
+            for k, w in enumerate(workers)
+        )
+    )
+    ends = await asyncio.gather(*(w.call("sat_end") for w in workers))
+    seq[0] += procs * max(r["sent"] for r in runs) + procs
+    elapsed = max(r["wall1"] for r in runs) - min(r["wall0"] for r in runs)
+    sent = sum(r["sent"] for r in runs)
+    complete = sum(r["complete"] for r in runs)
+    counters = [c for e in ends for c in e["counters"]]
     delivered = sum(c[2] for c in counters)
     frames = sum(c[0] for c in counters)
-    cpu = res["cpu_user"] + res["cpu_sys"]
+    cpu_user = sum(e["cpu_user"] for e in ends)
+    cpu_sys = sum(e["cpu_sys"] for e in ends)
+    cpu = cpu_user + cpu_sys
     out = {
-        "sat_deliveries_per_s": res["deliveries"] / res["elapsed"],
-        "sat_msgs_per_s": res["complete"] / res["elapsed"],
-        "sat_complete": res["complete"] / res["sent"] if res["sent"] else float("nan"),
-        "sat_p99_ms": percentile([x * 1000 for x in res["latencies"]], 99),
+        "sat_deliveries_per_s": sum(e["deliveries"] for e in ends) / elapsed,
+        "sat_msgs_per_s": complete / elapsed,
+        "sat_complete": complete / sent if sent else float("nan"),
+        "sat_p99_ms": percentile([x * 1000 for e in ends for x in e["latencies"]], 99),
         "sat_frames_per_delivery": frames / delivered if delivered else float("nan"),
-        "sat_cpu_share": cpu / res["elapsed"],
-        "sat_sys_share": res["cpu_sys"] / cpu if cpu else float("nan"),
+        "sat_cpu_share": cpu / elapsed,
+        "sat_sys_share": cpu_sys / cpu if cpu else float("nan"),
+        "sat_cpu_us_per_delivery": cpu / delivered * 1e6 if delivered else float("nan"),
     }
     if profile:
         print(f"\nprofile of the N={n} saturation run ({profile}), top 30 by own time:")
@@ -314,6 +372,7 @@ COLUMNS = [
     ("N", "n"),
     ("P", "procs"),
     ("design", "design"),
+    ("trust", "trust"),
     ("deliv", "delivery"),
     ("p50 ms", "p50_ms"),
     ("p99 ms", "p99_ms"),
@@ -328,6 +387,7 @@ COLUMNS = [
     ("CPU us/dlv", "cpu_us_per_delivery"),
     ("sat dlv/s", "sat_deliveries_per_s"),
     ("sat p99 ms", "sat_p99_ms"),
+    ("sat CPU", "sat_cpu_share"),
 ]
 RATIOS = [
     ("p50", "p50_ms"),
@@ -337,6 +397,17 @@ RATIOS = [
     ("fan-out", "fanout"),
     ("CPU us/dlv", "cpu_us_per_delivery"),
     ("sat dlv/s", "sat_deliveries_per_s"),
+]
+TRUST_RATIOS = [
+    ("p50", "p50_ms"),
+    ("p99", "p99_ms"),
+    ("max", "max_ms"),
+    ("CPU us/dlv", "cpu_us_per_delivery"),
+    ("KiB/peer", "peak_kib_per_peer"),
+    ("login s", "login_s"),
+    ("sat dlv/s", "sat_deliveries_per_s"),
+    ("sat p99", "sat_p99_ms"),
+    ("sat CPU us/dlv", "sat_cpu_us_per_delivery"),
 ]
 
 
@@ -349,14 +420,43 @@ def render(rows: list[dict[str, Any]]) -> str:
             line.append(f"{v * 100:.1f}%" if key == "delivery" else v)
         cells.append(line)
     out = table([c for c, _ in COLUMNS], cells)
+    nan = float("nan")
+    by = {(r["n"], r["procs"], r["design"], r.get("trust", "on")): r for r in rows}
     pairs = []
-    by = {(r["n"], r["procs"], r["design"]): r for r in rows}
-    for (n, procs, design), r in by.items():
-        other = by.get((n, procs, "flood"))
+    for (n, procs, design, trust), r in by.items():
+        other = by.get((n, procs, "flood", trust))
         if design == "naive" and other is not None:
-            pairs.append([n, procs] + [_ratio(r.get(k), other.get(k)) for _, k in RATIOS])
+            pairs.append([n, procs, trust] + [_ratio(r.get(k), other.get(k)) for _, k in RATIOS])
     if pairs:
-        out += "\n\nnaive / flood, same run:\n" + table(["N", "P", *[c for c, _ in RATIOS]], pairs)
+        out += "\n\nnaive / flood, same run, same trust:\n" + table(
+            ["N", "P", "trust", *[c for c, _ in RATIOS]], pairs
+        )
+    for mode in ("on", "unchecked"):
+        costs = []
+        for (n, procs, design, trust), r in by.items():
+            off = by.get((n, procs, design, "off"))
+            if trust == mode and off is not None:
+                costs.append(
+                    [n, procs, design] + [_ratio(r.get(k), off.get(k)) for _, k in TRUST_RATIOS]
+                )
+        if costs:
+            out += f"\n\ntrust {mode} / trust off, same run:\n" + table(
+                ["N", "P", "design", *[c for c, _ in TRUST_RATIOS]], costs
+            )
+    split = []
+    for (n, procs, design, trust), on in by.items():
+        off, unchecked = by.get((n, procs, design, "off")), by.get((n, procs, design, "unchecked"))
+        if trust != "on" or off is None or unchecked is None:
+            continue
+        for regime, key in (
+            ("100 msg/s", "cpu_us_per_delivery"),
+            ("saturated", "sat_cpu_us_per_delivery"),
+        ):
+            a, b, c = off.get(key, nan), unchecked.get(key, nan), on.get(key, nan)
+            split.append([n, procs, regime, a, b, c, b - a, c - b])
+    if split:
+        out += "\n\nCPU us per delivery: what trust adds (TLS and larger frames; the checks):\n"
+        out += table(["N", "P", "regime", "off", "unchecked", "on", "TLS+frames", "checks"], split)
     return out
 
 
@@ -378,25 +478,26 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             if args.inline and procs != 1:
                 continue
             for design in designs:
-                t = time.perf_counter()
-                row = await _configuration(args, n, procs, design, rng, seq)
-                row["wall_s"] = time.perf_counter() - t
-                rows.append(row)
-                print(
-                    f"  N={n} P={procs} {design}: delivery {row['delivery'] * 100:.1f}%, "
-                    f"p99 {row['p99_ms']:.1f} ms ({row['wall_s']:.0f} s)",
-                    flush=True,
-                )
+                for trust in args.trust:
+                    if design == "naive" and trust != "off" and "off" in args.trust:
+                        continue  # the baseline has no identities: measured once, with off
+                    t = time.perf_counter()
+                    row = await _configuration(args, n, procs, design, trust, rng, seq)
+                    row["wall_s"] = time.perf_counter() - t
+                    rows.append(row)
+                    print(
+                        f"  N={n} P={procs} {design} trust {row['trust']}: delivery "
+                        f"{row['delivery'] * 100:.1f}%, p99 {row['p99_ms']:.1f} ms, "
+                        f"sat {row.get('sat_deliveries_per_s', float('nan')):,.0f} dlv/s "
+                        f"({row['wall_s']:.0f} s)",
+                        flush=True,
+                    )
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    command = (
-        command_line(MODULE)
-        if argv is None
-        else " ".join([".venv/bin/python", "-m", MODULE, *argv])
-    )
+    command = command_line(MODULE, argv)
     print(
         header("room dissemination: flooding over the mesh vs. sending to every member", command),
         flush=True,
@@ -409,11 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = asyncio.run(main_async(args))
     print()
     print(render(rows))
-    out = (
-        args.out
-        if args.out is not None
-        else (None if args.quick else RESULTS_DIR / "dissemination.json")
-    )
+    out = results_path(args.out, args.quick, "dissemination")
     if out is not None:
         for r in rows:
             r.pop("repeats_raw", None)

@@ -72,8 +72,10 @@ class NaivePeer:
         on_event: Callable[[PeerEvent], None],
         *,
         ask_registry: bool = True,
+        secure: bool = True,
     ) -> None:
         self.registry_port = registry_port
+        self.secure = secure
         self.emit = on_event
         self.ask_registry = ask_registry
         self.router = _Counters()
@@ -94,7 +96,7 @@ class NaivePeer:
 
     async def login(self, username: str, password: str) -> None:
         self.registry = await RegistryClient.connect(
-            "127.0.0.1", self.registry_port, on_event=lambda event: None
+            "127.0.0.1", self.registry_port, on_event=lambda event: None, secure=self.secure
         )
         await self.registry.login(username, password, self.port, heartbeat=20.0)
         self.username = username

@@ -2,9 +2,9 @@
 
     .venv/bin/python -m bench.plot [--results FILE] [--out FILE]
 
-Three panels against room size, for both designs (and each process count): latency from send
-to shown (p50 and p99), frames sent per delivered message, and the sender's fan-out (frames the
-origin itself writes per message).
+Three panels against room size, for both designs (and each process count, trust on and off):
+latency from send to shown (p50 and p99), frames sent per delivered message, and the sender's
+fan-out (frames the origin itself writes per message).
 """
 
 from __future__ import annotations
@@ -28,17 +28,17 @@ def plot(results: Path, out: Path) -> Path:
 
     doc = json.loads(results.read_text())
     rows: list[dict[str, Any]] = doc["rows"]
-    series: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for r in rows:
-        series.setdefault((r["design"], r["procs"]), []).append(r)
+    series: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for r in rows:  # results from before the trust switch have no "trust": they ran with none
+        series.setdefault((r["design"], r.get("trust", "off"), r["procs"]), []).append(r)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
-    colours = {"flood": "tab:blue", "naive": "tab:red"}
-    for (design, procs), rs in sorted(series.items()):
+    colours = {("flood", "on"): "tab:blue", ("flood", "off"): "tab:green"}
+    for (design, trust, procs), rs in sorted(series.items()):
         rs.sort(key=lambda r: r["n"])
         ns = [r["n"] for r in rs]
         style = "-" if procs == 1 else "--"
-        label = f"{design}, {procs} process{'es' if procs > 1 else ''}"
-        c = colours.get(design, "k")
+        label = f"{design}, trust {trust}, {procs} process{'es' if procs > 1 else ''}"
+        c = colours.get((design, trust), "tab:red")
         axes[0].plot(ns, [r["p99_ms"] for r in rs], style, color=c, marker="o", label=label)
         axes[0].plot(ns, [r["p50_ms"] for r in rs], style, color=c, marker=".", alpha=0.4)
         axes[1].plot(
@@ -47,6 +47,7 @@ def plot(results: Path, out: Path) -> Path:
         axes[2].plot(ns, [r["fanout"] for r in rs], style, color=c, marker="o", label=label)
     axes[0].set_title("latency send to shown: p99 (big dots), p50 (faint)")
     axes[0].set_ylabel("ms")
+    axes[0].set_yscale("log")
     axes[1].set_title("frames sent per delivered message")
     axes[1].set_ylim(bottom=0)
     axes[2].set_title("frames the sender itself writes per message")

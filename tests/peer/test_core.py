@@ -752,6 +752,18 @@ def test_logging_out_closes_links_and_answers_what_was_waiting(
         alice.do("say", "lobby", "hi")
 
 
+def test_a_dial_that_completes_after_logout_is_closed_without_a_hello(
+    registry: Registry, alice: Driver
+) -> None:
+    room_with(alice, "bob")
+    alice.advance(0.1)
+    [dial] = alice.dials
+    alice.do("logout")
+    alice.apply(alice.core.link_connected(dial.link, alice.now))
+    assert not alice.frames(dial.link)  # no hello with an empty name
+    assert alice.closed[dial.link] is True
+
+
 # ---------------------------------------------------------------------------- rates
 
 

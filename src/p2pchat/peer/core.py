@@ -674,6 +674,8 @@ class PeerCore:
         self._loading = {}
         for link in list(self._conns.values()):
             self._close(link)
+            link.state = LinkState.CLOSED  # a dial that completes later is closed at once
+        self._conns, self.links, self._dialing = {}, {}, {}
         paced = [p for queue in self._paced.values() for p in queue]
         self._paced, self._pacing_said = {}, {}
         for pending in [*paced, *self._says]:
@@ -1164,8 +1166,8 @@ class PeerCore:
         """A dial succeeded (in TLS, with our certificate): say hello."""
         self._at(now)
         link = self._conns.get(link_id)
-        if link is None or link.state is not LinkState.DIALING:  # given up meanwhile
-            self._out.append(CloseLink(link_id, abort=True))
+        if link is None or link.state is not LinkState.DIALING or self.username is None:
+            self._out.append(CloseLink(link_id, abort=True))  # given up, or logged out
             return self._take()
         link.advance(LinkEvent.CONNECTED)
         link.deadline = now + self.config.dial_timeout

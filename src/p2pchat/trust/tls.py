@@ -35,6 +35,11 @@ from p2pchat.trust.certs import (
 def _context(purpose: int) -> ssl.SSLContext:
     ctx = ssl.SSLContext(purpose)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    if purpose == ssl.PROTOCOL_TLS_SERVER:
+        # No session resumption anywhere (every connection is a full handshake with
+        # certificates), so the two session tickets a TLS 1.3 server sends after each handshake
+        # by default would be made, encrypted, sent and parsed for nothing.
+        ctx.num_tickets = 0
     return ctx
 
 
