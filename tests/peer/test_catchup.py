@@ -7,6 +7,7 @@ from collections import Counter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from p2pchat.peer.catchup import FLUSH_AFTER
 from p2pchat.peer.events import Notice, RoomText
 from tests.simnet import PASSWORD, SimNet
 
@@ -122,3 +123,15 @@ def test_nothing_is_shown_twice_across_restarts_and_repairs() -> None:
     assert any(
         isinstance(e, Notice) and e.text == f"history of {ROOM}" for e in net.peers["m04"].events
     )
+
+
+def test_live_messages_reach_the_history_file_within_a_moment() -> None:
+    net = SimNet(seed=34, latency=0.01)
+    names = ["m00", "m01", "m02"]
+    room_of(net, names)
+    net.say("m00", ROOM, "kept")
+    net.run_until(lambda: any(t.text == "kept" for t in texts(net, "m02")), timeout=5)
+    history = net.peers["m02"].history
+    assert history is not None and history.pending  # one savepoint, no commit yet
+    net.run_for(FLUSH_AFTER + 0.01)
+    assert not history.pending

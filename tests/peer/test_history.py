@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pchat.peer.history import (
+    BATCH_MAX,
     MAX_RANGES,
     ROW_OVERHEAD,
     SCHEMA_VERSION,
@@ -580,3 +581,68 @@ def test_sqlite_files_are_marked_as_ours(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA application_id").fetchone()[0] == 0x70326368
     assert os.path.getsize(path) > 0
+
+
+# ---------------------------------------------------------------- live messages in batches
+
+
+def _on_disk(path: Path) -> int:
+    """Messages another connection sees in the file: what a crash would leave."""
+    with sqlite3.connect(path) as other:
+        (count,) = other.execute("SELECT COUNT(*) FROM messages").fetchone()
+    return int(count)
+
+
+def test_live_messages_are_committed_in_batches_and_read_back_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "history.db"
+    h = History(path)
+    for seq in (1, 2, 3):
+        assert h.add(message("bob", seq), NOW, batched=True) is not None
+    assert h.pending and _on_disk(path) == 0  # one savepoint each, no commit yet
+    assert [m.seq for m in h.last(ROOM, 10)] == [1, 2, 3]  # but this peer reads them
+    assert h.add(message("bob", 2), NOW, batched=True) is None  # and refuses a duplicate
+    h.flush()
+    assert not h.pending and _on_disk(path) == 3
+    h.close()
+
+
+def test_anything_not_batched_commits_the_batch_first(tmp_path: Path) -> None:
+    path = tmp_path / "history.db"
+    h = History(path)
+    h.add(message("bob", 1), NOW, batched=True)
+    h.add(message("alice", 1), NOW)  # our own message: on disk when the call returns
+    assert not h.pending and _on_disk(path) == 2
+    h.add(message("bob", 2), NOW, batched=True)
+    h.queue_direct(_id(9), "bob", "hi", NOW)  # the outbox too
+    assert _on_disk(path) == 3
+    h.add(message("bob", 3), NOW, batched=True)
+    h.close()  # closing commits
+    assert _on_disk(path) == 4
+
+
+def test_a_full_batch_is_committed_whatever_the_time(tmp_path: Path) -> None:
+    path = tmp_path / "history.db"
+    h = History(path)
+    for seq in range(1, BATCH_MAX + 2):
+        h.add(message("bob", seq), NOW, batched=True)
+    assert _on_disk(path) == BATCH_MAX and h.pending
+    h.close()
+
+
+def test_a_bad_message_in_a_batch_takes_only_itself_back(tmp_path: Path) -> None:
+    path = tmp_path / "history.db"
+    h = History(path)
+    h.add(message("bob", 1), NOW, batched=True)
+    with pytest.raises(ValueError):
+        h.add(message("bob", 0), NOW, batched=True)  # refused before any write
+    h._db.execute(
+        "CREATE TRIGGER no_carol BEFORE INSERT ON messages WHEN NEW.text LIKE 'carol%' "
+        "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    with pytest.raises(HistoryError):
+        h.add(message("carol", 1), NOW, batched=True)  # fails inside its savepoint
+    h.add(message("bob", 2), NOW, batched=True)
+    h.flush()
+    assert [(m.origin, m.seq) for m in h.last(ROOM, 10)] == [("bob", 1), ("bob", 2)]
+    assert _on_disk(path) == 2
+    h.close()

@@ -30,6 +30,9 @@ log = logging.getLogger("p2pchat.peer")
 
 PRUNE_EVERY = 3600.0
 """How often old history is pruned and old direct messages expired (simulated seconds too)."""
+FLUSH_AFTER = 0.05
+"""Live messages are committed to the history in batches, at most this long after the first
+(a crash loses at most that much of the history, which catch-up brings back)."""
 HOLD_UNKNOWN = 10.0
 """How long a message from someone not yet known as a member waits for the registry's word."""
 MAX_UNKNOWN = 500
@@ -75,6 +78,8 @@ class RoomLog:
         self._show = show
         self._neighbours = neighbours
         self._next_prune = ctx.now + PRUNE_EVERY
+        self._flush_at: float | None = None
+        """When the live messages kept since the last commit are committed."""
         self._unknown: deque[_Unknown] = deque()
         self._unknown_bytes = 0
         self.dropped_unknown = 0
@@ -100,11 +105,13 @@ class RoomLog:
         """A live message that passed every check: keep it, show it in its sender's order."""
         entry = stored(msg, key)
         try:
-            added = self.history.add(entry, self._ctx.wall)
+            added = self.history.add(entry, self._ctx.wall, batched=True)
         except HistoryError as exc:
             log.warning("cannot keep a message in the history: %s", exc)
             self._show(RoomText(msg.room, msg.origin, msg.text, msg.ts))
             return
+        if self._flush_at is None:
+            self._flush_at = self._ctx.now + FLUSH_AFTER
         if added is None:  # this stream and seq are known already: a forking origin or replay
             return
         self._release(self.order.push(entry, self._ctx.now, via=via, before=added))
@@ -183,6 +190,8 @@ class RoomLog:
 
     def next_deadline(self) -> float | None:
         deadlines = [self._next_prune]
+        if self._flush_at is not None:
+            deadlines.append(self._flush_at)
         for component in (self.sync.next_deadline(), self.order.next_deadline()):
             if component is not None:
                 deadlines.append(component)
@@ -192,6 +201,8 @@ class RoomLog:
 
     def timer(self, now: float) -> None:
         ctx = self._ctx
+        if self._flush_at is not None and now >= self._flush_at:
+            self.flush()
         for send in self.sync.timer(now):
             self._send(send.peer, send.frame)
         self._release(self.order.timer(now))
@@ -210,6 +221,14 @@ class RoomLog:
                 self.history.prune(ctx.wall)
             except HistoryError as exc:
                 log.warning("pruning the history failed: %s", exc)
+
+    def flush(self) -> None:
+        """Commit the live messages kept since the last flush."""
+        self._flush_at = None
+        try:
+            self.history.flush()
+        except HistoryError as exc:
+            log.warning("cannot keep the last messages in the history: %s", exc)
 
     # ------------------------------------------------------------------ inside
 

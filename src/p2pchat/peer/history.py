@@ -339,6 +339,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+BATCH_MAX = 256
+"""Messages added in one batch before it is committed whatever the time."""
+
+
 def _guarded(method: Callable[Concatenate[History, P], R]) -> Callable[Concatenate[History, P], R]:
     """Any SQLite failure becomes ``HistoryError`` naming the operation; cached figures that
     the failed transaction may have made stale are dropped."""
@@ -395,6 +399,8 @@ class History:
         """Messages refused as duplicates (by id, by stream and seq, or done already)."""
         self.conflicts = 0
         """Refused because another message holds the same stream and seq (a forking origin)."""
+        self._batch: int | None = None
+        """Messages added in the open batch (a transaction ``flush`` commits), if one is."""
         self._precheck()
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -453,16 +459,58 @@ class History:
                 db.execute(f"PRAGMA user_version = {target}")
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, batched: bool = False) -> Iterator[sqlite3.Connection]:
+        """One transaction; or, ``batched``, one savepoint inside the open batch (committed
+        by ``flush``). Anything not batched commits the open batch first, so what is written
+        outside batches (our own messages, the outbox) is on disk when the call returns."""
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
+        if not batched:
+            self._commit_batch()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return
+        if self._batch is None:
+            db.execute("BEGIN IMMEDIATE")
+            self._batch = 0
+        db.execute("SAVEPOINT one")
         try:
             yield db
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
+                db.execute("ROLLBACK TO one")
+                db.execute("RELEASE one")
             raise
-        db.execute("COMMIT")
+        db.execute("RELEASE one")
+        self._batch += 1
+        if self._batch >= BATCH_MAX:
+            self._commit_batch()
+
+    def _commit_batch(self) -> None:
+        if self._batch is None:
+            return
+        self._batch = None
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise
+
+    @property
+    def pending(self) -> bool:
+        """Messages added in a batch are not committed yet (``flush`` commits them)."""
+        return self._batch is not None
+
+    @_guarded
+    def flush(self) -> None:
+        """Commit what was added in batches."""
+        self._commit_batch()
 
     def _forget_cache(self) -> None:
         self._total = None
@@ -470,6 +518,8 @@ class History:
         self._rooms.clear()
 
     def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._commit_batch()
         self._db.close()
 
     # ------------------------------------------------------------------ rooms and streams
@@ -545,12 +595,16 @@ class History:
     # ------------------------------------------------------------------ adding
 
     @_guarded
-    def add(self, msg: StoredMessage, now: float) -> Added | None:
-        """Keep ``msg`` (wall-clock ``now``). None if it is a duplicate or done already."""
-        return self.add_many([msg], now)[0]
+    def add(self, msg: StoredMessage, now: float, batched: bool = False) -> Added | None:
+        """Keep ``msg`` (wall-clock ``now``). None if it is a duplicate or done already.
+        ``batched``: in the open batch, committed by ``flush`` (or the next write that is not
+        batched, or when the batch is full): a live message costs a savepoint, not a commit."""
+        return self.add_many([msg], now, batched)[0]
 
     @_guarded
-    def add_many(self, msgs: Iterable[StoredMessage], now: float) -> list[Added | None]:
+    def add_many(
+        self, msgs: Iterable[StoredMessage], now: float, batched: bool = False
+    ) -> list[Added | None]:
         """Keep several messages in one transaction (a catch-up batch); one result each."""
         batch = list(msgs)
         for msg in batch:
@@ -560,7 +614,7 @@ class History:
         if todo:
             rooms: dict[str, int] = {}
             added = 0
-            with self._tx() as db:
+            with self._tx(batched) as db:
                 for i, msg in todo:
                     rid = rooms.get(msg.room.casefold())
                     if rid is None:
