@@ -33,6 +33,8 @@ from p2pchat.peer.node import PeerConfig, PeerNode
 
 SEQ_DIGITS = 8
 LOGIN_BATCH = 16
+PEER_DESIGNS = ("tree", "flood")
+"""The real peer's ways of spreading room messages; "naive" is the baseline of bench/naive.py."""
 
 
 def message_text(seq: int, size: int) -> str:
@@ -128,13 +130,13 @@ class Worker:
     """Holds some peers of one room and carries out the coordinator's commands."""
 
     node_class: type[PeerNode] = PeerNode
-    """What ``setup`` makes for the flooding design (benchmarks may time a subclass)."""
+    """What ``setup`` makes for the peer's own designs (benchmarks may time a subclass)."""
 
     def __init__(self) -> None:
         self.nodes: list[_Node] = []
         self.by_name: dict[str, _Node] = {}
         self.rec = _Recorder()
-        self.mode = "flood"
+        self.mode = "tree"
         self.max_links = 6
         self.rss_base = 0
         self._home: tempfile.TemporaryDirectory[str] | None = None
@@ -153,7 +155,7 @@ class Worker:
         self,
         registry_port: int,
         users: list[str],
-        mode: str = "flood",
+        mode: str = "tree",
         max_links: int = 6,
         secure: bool = True,
         home: str | None = None,
@@ -176,8 +178,9 @@ class Worker:
         t0 = time.perf_counter()
         for i, user in enumerate(users):
             node: _Node
-            if mode == "flood":
+            if mode in PEER_DESIGNS:
                 config = PeerConfig(
+                    design=mode,  # type: ignore[arg-type]
                     registry_port=registry_port,
                     listen_host="127.0.0.1",
                     max_links=max_links,
@@ -212,7 +215,7 @@ class Worker:
         await node.login(user, PASSWORD)  # type: ignore[attr-defined]
 
     def converged(self, online: list[str], key: str = "") -> bool:
-        if self.mode != "flood":
+        if self.mode not in PEER_DESIGNS:
             return True
         for node in self.nodes:
             me = node.username
@@ -243,7 +246,7 @@ class Worker:
                 break
             await asyncio.sleep(0.02)
         t_conv = time.perf_counter() - t0
-        if ok and self.mode == "flood" and tidy > 0:
+        if ok and self.mode in PEER_DESIGNS and tidy > 0:
             t1 = time.perf_counter()
             want = {
                 n.username: len(mesh_neighbours(online, n.username or "", self.max_links))

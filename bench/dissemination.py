@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--designs",
-        default="flood,naive",
-        help="flood (the real PeerNode) and/or naive (the baseline)",
+        default="tree,flood,naive",
+        help="tree (the real PeerNode as shipped: tree push), flood (the real PeerNode "
+        "flooding) and/or naive (the baseline)",
     )
     p.add_argument(
         "--trust",
@@ -227,7 +228,7 @@ async def _configuration(
             row[key] = median(r[key] for r in runs)
         row["repeats"] = [{k: round(v, 4) for k, v in r.items()} for r in runs]
         row["links_after_converge"] = sum(links) / len(links)
-        if args.saturate_seconds > 0 and (procs == 1 or design == "flood"):
+        if args.saturate_seconds > 0 and (procs == 1 or design != "naive"):
             row.update(await _saturate(args, workers, parts, n, design, pool, seq))
         return row
     finally:
@@ -308,7 +309,7 @@ async def _saturate(
     worker learns from the others over UDP when their peers have shown one of its messages."""
     procs = len(workers)
     profile = None
-    if args.profile is not None and design == "flood" and n == args.profile_size and procs == 1:
+    if args.profile is not None and design != "naive" and n == args.profile_size and procs == 1:
         profile = str(args.profile)
     senders = [[u for u in pool if u in set(part)] for part in parts]
     sending = [k for k in range(procs) if senders[k]]
@@ -422,15 +423,17 @@ def render(rows: list[dict[str, Any]]) -> str:
     out = table([c for c, _ in COLUMNS], cells)
     nan = float("nan")
     by = {(r["n"], r["procs"], r["design"], r.get("trust", "on")): r for r in rows}
-    pairs = []
-    for (n, procs, design, trust), r in by.items():
-        other = by.get((n, procs, "flood", trust))
-        if design == "naive" and other is not None:
-            pairs.append([n, procs, trust] + [_ratio(r.get(k), other.get(k)) for _, k in RATIOS])
-    if pairs:
-        out += "\n\nnaive / flood, same run, same trust:\n" + table(
-            ["N", "P", "trust", *[c for c, _ in RATIOS]], pairs
-        )
+    for design, base in (("naive", "tree"), ("naive", "flood"), ("flood", "tree")):
+        pairs = []
+        for (n, procs, d, trust), r in by.items():
+            other = by.get((n, procs, base, trust))
+            if d == design and other is not None:
+                ratios = [_ratio(r.get(k), other.get(k)) for _, k in RATIOS]
+                pairs.append([n, procs, trust, *ratios])
+        if pairs:
+            out += f"\n\n{design} / {base}, same run, same trust:\n" + table(
+                ["N", "P", "trust", *[c for c, _ in RATIOS]], pairs
+            )
     for mode in ("on", "unchecked"):
         costs = []
         for (n, procs, design, trust), r in by.items():

@@ -19,20 +19,21 @@ def test_quick_dissemination_runs_in_process(capsys: pytest.CaptureFixture[str])
     assert dissemination.main(args) == 0
     out = capsys.readouterr().out
     assert "machine:" in out and "command:" in out
-    designs = {r[2]: r for r in _rows(out, "5") if len(r) > 4 and r[2] in {"flood", "naive"}}
-    assert set(designs) == {"flood", "naive"}
+    kinds = {"tree", "flood", "naive"}
+    designs = {r[2]: r for r in _rows(out, "5") if len(r) > 4 and r[2] in kinds}
+    assert set(designs) == kinds
     for row in designs.values():
         assert row[3] == "off"
         assert row[4] == "100.0%"  # delivery
 
 
 def test_quick_dissemination_with_trust_on_and_off(capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["--quick", "--inline", "--sizes", "5", "--messages", "10", "--designs", "flood"]
+    args = ["--quick", "--inline", "--sizes", "5", "--messages", "10", "--designs", "tree"]
     args += ["--trust", "on,unchecked,off"]
     assert dissemination.main(args) == 0
     out = capsys.readouterr().out
     modes = {"on", "unchecked", "off"}
-    trust = {r[3]: r for r in _rows(out, "5") if len(r) > 4 and r[2] == "flood" and r[3] in modes}
+    trust = {r[3]: r for r in _rows(out, "5") if len(r) > 4 and r[2] == "tree" and r[3] in modes}
     assert set(trust) == modes
     for row in trust.values():
         assert row[4] == "100.0%"
