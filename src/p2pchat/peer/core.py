@@ -208,6 +208,7 @@ class PeerCore:
         """Room -> the seq of our last message there."""
         self._renew_timer: Timer | None = None
         self._router_timer: Timer | None = None
+        self._router_dirty = False
         self._history: History | None = None
         self.roomlog: RoomLog | None = None
         """History, catch-up and per-sender order (once logged in with a history)."""
@@ -270,6 +271,11 @@ class PeerCore:
         return self._ctx.now
 
     def _take(self) -> list[Action]:
+        """The actions decided by one input; the router's deadline is re-armed once here, not
+        after each of the frames an input may carry."""
+        if self._router_dirty:
+            self._router_dirty = False
+            self._arm_router()
         return self._ctx.take()
 
     def _at(self, now: float) -> None:
@@ -1035,7 +1041,7 @@ class PeerCore:
             for peer in peers - new.get(room, frozenset()):
                 self._dispatch(router.neighbour_down(room, peer))
         self._router_rooms = new
-        self._arm_router()
+        self._router_dirty = True
 
     def _dispatch(self, sends: list[Send]) -> None:
         """Carry out a router's sends: each frame to each target we still hold a link with."""
@@ -1075,7 +1081,7 @@ class PeerCore:
             self._dispatch(self.router.on_timer(now))
         if self.roomlog is not None:
             self.roomlog.timer(now)
-        self._arm_router()
+        self._router_dirty = True
 
     def _address(self, peer: str) -> tuple[str, int] | None:
         for view in self.rooms.values():
@@ -1288,7 +1294,7 @@ class PeerCore:
         elif isinstance(msg, SyncDigest | SyncSummary | SyncRequest | SyncBatch):
             if self.roomlog is not None:
                 self.roomlog.frame(link.peer or "", msg)
-                self._arm_router()
+                self._router_dirty = True
         elif isinstance(msg, PeerError):
             log.info("peer %s reports %s: %s", link.peer, msg.code, msg.reason)
             if msg.id is not None and self.directs is not None:
@@ -1433,13 +1439,12 @@ class PeerCore:
             # someone who joined a moment ago: wait for the registry to say so
             if not roomlog.hold(msg, peer, link.id):
                 log.info("dropped a message in %s from %s: too many wait", msg.room, msg.origin)
-            self._arm_router()
+            self._router_dirty = True
             return
         result = router.receive(msg, peer, self._now, speakers, self._admit_message(view))
         if result.sends:
             self._dispatch(result.sends)
-        if router.next_deadline() is not None:
-            self._arm_router()
+        self._router_dirty = True
         dropped = result.dropped
         if dropped is not None:
             if dropped not in (Drop.DUPLICATE, Drop.RATE_LIMITED):
@@ -1452,7 +1457,7 @@ class PeerCore:
         key = view.author_key(msg.origin, msg.ts, wall)
         if roomlog is not None and key is not None:
             roomlog.received(msg, key, peer)
-            self._arm_router()
+            self._router_dirty = True
         else:
             self._show_message(RoomText(msg.room, msg.origin, msg.text, msg.ts))
 
@@ -1472,7 +1477,7 @@ class PeerCore:
                 result.dropped,
             )
         self._dispatch(result.sends)
-        self._arm_router()
+        self._router_dirty = True
 
     def _admit_message(self, view: RoomView) -> Check:
         """The last checks of a new room message: its origin's signature, then its origin's
@@ -1622,7 +1627,7 @@ class PeerCore:
         if roomlog is not None and identity is not None:
             roomlog.sent(origination.msg, identity.signer.public_key)
         self._dispatch(origination.sends)
-        self._arm_router()
+        self._router_dirty = True
         self._show(RoomText(pending.room, me, pending.text, origination.msg.ts, mine=True))
         self._done(pending.command, len(self._forward.get(pending.room, ())))
 

@@ -610,18 +610,22 @@ class History:
         for msg in batch:
             _check_message(msg)
         results: list[Added | None] = [None] * len(batch)
-        todo = [(i, m) for i, m in enumerate(batch) if not self._known_id(m.id)]
+        # a live message's id is new (the router checked it); a catch-up batch's often is not,
+        # and a known id is refused here without opening a transaction
+        todo = [(i, m) for i, m in enumerate(batch) if batched or not self._known_id(m.id)]
         if todo:
             rooms: dict[str, int] = {}
             added = 0
             with self._tx(batched) as db:
                 for i, msg in todo:
-                    rid = rooms.get(msg.room.casefold())
+                    key = msg.room.casefold()
+                    rid = rooms.get(key) or self._rooms.get(key)
                     if rid is None:
-                        rid = rooms[msg.room.casefold()] = self._room_in(db, msg.room)
+                        rid = self._room_in(db, msg.room)
+                    rooms[key] = rid
                     results[i], size = self._insert(db, rid, msg, now)
                     added += size
-                freed, checked = self._enforce(db, rooms.values(), now)
+                freed, checked = self._enforce(db, rooms.values(), now, added)
             # committed: now the figures kept in memory may follow
             self._rooms.update(rooms)
             if self._total is not None:
@@ -644,8 +648,6 @@ class History:
     ) -> tuple[Added | None, int]:
         """One message into its stream; what ``add`` reports, and the bytes it counts for."""
         mid = bytes.fromhex(msg.id)
-        if db.execute("SELECT 1 FROM messages WHERE mid = ?", (mid,)).fetchone():
-            return None, 0  # the same id twice in one batch
         head = self._stream(db, rid, msg.origin, msg.key)
         at = min(msg.ts, now)
         if head is None:
@@ -654,12 +656,9 @@ class History:
             sid, high, top, above = head
         if msg.seq <= high:
             return None, 0
-        if db.execute(
-            "SELECT 1 FROM messages WHERE stream = ? AND seq = ?", (sid, msg.seq)
-        ).fetchone():
-            self.conflicts += 1
-            return None, 0
         if at < now - self.limits.max_age:
+            if db.execute("SELECT 1 FROM messages WHERE mid = ?", (mid,)).fetchone():
+                return None, 0
             # too old to keep, done all the same; the record that says so lives from now on,
             # so that the message is refused if it comes again
             new_high, new_above = self._settle(db, sid, msg.seq)
@@ -670,11 +669,15 @@ class History:
             )
             return Added(high, top, stored=False), 0
         size = len(msg.text.encode()) + ROW_OVERHEAD
-        db.execute(
-            "INSERT INTO messages (mid, room, stream, seq, ts, at, text, sig, size) "
+        cur = db.execute(
+            "INSERT OR IGNORE INTO messages (mid, room, stream, seq, ts, at, text, sig, size) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (mid, rid, sid, msg.seq, msg.ts, at, msg.text, msg.sig, size),
         )
+        if cur.rowcount != 1:  # its id is known, or another message holds its stream and seq
+            if not db.execute("SELECT 1 FROM messages WHERE mid = ?", (mid,)).fetchone():
+                self.conflicts += 1
+            return None, 0
         if msg.seq == high + 1:
             new_high, new_above = self._settle(db, sid, msg.seq) if above else (msg.seq, 0)
         else:
@@ -692,10 +695,10 @@ class History:
     # ------------------------------------------------------------------ bounds
 
     def _enforce(
-        self, db: sqlite3.Connection, rooms: Iterable[int], now: float
+        self, db: sqlite3.Connection, rooms: Iterable[int], now: float, added: int = 0
     ) -> tuple[int, list[int]]:
-        """Apply every bound that writing to ``rooms`` may have passed: the bytes freed, and
-        the rooms whose age bound was applied."""
+        """Apply every bound that writing to ``rooms`` (``added`` bytes) may have passed: the
+        bytes freed, and the rooms whose age bound was applied."""
         lim = self.limits
         freed = 0
         checked: list[int] = []
@@ -706,7 +709,8 @@ class History:
             if now >= self._next_age_check.get(rid, -math.inf):
                 freed += self._drop_old(db, rid, now)
                 checked.append(rid)
-        total = self._total_bytes(db)
+        known = self._total
+        total = known + added - freed if known is not None else self._total_bytes(db)
         while total > lim.max_bytes:
             row = db.execute(
                 "SELECT id, messages, bytes FROM rooms WHERE messages > 0 "
