@@ -1,14 +1,14 @@
 """Rooms at scale, simulated in virtual time: delivery, latency, hops and frames of one room.
 
-    .venv/bin/python -m bench.simulate --members 1000 --design tree      # seconds
-    .venv/bin/python -m bench.simulate --members 10000 --design tree     # about 2 minutes
-    .venv/bin/python -m bench.simulate --members 200 --engine core       # whole peers, ~30 s
+    .venv/bin/python -m bench.simulate --members 1000 --design tree      # 3 seconds
+    .venv/bin/python -m bench.simulate --members 10000 --design tree     # about a minute
+    .venv/bin/python -m bench.simulate --members 200 --engine core       # whole peers, ~10 s
 
 Engines:
   router  one room's members, each with the real pure router (``TreeRouter`` for tree push with
           lazy repair, ``FloodRouter`` for flooding), linked along the room's mesh as the real
           mesh code computes it (``RoomMesh``), on the discrete-event network of
-          tests/peer/simnet.py. Any size: a 10,000-member room takes a minute or two.
+          tests/peer/simnet.py. Any size: a 10,000-member room takes about a minute.
   core    every member is a whole ``PeerCore`` (registry session, links, handshakes, catch-up,
           signatures, the router inside) and the registry is a real ``RegistryCore``, on the
           simulated network of tests/simnet.py. Each member holds the whole member list, so
