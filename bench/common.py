@@ -65,7 +65,7 @@ def machine_line(m: dict[str, Any] | None = None) -> str:
 
 
 def command_line(module: str, argv: Sequence[str] | None = None) -> str:
-    """The command as typed: ``argv`` (by default this process's arguments) after the module."""
+    """The command as typed: ``argv`` when given (a call from Python), else this process's."""
     return shlex.join([".venv/bin/python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
 
 

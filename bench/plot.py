@@ -1,15 +1,16 @@
-"""Draw the benchmarks' figures under docs/img/ from their results in bench/results/.
+"""Draw docs/img/dissemination.png from bench/results/dissemination.json.
 
-    .venv/bin/python -m bench.plot [--figure dissemination|scale] [--results FILE] [--out FILE]
+    .venv/bin/python -m bench.plot [--results FILE] [--out FILE]
+    .venv/bin/python -m bench.plot --figure scale [--results FILE] [--out FILE]
 
-dissemination (the default): docs/img/dissemination.png from dissemination.json, three panels
-against room size, for both designs (and each process count): latency from send to shown (p50
-and p99), frames sent per delivered message, and the sender's fan-out (frames the origin itself
-writes per message).
+With ``--figure scale`` it draws docs/img/rooms_at_scale.png from bench/results/simulate_sizes.json
+(``bench.simulate_sizes``) instead: two panels against room size, tree push and flooding, on the
+three-ring mesh and the old chordal ring: p95 latency from send to shown, and frames per
+delivered message. The default figure, dissemination:
 
-scale: docs/img/rooms_at_scale.png from simulate_sizes.json (``bench.simulate_sizes``), two
-panels against room size, tree push and flooding, on the three-ring mesh and the old chordal
-ring: p95 latency from send to shown, and payload frames per delivered message.
+Three panels against room size, for both designs (and each process count): latency from send
+to shown (p50 and p99), frames sent per delivered message, and the sender's fan-out (frames the
+origin itself writes per message).
 """
 
 from __future__ import annotations
@@ -23,38 +24,19 @@ from typing import Any
 from bench.common import BENCH_DIR, RESULTS_DIR
 from tests.peer.simnet import HOP_LIMIT
 
-IMG_DIR = BENCH_DIR.parent / "docs" / "img"
-DEFAULT_OUT = IMG_DIR / "dissemination.png"
+DEFAULT_OUT = BENCH_DIR.parent / "docs" / "img" / "dissemination.png"
 FIGURES = {
     "dissemination": (RESULTS_DIR / "dissemination.json", DEFAULT_OUT),
-    "scale": (RESULTS_DIR / "simulate_sizes.json", IMG_DIR / "rooms_at_scale.png"),
+    "scale": (RESULTS_DIR / "simulate_sizes.json", DEFAULT_OUT.parent / "rooms_at_scale.png"),
 }
 
 
-def _pyplot() -> Any:
-    """matplotlib's pyplot, drawing to files only (no display needed)."""
+def plot(results: Path, out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt
-
-
-def _machine_title(doc: dict[str, Any]) -> str:
-    m = doc.get("machine", {})
-    return f"{m.get('cores', '?')} cores, {m.get('cpu', '?')}, Python {m.get('python', '?')}"
-
-
-def _save(fig: Any, out: Path) -> Path:
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    return out
-
-
-def plot(results: Path, out: Path) -> Path:
-    plt = _pyplot()
     doc = json.loads(results.read_text())
     rows: list[dict[str, Any]] = doc["rows"]
     series: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -84,18 +66,27 @@ def plot(results: Path, out: Path) -> Path:
         ax.set_xlabel("room size N (peers online)")
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=8)
+    m = doc.get("machine", {})
     s = doc.get("settings", {})
     fig.suptitle(
         f"room dissemination, {s.get('messages', '?')} messages at {s.get('rate', '?')}/s, "
-        f"median of {s.get('repeat', '?')} runs - {_machine_title(doc)}",
+        f"median of {s.get('repeat', '?')} runs - {m.get('cores', '?')} cores, "
+        f"{m.get('cpu', '?')}, Python {m.get('python', '?')}",
         fontsize=10,
     )
-    return _save(fig, out)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    return out
 
 
 def plot_scale(results: Path, out: Path) -> Path:
     """p95 latency and payload frames per delivery against room size, from simulate_sizes."""
-    plt = _pyplot()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     doc = json.loads(results.read_text())
     series: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in doc["rows"]:
@@ -140,6 +131,7 @@ def plot_scale(results: Path, out: Path) -> Path:
                     label="tree: ihave frames (ids only) per delivery",
                 )
     first = doc["rows"][0]
+    m = doc.get("machine", {})
     axes[0].set_title(
         f"latency send to shown, p95 ({first['latency_ms']:g} ms a link, "
         f"\u00b1{first['spread']:.0%}, jitter {first['jitter']:g})"
@@ -159,10 +151,14 @@ def plot_scale(results: Path, out: Path) -> Path:
         ax.legend(fontsize=8)
     fig.suptitle(
         f"rooms at scale, simulated (router engine, {first['messages']} messages from "
-        f"{first['senders']} senders, seed {first['seed']}) - {_machine_title(doc)}",
+        f"{first['senders']} senders, seed {first['seed']}) - {m.get('cores', '?')} cores, "
+        f"{m.get('cpu', '?')}, Python {m.get('python', '?')}",
         fontsize=10,
     )
-    return _save(fig, out)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
