@@ -64,9 +64,8 @@ def machine_line(m: dict[str, Any] | None = None) -> str:
     )
 
 
-def command_line(module: str, argv: Sequence[str] | None = None) -> str:
-    """The command as typed: ``argv`` when given (a call from Python), else this process's."""
-    return shlex.join([".venv/bin/python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
+def command_line(module: str) -> str:
+    return shlex.join([".venv/bin/python", "-m", module, *sys.argv[1:]])
 
 
 # ---------------------------------------------------------------- statistics and tables
