@@ -1,6 +1,12 @@
 """Draw docs/img/dissemination.png from bench/results/dissemination.json.
 
     .venv/bin/python -m bench.plot [--results FILE] [--out FILE]
+    .venv/bin/python -m bench.plot --figure scale [--results FILE] [--out FILE]
+
+With ``--figure scale`` it draws docs/img/rooms_at_scale.png from bench/results/simulate_sizes.json
+(``bench.simulate_sizes``) instead: two panels against room size, tree push and flooding, on the
+three-ring mesh and the old chordal ring: p95 latency from send to shown, and frames per
+delivered message. The default figure, dissemination:
 
 Three panels against room size, for both designs (and each process count, trust on and off):
 latency from send to shown (p50 and p99), frames sent per delivered message, and the sender's
@@ -16,8 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import BENCH_DIR, RESULTS_DIR
+from tests.peer.simnet import HOP_LIMIT
 
 DEFAULT_OUT = BENCH_DIR.parent / "docs" / "img" / "dissemination.png"
+FIGURES = {
+    "dissemination": (RESULTS_DIR / "dissemination.json", DEFAULT_OUT),
+    "scale": (RESULTS_DIR / "simulate_sizes.json", DEFAULT_OUT.parent / "rooms_at_scale.png"),
+}
 
 
 def plot(results: Path, out: Path) -> Path:
@@ -70,16 +81,100 @@ def plot(results: Path, out: Path) -> Path:
     return out
 
 
+def plot_scale(results: Path, out: Path) -> Path:
+    """p95 latency and payload frames per delivery against room size, from simulate_sizes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    doc = json.loads(results.read_text())
+    series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in doc["rows"]:
+        series.setdefault((r["mesh"], r["design"]), []).append(r)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    colours = {"tree": "tab:green", "flood": "tab:blue"}
+    marks = {"tree": ("o", 5), "flood": ("s", 9)}  # flood's larger squares show behind tree's dots
+    names = {"new": "three-ring mesh", "old": "old chordal ring"}
+    for (mesh, design), rs in sorted(series.items(), key=lambda kv: (kv[0][0] != "new", kv[0])):
+        rs.sort(key=lambda r: r["members"])
+        ns = [r["members"] for r in rs]
+        style = "-" if mesh == "new" else ":"
+        label = f"{design}, {names.get(mesh, mesh)}"
+        c = colours.get(design, "k")
+        marker, size = marks.get(design, ("o", 5))
+        line = {"color": c, "marker": marker, "markersize": size, "label": label}
+        if design == "flood":
+            line |= {"markerfacecolor": "none"}
+        axes[0].plot(ns, [r["p95_ms"] for r in rs], style, **line)
+        short = [r for r in rs if r["delivered_ratio"] < 1]
+        for k, r in enumerate(short if design == "tree" else []):
+            axes[0].annotate(
+                f"{r['delivered_ratio']:.0%} of members reached\n(hop limit {HOP_LIMIT})",
+                (r["members"], r["p95_ms"]),
+                textcoords="offset points",
+                xytext=(-150, -10 - 20 * k),
+                fontsize=8,
+                arrowprops={"arrowstyle": "->", "color": "grey"},
+            )
+        if mesh == "new":
+            frames = [r["payload_frames_per_delivery"] for r in rs]
+            axes[1].plot(ns, frames, style, **line)
+            if design == "tree":
+                ihave = [r["ihave_frames_per_delivery"] for r in rs]
+                axes[1].plot(
+                    ns,
+                    ihave,
+                    "--",
+                    color=c,
+                    alpha=0.5,
+                    marker=".",
+                    label="tree: ihave frames (ids only) per delivery",
+                )
+    first = doc["rows"][0]
+    m = doc.get("machine", {})
+    axes[0].set_title(
+        f"latency send to shown, p95 ({first['latency_ms']:g} ms a link, "
+        f"\u00b1{first['spread']:.0%}, jitter {first['jitter']:g})"
+    )
+    axes[0].set_ylabel("ms (log scale)")
+    axes[0].set_yscale("log")
+    plain = plt.FuncFormatter(lambda v, _: f"{v:,.0f}")
+    axes[0].yaxis.set_major_formatter(plain)
+    axes[0].yaxis.set_minor_formatter(plain)
+    axes[0].tick_params(axis="y", which="minor", labelsize=7)
+    axes[1].set_title("frames per delivered message, three-ring mesh")
+    axes[1].set_ylim(bottom=0)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("room size N (members online)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        f"rooms at scale, simulated (router engine, {first['messages']} messages from "
+        f"{first['senders']} senders, seed {first['seed']}) - {m.get('cores', '?')} cores, "
+        f"{m.get('cpu', '?')}, Python {m.get('python', '?')}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.plot",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--results", type=Path, default=RESULTS_DIR / "dissemination.json")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--figure", choices=sorted(FIGURES), default="dissemination")
+    p.add_argument("--results", type=Path, default=None, help="default: the figure's results")
+    p.add_argument("--out", type=Path, default=None, help="default: the figure's image")
     args = p.parse_args(argv)
-    print(f"wrote {plot(args.results, args.out)}")
+    results, out = FIGURES[args.figure]
+    draw = plot_scale if args.figure == "scale" else plot
+    print(f"wrote {draw(args.results or results, args.out or out)}")
     return 0
 
 

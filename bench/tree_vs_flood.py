@@ -29,8 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import command_line, header, int_list, save_results, shown, table
-from tests.peer.simnet import RoomSim, burst, killed, steady
+from bench._rooms import FIGURE_COLUMNS, room_row, router_room, spaced
+from bench.common import command_line, header, int_list, save_results, shown, table, usernames
+from tests.peer.simnet import burst, killed, steady
 
 MODULE = "bench.tree_vs_flood"
 
@@ -56,33 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_one(args: argparse.Namespace, n: int, design: str, scenario: str) -> dict[str, Any]:
-    members = [f"u{i:05d}" for i in range(n)]
-    sim = RoomSim(
+    members = usernames(n)
+    sim = router_room(
         members,
         design,  # type: ignore[arg-type]
         seed=args.seed,
-        latency=args.latency_ms / 1000,
+        latency_ms=args.latency_ms,
         jitter=args.jitter,
         loss=args.loss,
     )
-    senders = members[:: max(1, n // args.senders)][: args.senders]
+    senders = spaced(members, args.senders)
     start = time.perf_counter()
     if scenario == "steady":
         stats = steady(sim, senders, args.messages)
     elif scenario == "burst":
-        stats = burst(sim, members[:: max(1, n // 20)][:20])
+        stats = burst(sim, spaced(members, 20))
     else:
         fraction = int(scenario.removeprefix("kill")) / 100
         stats = killed(sim, fraction, args.senders, args.messages, seed=args.seed)
     row: dict[str, Any] = {"members": n, "design": design, "scenario": scenario}
-    row |= stats.row()
-    row["alive"] = len(sim.alive)
-    row["shown_twice"] = sim.shown_twice
-    if design == "tree":
-        routers = sim.trees.values()
-        row["grafted"] = sum(r.repaired for r in routers)
-        row["given_up"] = sum(r.given_up for r in routers)
-    row["links_per_member_max"] = max(len(v) for v in sim.graph.values())
+    row |= room_row(sim, stats)
     row["seconds"] = round(time.perf_counter() - start, 1)
     return row
 
@@ -92,15 +86,7 @@ COLUMNS = [
     ("design", "design"),
     ("scenario", "scenario"),
     ("msgs", "messages"),
-    ("delivered", "delivered_ratio"),
-    ("payload/deliv", "payload_frames_per_delivery"),
-    ("ihave/deliv", "ihave_frames_per_delivery"),
-    ("graft+prune/deliv", "control_frames_per_delivery"),
-    ("p50 ms", "p50_ms"),
-    ("p95 ms", "p95_ms"),
-    ("p99 ms", "p99_ms"),
-    ("max ms", "max_ms"),
-    ("max hops", "max_hops"),
+    *FIGURE_COLUMNS,
     ("grafted", "grafted"),
     ("s", "seconds"),
 ]

@@ -12,10 +12,11 @@ latency, hops and frames. Used by the tests and by ``bench/tree_vs_flood.py``.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import math
 import random
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,8 +26,25 @@ from p2pchat.peer.router import FloodRouter
 from p2pchat.protocol.messages import Graft, IHave, Prune, RoomMessage, peer_decoder
 
 ROOM = "room"
+HOP_LIMIT = 64
+"""The hops a room message starts with (the routers' default): it may cross this many links."""
 _KIND = {RoomMessage: "room_msg", IHave: "ihave", Graft: "graft", Prune: "prune"}
 Design = Literal["tree", "flood"]
+LinkLatency = Callable[[Hashable, Hashable], float]
+"""A link's latency before jitter, given its two ends (must not depend on their order)."""
+MeshBuilder = Callable[[set[str]], Mapping[str, Set[str]]]
+"""Every member's neighbours, from the set of members (online, alive) of the room."""
+
+
+def hashed_uniform(*parts: object) -> float:
+    """A number in [0, 1) drawn from a hash of ``parts``: the same parts, the same number."""
+    data = "\0".join(map(str, parts)).encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") / 2**64
+
+
+def links_crossed(hops: int) -> int:
+    """How many links a room message arriving with ``hops`` left has crossed."""
+    return HOP_LIMIT + 1 - hops
 
 
 class SimNet:
@@ -37,6 +55,14 @@ class SimNet:
     jitter drawn per frame, uniform in [0, jitter * link latency], and never overtakes an
     earlier frame on the same directed link. It is lost with probability ``loss``, and dropped
     if either end is dead when it is sent or when it arrives.
+
+    With ``latency_of``, a link's latency before jitter is ``latency_of(a, b)`` instead (then
+    ``latency`` and ``spread`` are not used, and the draws of links do not consume the seed).
+    With ``hashed_draws``, a frame's jitter and loss come from a hash of the seed, the directed
+    link and the frame's number on it instead of one random stream: the run then does not
+    depend on the order of sends made at the same instant, which follows the iteration order
+    of sets of names and so changes from one Python process to the next (string hashing is
+    randomised); the same seed gives the same run in any process.
     """
 
     def __init__(
@@ -48,8 +74,14 @@ class SimNet:
         spread: float = 0.5,
         jitter: float = 0.1,
         loss: float = 0.0,
+        latency_of: LinkLatency | None = None,
+        hashed_draws: bool = False,
     ) -> None:
         self.handler = handler
+        self.latency_of = latency_of
+        self.seed = seed
+        self.hashed_draws = hashed_draws
+        self._frames_on: dict[tuple[Hashable, Hashable], int] = {}
         self.rng = random.Random(seed)
         self.latency, self.spread, self.jitter, self.loss = latency, spread, jitter, loss
         self.now = 0.0
@@ -65,7 +97,10 @@ class SimNet:
         """The link's latency before jitter: drawn at its first use, the same both ways."""
         lat = self._link.get((a, b))
         if lat is None:
-            lat = self.latency * (1 + self.spread * (2 * self.rng.random() - 1))
+            if self.latency_of is not None:
+                lat = self.latency_of(a, b)
+            else:
+                lat = self.latency * (1 + self.spread * (2 * self.rng.random() - 1))
             self._link[a, b] = self._link[b, a] = lat
         return lat
 
@@ -73,11 +108,19 @@ class SimNet:
         if src in self.dead or dst in self.dead:
             return
         self.sent += 1
-        if self.loss and self.rng.random() < self.loss:
-            self.lost += 1
-            return
-        lat = self.link_latency(src, dst)
-        t = self.now + lat + self.jitter * lat * self.rng.random()
+        if self.hashed_draws:
+            k = self._frames_on[src, dst] = self._frames_on.get((src, dst), 0) + 1
+            if self.loss and hashed_uniform(self.seed, "loss", src, dst, k) < self.loss:
+                self.lost += 1
+                return
+            lat = self.link_latency(src, dst)
+            t = self.now + lat + self.jitter * lat * hashed_uniform(self.seed, src, dst, k)
+        else:
+            if self.loss and self.rng.random() < self.loss:
+                self.lost += 1
+                return
+            lat = self.link_latency(src, dst)
+            t = self.now + lat + self.jitter * lat * self.rng.random()
         last = self._last.get((src, dst), 0.0)
         if t < last:
             t = last
@@ -172,6 +215,10 @@ class RoomSim:
     The registry's member list (for the routers' membership checks) is everyone given, dead or
     alive; ``update_mesh`` recomputes the mesh over the living, as members do when the registry
     tells them someone went offline.
+
+    ``mesh_builder`` links the members along another graph than ``RoomMesh``'s (e.g. an older
+    mesh, for comparison); ``latency_of`` fixes each link's latency and ``hashed_draws`` makes
+    the run independent of Python's string hashing (see ``SimNet``).
     """
 
     def __init__(
@@ -186,16 +233,27 @@ class RoomSim:
         loss: float = 0.0,
         max_links: int = 6,
         tree_options: dict[str, Any] | None = None,
+        mesh_builder: MeshBuilder | None = None,
+        latency_of: LinkLatency | None = None,
+        hashed_draws: bool = False,
     ) -> None:
         self.members = sorted(set(members))
         self.member_set = frozenset(self.members)
         self.design = design
         self.net = SimNet(
-            self._on_frame, seed=seed, latency=latency, spread=spread, jitter=jitter, loss=loss
+            self._on_frame,
+            seed=seed,
+            latency=latency,
+            spread=spread,
+            jitter=jitter,
+            loss=loss,
+            latency_of=latency_of,
+            hashed_draws=hashed_draws,
         )
         ids = random.Random(seed ^ 0x5EED)
         self.mesh = RoomMesh(self.members, max_links)
-        self.graph = self.mesh.graph()
+        self.mesh_builder = mesh_builder
+        self.graph = self._build(set(self.members)) if mesh_builder else self.mesh.graph()
         self.trees: dict[str, TreeRouter] = {}
         self.floods: dict[str, FloodRouter] = {}
         for v in self.members:
@@ -270,7 +328,7 @@ class RoomSim:
         seen = self.got.setdefault(msg.id, {})
         if v in seen:
             self.shown_twice += 1
-        seen[v] = (self.net.now, 65 - msg.hops)
+        seen[v] = (self.net.now, links_crossed(msg.hops))
 
     # ------------------------------------------------------------------ actions
 
@@ -305,7 +363,7 @@ class RoomSim:
         """Every living member recomputes the mesh over the living and adjusts its links."""
         for v in self.net.dead:
             self.mesh.remove(v)
-        new = self.mesh.graph()
+        new = self._build(set(self.alive)) if self.mesh_builder else self.mesh.graph()
         for v in self.alive:
             old, now_ = self.graph.get(v, frozenset()), new[v]
             r = self.trees.get(v)
@@ -317,6 +375,11 @@ class RoomSim:
                 self._schedule(v)
         self.graph = {v: new.get(v, frozenset()) for v in self.members}
 
+    def _build(self, members: set[str]) -> dict[str, frozenset[str]]:
+        assert self.mesh_builder is not None
+        graph = self.mesh_builder(members)
+        return {v: frozenset(graph.get(v, ())) for v in members}
+
     def run(self, until: float = math.inf) -> None:
         self.net.run(until)
 
@@ -325,32 +388,42 @@ class RoomSim:
 
     def stats(self, ids: Iterable[str], since: dict[str, int] | None = None) -> Stats:
         """Figures over the messages ``ids``; frames counted since ``since`` (a ``counters()``)."""
-        ids = list(ids)
-        alive = set(self.alive)
         base = since or dict.fromkeys(self.frames, 0)
-        expected = delivered = 0
-        latencies: list[float] = []
-        max_hops = 0
-        for mid in ids:
-            origin, t0 = self.sent[mid]
-            got = self.got[mid]
-            expected += len(alive - {origin})
-            for v, (t, hops) in got.items():
-                if v in alive:
-                    delivered += 1
-                    latencies.append(t - t0)
-                    max_hops = max(max_hops, hops)
-        f = {k: self.frames[k] - base[k] for k in self.frames}
-        return Stats(
-            messages=len(ids),
-            expected=expected,
-            delivered=delivered,
-            payload_frames=f["room_msg"],
-            ihave_frames=f["ihave"],
-            control_frames=f["graft"] + f["prune"],
-            latencies=latencies,
-            max_hops=max_hops,
+        return tally(
+            [(*self.sent[mid], self.got[mid]) for mid in ids],
+            set(self.alive),
+            {k: self.frames[k] - base[k] for k in self.frames},
         )
+
+
+def tally(
+    messages: Iterable[tuple[str, float, Mapping[str, tuple[float, int]]]],
+    alive: Set[str],
+    frames: Mapping[str, int],
+) -> Stats:
+    """Figures over ``messages``, each (origin, time sent, member -> (time shown, links
+    crossed)), counting the deliveries to ``alive`` members; ``frames`` carried, by type."""
+    messages = list(messages)
+    expected = delivered = 0
+    latencies: list[float] = []
+    max_hops = 0
+    for origin, t0, got in messages:
+        expected += len(alive - {origin})
+        for v, (t, hops) in got.items():
+            if v in alive:
+                delivered += 1
+                latencies.append(t - t0)
+                max_hops = max(max_hops, hops)
+    return Stats(
+        messages=len(messages),
+        expected=expected,
+        delivered=delivered,
+        payload_frames=frames.get("room_msg", 0),
+        ihave_frames=frames.get("ihave", 0),
+        control_frames=frames.get("graft", 0) + frames.get("prune", 0),
+        latencies=latencies,
+        max_hops=max_hops,
+    )
 
 
 # ---------------------------------------------------------------- scenarios
