@@ -4,11 +4,9 @@ engine draws alike."""
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Hashable, Sequence
 from typing import Any
 
-from bench.common import command_line
 from tests.peer.simnet import Design, LinkLatency, MeshBuilder, RoomSim, Stats, hashed_uniform
 
 FIGURE_COLUMNS = [
@@ -23,13 +21,6 @@ FIGURE_COLUMNS = [
     ("max hops", "max_hops"),
 ]
 """Table columns (heading, key of ``Stats.row``) of a simulated room's figures."""
-
-
-def command_of(module: str, argv: Sequence[str] | None) -> str:
-    """The command as typed: ``argv`` when given (a call from Python), else this process's."""
-    if argv is None:
-        return command_line(module)
-    return shlex.join([".venv/bin/python", "-m", module, *argv])
 
 
 def pair_latency(seed: int, mean: float, spread: float) -> LinkLatency:

@@ -55,8 +55,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench._rooms import FIGURE_COLUMNS, command_of, pair_latency, room_row, router_room
-from bench.common import RESULTS_DIR, header, save_results, shown, table, usernames
+from bench._rooms import FIGURE_COLUMNS, pair_latency, room_row, router_room
+from bench.common import RESULTS_DIR, command_line, header, save_results, shown, table, usernames
 from bench.mesh_stats import changes, new_builder, old_mesh_graph
 from p2pchat.peer.core import PeerConfig
 from p2pchat.peer.events import PeerEvent, RoomText
@@ -470,7 +470,7 @@ def add_run(path: Path, command: str, row: dict[str, Any]) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = command_of(MODULE, argv)
+    command = command_line(MODULE, argv)
     print(header("simulate: one room in virtual time", command))
     print(
         f"{args.engine} engine, {args.design}, {args.mesh} mesh; links {args.latency_ms:g} ms "

@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 
 from bench import simulate
-from bench._rooms import command_of
-from bench.common import RESULTS_DIR, header, int_list, save_results, shown, table
+from bench.common import RESULTS_DIR, command_line, header, int_list, save_results, shown, table
 
 MODULE = "bench.simulate_sizes"
 DEFAULT_OUT = RESULTS_DIR / "simulate_sizes.json"
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         parser.set_defaults(sizes=[30, 100], options="--messages 5 --mesh-events 5")
         args = parser.parse_args(argv)
-    command = command_of(MODULE, argv)
+    command = command_line(MODULE, argv)
     print(header("simulate_sizes: rooms of growing size, both designs, both meshes", command))
     rows = []
     for n in args.sizes:
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                     *args.options.split(),
                 ]
                 run_args = simulate.parse_args(run_argv)
-                row = simulate.run(run_args, command_of(simulate.MODULE, run_argv))
+                row = simulate.run(run_args, command_line(simulate.MODULE, run_argv))
                 rows.append(row)
                 print(
                     f"  N={n:,} {mesh} mesh {design}: delivered {row['delivered_ratio']}, "
