@@ -25,8 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from bench._rooms import pair_latency
 from bench.common import PASSWORD, ROOM, cpu_seconds, peak_rss_bytes, raise_nofile, rss_bytes
 from bench.naive import NaivePeer
+from p2pchat.peer.actions import Action, CloseLink, SendLink
 from p2pchat.peer.events import PeerEvent, RoomText
 from p2pchat.peer.mesh import mesh_neighbours
 from p2pchat.peer.node import PeerConfig, PeerNode
@@ -126,6 +128,40 @@ class _Acks(asyncio.DatagramProtocol):
         self.on_ack(data.decode())
 
 
+class DelayedNode(PeerNode):
+    """A peer whose every write on a link leaves after that link's one-way latency: links of
+    a wide-area network, in user space (this machine's kernel has no netem). The latency of
+    the link between two users is ``latency_of(a, b)`` seconds, as the simulator draws it;
+    frames on one link keep their order (one latency per link)."""
+
+    def __init__(
+        self,
+        config: PeerConfig,
+        on_event: Callable[[PeerEvent], None],
+        *,
+        latency_of: Callable[[str, str], float],
+    ) -> None:
+        super().__init__(config, on_event)
+        self.latency_of = latency_of
+
+    def apply(self, actions: list[Action]) -> None:
+        loop = asyncio.get_running_loop()
+        kept: list[Action] = []
+        for action in actions:
+            if not isinstance(action, SendLink | CloseLink):
+                kept.append(action)
+                continue
+            peer, me = self.core.link_peer(action.link), self.core.username
+            link = self.links.get(action.link)
+            if peer is None or me is None or link is None:
+                kept.append(action)
+            elif isinstance(action, SendLink):
+                loop.call_later(self.latency_of(me, peer), link.send, action.data)
+            else:  # after what was written before it, as TCP would
+                loop.call_later(self.latency_of(me, peer), link.close, action.abort)
+        super().apply(kept)
+
+
 class Worker:
     """Holds some peers of one room and carries out the coordinator's commands."""
 
@@ -160,11 +196,18 @@ class Worker:
         secure: bool = True,
         home: str | None = None,
         check_signatures: bool = True,
+        link_delay_ms: float = 0.0,
+        link_spread: float = 0.5,
+        delay_seed: int = 1,
     ) -> dict[str, Any]:
         """``secure``: TLS, certificates and signatures (False: none, to measure their cost).
         ``home``: the folder for the peers' keys, certificates and pinned registry (a private
         temporary one, removed at ``stop``, if None); never the user's own.
-        ``check_signatures`` False: see ``skip_signature_checks``."""
+        ``check_signatures`` False: see ``skip_signature_checks``. ``link_delay_ms``: each
+        link's one-way latency, drawn as the simulator draws it (``DelayedNode``)."""
+        latency_of = (
+            pair_latency(delay_seed, link_delay_ms / 1000, link_spread) if link_delay_ms else None
+        )
         if not check_signatures and self._restore is None:
             self._restore = skip_signature_checks()
         gc.collect()
@@ -192,7 +235,10 @@ class Worker:
                     data_dir=data,
                     config_dir=conf,
                 )
-                node = self.node_class(config, self.rec.callback(i))
+                if latency_of is not None:
+                    node = DelayedNode(config, self.rec.callback(i), latency_of=latency_of)
+                else:
+                    node = self.node_class(config, self.rec.callback(i))
             else:
                 node = NaivePeer(registry_port, self.rec.callback(i), secure=secure)
             self.nodes.append(node)
@@ -306,9 +352,11 @@ class Worker:
         expected: int,
         drain: float = 5.0,
         monitor: dict[str, list[str]] | None = None,
+        last: float = 0.0,
     ) -> dict[str, Any]:
         """Send ``(offset, sender, text)`` at wall time ``t0 + offset``; record deliveries
-        until ``expected`` of them arrived here, or ``drain`` s after the last send is due."""
+        until ``expected`` of them arrived here, or ``drain`` s after the last send is due
+        (``last``: the last offset of all workers' sends, for a worker with few or none)."""
         loop = asyncio.get_running_loop()
         self.rec.reset(expected)
         self.rec.counts = None
@@ -346,7 +394,7 @@ class Worker:
             task.add_done_callback(
                 lambda t: fanouts.append(t.result()) if not t.exception() else None
             )
-        last = max((o for o, _, _ in sends), default=0.0)
+        last = max([last, *(o for o, _, _ in sends)])
         remaining = base + last + drain - loop.time()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.rec.done.wait(), max(0.0, remaining))

@@ -133,6 +133,7 @@ async def one_run(args: argparse.Namespace, rng: random.Random, run: int) -> dic
                     expected=expected[k],
                     drain=3.0,
                     monitor=monitor,
+                    last=sends[-1][0] if sends else 0.0,
                 )
             )
             for k, w in enumerate(workers)

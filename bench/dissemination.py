@@ -92,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-links", type=int, default=6)
     p.add_argument("--window", type=int, default=16, help="saturation: messages in flight")
     p.add_argument(
+        "--link-delay-ms",
+        type=float,
+        default=0.0,
+        help="give each peer link a one-way latency around this (0: none), added in user "
+        "space to every write, drawn per link from --seed as bench.simulate draws it",
+    )
+    p.add_argument(
+        "--link-spread",
+        type=float,
+        default=0.5,
+        help="with --link-delay-ms: latencies uniform within DELAY x (1 +- SPREAD)",
+    )
+    p.add_argument(
         "--saturate-seconds", type=float, default=3.0, help="saturation run length (0: none)"
     )
     p.add_argument(
@@ -176,6 +189,9 @@ async def _configuration(
                     secure=secure,
                     home=os.path.join(home.name, f"w{k}"),
                     check_signatures=trust != "unchecked",
+                    link_delay_ms=args.link_delay_ms,
+                    link_spread=args.link_spread,
+                    delay_seed=args.seed,
                 )
                 for k, (w, part) in enumerate(zip(workers, parts, strict=True))
             )
@@ -216,7 +232,9 @@ async def _configuration(
             cpu0 = cpu_seconds()
             results = await asyncio.gather(
                 *(
-                    w.call("run", sends=per_worker[k], t0=t0, expected=expected[k])
+                    w.call(
+                        "run", sends=per_worker[k], t0=t0, expected=expected[k], last=sends[-1][0]
+                    )
                     for k, w in enumerate(workers)
                 )
             )
@@ -279,6 +297,7 @@ def _run_stats(
         "delivery": unique / expected if expected else 1.0,
         "shown_twice": float(sum(seen.values()) - unique),
         "p50_ms": percentile(lat, 50),
+        "p95_ms": percentile(lat, 95),
         "p99_ms": percentile(lat, 99),
         "max_ms": max(lat, default=float("nan")),
         "msgs_per_s": len(sends) / (last - t0) if last > t0 else float("nan"),

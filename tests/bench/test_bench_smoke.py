@@ -5,9 +5,11 @@ Smoke tests only: benchmarks are not tests, so nothing here depends on how fast 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from bench import dissemination, links, wire
+from bench import calibrate, dissemination, links, wire
 
 
 def _rows(out: str, n: str) -> list[list[str]]:
@@ -66,3 +68,17 @@ def test_quick_links_makes_links_both_ways(capsys: pytest.CaptureFixture[str]) -
         if r[:1] in (["on"], ["off"]):
             rows.setdefault(r[0], r)  # the first table: the links
     assert rows["on"][1:3] == ["3", "0"] and rows["off"][1:3] == ["3", "0"]  # links, failed
+
+
+def test_calibrate_compares_a_real_room_with_both_simulations(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    args = ["--members", "5", "--procs", "1", "--inline", "--messages", "5", "--rate", "20"]
+    args += ["--latency-ms", "20", "--out", str(tmp_path / "calibrate.json")]
+    assert calibrate.main(args) == 0
+    out = capsys.readouterr().out
+    rows = {" ".join(r[:2]): r for r in (line.split() for line in out.splitlines()) if r}
+    assert rows["real 1.00"][1] == "1.00"  # everything delivered, with links held 20 ms
+    assert float(rows["real 1.00"][3]) >= 20  # p95: at least one link's latency
+    assert rows["sim core"][2] == "1.00" and rows["sim router"][2] == "1.00"
+    assert "real p95 / simulated (core) p95:" in out

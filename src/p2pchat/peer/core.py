@@ -819,6 +819,11 @@ class PeerCore:
         """The users we hold an open link with."""
         return frozenset(self.links)
 
+    def link_peer(self, link_id: int) -> str | None:
+        """Who a link is with (or who we dialed), if known yet."""
+        link = self._conns.get(link_id)
+        return None if link is None else link.peer or link.expect
+
     def mesh_links(self, room: str) -> list[str]:
         """The peers a message in ``room`` is flooded to (links either side holds for it)."""
         return list(self._forward.get(self.room_name(room), ()))
