@@ -334,11 +334,11 @@ class Listener:
         slot.task.add_done_callback(lambda task: self._opened(task, slot))
 
     def _evict(self) -> None:
-        """Make room in the pool of handshakes: close the oldest handshake of the address
+        """Make room in the pool of handshakes: close the oldest handshake of the addresses
         holding the most."""
         counts = self._opening_per_address
-        host = max(counts, key=counts.__getitem__)
-        victim = next(slot for slot in self._opening if slot.host == host)
+        most = max(counts.values())
+        victim = next(slot for slot in self._opening if counts[slot.host] == most)
         self._leave_pool(victim)
         self.evicted += 1
         if victim.task is not None:
