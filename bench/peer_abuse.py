@@ -344,62 +344,56 @@ async def attack_none(ctx: Ctx, stop: asyncio.Event) -> None:
     await stop.wait()
 
 
+async def _hold(
+    ctx: Ctx, stop: asyncio.Event, address: str, context: ssl.SSLContext | None, first: bytes
+) -> None:
+    """A connection to alice from ``address`` (in TLS with ``context``, if any) that sends
+    ``first`` and never goes further; reopened ``REOPEN`` s after alice closes it."""
+    while not stop.is_set():
+        try:
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1",
+                ctx.port,
+                local_addr=(address, 0),
+                ssl=context,
+                server_hostname="" if context is not None else None,
+            )
+        except OSError:  # refused at accept (before TLS), or the handshake failed
+            ctx.refused += 1
+            await _pause(stop)
+            continue
+        ctx.opened += 1
+        writer.write(first)
+        said = await _until_closed(reader, stop)
+        if said.startswith(b'{"type":"peer_error"'):
+            ctx.refused += 1
+        elif not stop.is_set():
+            ctx.closed += 1
+        writer.transport.abort()
+        await _pause(stop)
+
+
 async def attack_idle_connections(ctx: Ctx, stop: asyncio.Event) -> None:
     hello = _client_hello()
-
-    async def one(address: str, speak: bool) -> None:
-        while not stop.is_set():
-            try:
-                reader, writer = await asyncio.open_connection(
-                    "127.0.0.1", ctx.port, local_addr=(address, 0)
-                )
-            except OSError:
-                ctx.refused += 1
-                await _pause(stop)
-                continue
-            ctx.opened += 1
-            if speak:
-                writer.write(hello)
-            said = await _until_closed(reader, stop)
-            if said.startswith(b'{"type":"peer_error"'):
-                ctx.refused += 1
-            elif not stop.is_set():
-                ctx.closed += 1
-            writer.transport.abort()
-            await _pause(stop)
-
     ctx.first_link.set()
-    await asyncio.gather(*(one(_address(i % 20), i % 2 == 1) for i in range(ctx.n(400))))
+    await asyncio.gather(
+        *(
+            _hold(ctx, stop, _address(i % 20), None, hello if i % 2 else b"")
+            for i in range(ctx.n(400))
+        )
+    )
 
 
 async def attack_hello_holders(ctx: Ctx, stop: asyncio.Event) -> None:
     holders = [f"holder{i:02d}" for i in range(HOLDERS)]
-    contexts = {name: ctx.context(name) for name in holders}
-
-    async def one(i: int) -> None:
-        name = holders[i % len(holders)]
-        while not stop.is_set():
-            try:
-                reader, writer = await asyncio.open_connection(
-                    "127.0.0.1",
-                    ctx.port,
-                    local_addr=(_address(i % len(holders)), 0),
-                    ssl=contexts[name],
-                    server_hostname="",
-                )
-            except OSError:  # refused at accept (before TLS), or the handshake failed
-                ctx.refused += 1
-                await _pause(stop)
-                continue
-            ctx.opened += 1
-            await _until_closed(reader, stop)
-            if not stop.is_set():
-                ctx.closed += 1
-            writer.transport.abort()
-            await _pause(stop)
-
+    contexts = [ctx.context(name) for name in holders]
     ctx.first_link.set()
-    await asyncio.gather(*(one(i) for i in range(ctx.n(200))))
+    await asyncio.gather(
+        *(
+            _hold(ctx, stop, _address(i % HOLDERS), contexts[i % HOLDERS], b"")
+            for i in range(ctx.n(200))
+        )
+    )
 
 
 Body = Callable[[asyncio.StreamWriter, asyncio.Event], Coroutine[Any, Any, None]]
@@ -610,9 +604,9 @@ async def run_attack(
                 attack.cancel()
         if client is not None:
             await client.close()
-        for process in (honest, victim):
-            if process is not None:
-                await process.stop()
+        for running in (honest, victim):
+            if running is not None:
+                await running.stop()
     room = [*alice["from_honest"], *bob["from_victim"]]
     said = alice["said"] + bob["said"]
     dms = bob["dm_latencies"]
