@@ -196,6 +196,7 @@ class Listener:
         self.evicted = 0
         """Handshakes closed to make room in the pool of handshakes."""
         self.pauses = 0
+        self._starting: set[Slot] = set()  # admitted, transport not made yet
         self._opening: dict[Slot, None] = {}  # the pool of handshakes, oldest first
         self._opening_per_address: dict[str, int] = {}
         self._loop = asyncio.get_running_loop()
@@ -251,7 +252,7 @@ class Listener:
         self._stop_accepting()
         for sock in self.sockets:
             sock.close()
-        for slot in list(self._opening):
+        for slot in list(self._starting):
             if slot.task is not None:
                 slot.task.cancel()
 
@@ -331,6 +332,7 @@ class Listener:
             slot.release()
             conn.close()
             raise
+        self._starting.add(slot)
         slot.task.add_done_callback(lambda task: self._opened(task, slot))
 
     def _evict(self) -> None:
@@ -379,6 +381,7 @@ class Listener:
             await _handshake(transport, handshake)
 
     def _opened(self, task: asyncio.Future[None], slot: Slot) -> None:
+        self._starting.discard(slot)
         self._leave_pool(slot)
         slot.task = None
         if task.cancelled():  # closed by us: evicted, or the listener is closing
