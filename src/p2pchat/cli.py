@@ -354,9 +354,10 @@ def _setup_logging(level: str) -> None:
 
 
 async def _run_registry(args: argparse.Namespace) -> int:
+    from p2pchat.listener import default_max_connections
     from p2pchat.registry.core import RegistryConfig
     from p2pchat.registry.passwords import Passwords
-    from p2pchat.registry.server import RegistryServer, default_max_connections
+    from p2pchat.registry.server import RegistryServer
     from p2pchat.store import SqliteStore, StoreError
     from p2pchat.trust.certs import TrustError
     from p2pchat.trust.files import authority_paths, load_or_create_authority

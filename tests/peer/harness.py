@@ -8,6 +8,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from p2pchat.peer.events import PeerEvent
 from p2pchat.peer.mesh import mesh_graph
@@ -21,15 +22,20 @@ WAIT = 10.0
 
 
 async def raw_link(
-    target: PeerNode, as_peer: PeerNode
+    target: PeerNode, as_peer: PeerNode, source: str = "127.0.0.1"
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A hand-driven link to ``target``, in TLS with ``as_peer``'s certificate (it must be
-    logged in): for tests that send a peer frames no well-behaved peer would."""
+    logged in), from the address ``source``: for tests that send a peer frames no
+    well-behaved peer would."""
     me = as_peer.username or ""
     own = as_peer.local.own_files(me)
     assert own is not None, "log in first"
     reader, writer = await asyncio.open_connection(
-        "127.0.0.1", target.port, ssl=tls.client(*own), server_hostname=""
+        "127.0.0.1",
+        target.port,
+        ssl=tls.client(*own),
+        server_hostname="",
+        local_addr=(source, 0),
     )
     writer.write(encode(PeerHello(version=PROTOCOL_VERSION, username=me, nonce="ab" * 16)))
     welcome = json.loads(await asyncio.wait_for(reader.readline(), WAIT))
@@ -87,29 +93,36 @@ class Swarm:
         self.changes = Changes()
         self.peers: dict[str, Peer] = {}
 
-    async def add(self, name: str, *, login: bool = True, register: bool = True) -> Peer:
+    async def add(
+        self,
+        name: str,
+        *,
+        login: bool = True,
+        register: bool = True,
+        node: dict[str, Any] | None = None,
+        **config: Any,
+    ) -> Peer:
+        """A new peer, logged in unless told not to; ``node``: more arguments of ``PeerNode``,
+        ``config``: of its ``PeerConfig``."""
         events: list[PeerEvent] = []
 
         def on_event(event: PeerEvent) -> None:
             events.append(event)
             self.changes.poke()
 
-        node = PeerNode(
-            PeerConfig(
-                registry_port=self.registry_port,
-                listen_host="127.0.0.1",
-                max_links=self.max_links,
-                dial_timeout=1.0,
-            ),
+        settings: dict[str, Any] = {"max_links": self.max_links, "dial_timeout": 1.0, **config}
+        made = PeerNode(
+            PeerConfig(registry_port=self.registry_port, listen_host="127.0.0.1", **settings),
             on_event=on_event,
+            **(node or {}),
         )
-        await node.start()
-        peer = Peer(name, node, events)
+        await made.start()
+        peer = Peer(name, made, events)
         self.peers[name] = peer
         if register:
-            await node.register(name, PW)
+            await made.register(name, PW)
         if login:
-            await node.login(name, PW)
+            await made.login(name, PW)
         return peer
 
     def online(self, room: str, names: Iterable[str]) -> list[Peer]:

@@ -4,19 +4,15 @@ defended outcome asserted; and the shell's one timer, driven by an injected cloc
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import logging
 import socket
 import ssl
-import tracemalloc
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from p2pchat.protocol.messages import Bye, RoomEvent
-from p2pchat.registry import server as server_module
 from p2pchat.registry.client import RegistryClient, RegistryError
 from p2pchat.registry.core import RegistryConfig
 from p2pchat.registry.server import (
@@ -25,23 +21,14 @@ from p2pchat.registry.server import (
     default_max_connections,
 )
 from p2pchat.trust import tls
+from tests.listening import WAIT, out_of_descriptors, pauses_without_spinning, traced, until
 from tests.registry.harness import HELLO, PW, FaultyStore, open_tls, start_server
 
-WAIT = 10.0
 PING = b'{"type":"ping","id":%d,"session":"t","seq":1,"mac":"' + b"0" * 64 + b'"}\n'
 """A heartbeat over TCP for no session: answered ``not_logged_in``."""
 
 
 start = start_server
-
-
-async def until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
-    """Let the loop run until ``predicate`` holds (it is checked after each pass)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.005)
 
 
 raw = open_tls
@@ -133,7 +120,7 @@ async def test_connections_per_address_are_capped() -> None:
         other.write(HELLO)
         assert (await line(other_reader))["type"] == "welcome"
         held[0][1].close()  # a slot freed is a slot again
-        await until(lambda: server._per_address.get("127.0.0.2") == 2)
+        await until(lambda: server.listener.per_address.get("127.0.0.2") == 2)
         reader, writer = await raw(server.port, "127.0.0.2")
         writer.write(HELLO)
         assert (await line(reader))["type"] == "welcome"
@@ -159,45 +146,15 @@ def test_the_default_connection_limit_leaves_file_descriptors_spare() -> None:
     assert 0 < default_max_connections() < 1 << 20
 
 
-class _Exhausted:
-    """A listening socket whose ``accept`` fails as a process out of descriptors does."""
-
-    def __init__(self, real: socket.socket) -> None:
-        self.real = real
-        self.calls = 0
-
-    def fileno(self) -> int:
-        return self.real.fileno()
-
-    def getsockname(self) -> Any:
-        return self.real.getsockname()
-
-    def close(self) -> None:
-        self.real.close()
-
-    def accept(self) -> tuple[socket.socket, Any]:
-        self.calls += 1
-        raise OSError(errno.EMFILE, "Too many open files")
-
-
 async def test_out_of_descriptors_pauses_accepting_without_spinning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(server_module, "ACCEPT_RETRY", 0.2)
     server = await start()
     try:
-        real = server._listeners[0]
-        server._stop_accepting()
-        exhausted = _Exhausted(real)
-        server._listeners[0] = exhausted  # type: ignore[call-overload]
-        server._start_accepting()
         with caplog.at_level(logging.WARNING, logger="p2pchat.registry"):
-            connecting = asyncio.create_task(raw(server.port))  # waits in the backlog
-            await until(lambda: exhausted.calls >= 1)
-            for _ in range(200):  # a spinning accept loop would be called on each pass
-                await asyncio.sleep(0)
-            assert exhausted.calls == 1 and not connecting.done()
-            server._listeners[0] = real  # descriptors are free again
+            with out_of_descriptors(server.listener, monkeypatch) as exhausted:
+                connecting = asyncio.create_task(raw(server.port))  # waits in the backlog
+                await pauses_without_spinning(exhausted, connecting)
             reader, writer = await asyncio.wait_for(connecting, WAIT)
             writer.write(HELLO)
             assert (await line(reader))["type"] == "welcome"  # accepted once the pause ended
@@ -224,17 +181,15 @@ async def test_an_idle_tls_connection_costs_the_registry_little_memory() -> None
         assert b'"welcome"' in sock.recv(4096)
         return sock
 
-    tracemalloc.start()
     try:
-        before = tracemalloc.get_traced_memory()[0]
-        held = [await asyncio.to_thread(connect) for _ in range(count)]
-        per_connection = (tracemalloc.get_traced_memory()[0] - before) / count
+        with traced() as grown:
+            held = [await asyncio.to_thread(connect) for _ in range(count)]
+            per_connection = grown() / count
         assert len(server._sessions) == count
         assert per_connection < 48 * 1024, per_connection
         for sock in held:
             sock.close()
     finally:
-        tracemalloc.stop()
         await server.close()
 
 

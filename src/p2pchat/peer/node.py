@@ -6,7 +6,11 @@ aioquic's protocol does): no polling loop. User interfaces call the ``async`` me
 raise ``CommandError`` with a sentence for people) and receive ``PeerEvent`` values.
 
 Every connection is TLS 1.3 (``trust/tls.py``); the registry's certificate is checked against
-the one pinned for its address before anything is sent. The asyncio protocols are in
+the one pinned for its address before anything is sent. Connections to us come through a
+``Listener`` (``p2pchat.listener``, shared with the registry): at most ``max_connections`` of
+them (bounded by the open-files limit), 16 from one address (loopback exempt), half of them
+at most in their TLS handshake; an out-of-descriptors pause instead of a spinning accept loop;
+TLS layers with bounded buffers, on the links we dial too. The asyncio protocols are in
 ``transport.py``; the files kept on this machine (key, certificate, history, pins) in
 ``localdata.py``.
 """
@@ -19,9 +23,11 @@ import itertools
 import logging
 import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
+from dataclasses import replace
 from typing import Any
 
+from p2pchat.listener import LOOPBACK, TLS_HANDSHAKE, Listener, connect, default_max_connections
 from p2pchat.peer.actions import (
     Action,
     CloseLink,
@@ -42,7 +48,15 @@ from p2pchat.peer.events import CommandError, Notice, PeerEvent, RoomText, Statu
 from p2pchat.peer.history import History, HistoryError, Outgoing
 from p2pchat.peer.localdata import LocalData
 from p2pchat.peer.transport import Heartbeats, LinkProtocol, RegistryProtocol
-from p2pchat.protocol.messages import MemberInfo, RoomInfo, SearchResult, UserAddr
+from p2pchat.protocol.messages import (
+    ErrorCode,
+    MemberInfo,
+    PeerError,
+    RoomInfo,
+    SearchResult,
+    UserAddr,
+    encode,
+)
 from p2pchat.trust import tls
 from p2pchat.trust.certs import TrustError
 
@@ -50,8 +64,11 @@ __all__ = ["PeerConfig", "PeerNode"]
 
 log = logging.getLogger("p2pchat.peer")
 
-TLS_HANDSHAKE = 10.0
-"""A connection that has not finished its TLS handshake by then is closed."""
+MAX_PER_ADDRESS = 16
+"""Connections to us from one address (not exempt) at once. A peer holds one link per other
+user, and a room's mesh asks for a handful of neighbours, so 16 users behind one address
+linked to us at once is more than honest use needs; and 16 is the pool of connections
+waiting for their hello, which one address thus cannot take alone."""
 CLOSE_WAIT = 2.0
 """How long ``close()`` waits for the logout and for links to flush."""
 
@@ -65,7 +82,14 @@ class PeerNode:
         on_event: Callable[[PeerEvent], None] | None = None,
         *,
         clock: Callable[[], float] | None = None,
+        max_per_address: int = MAX_PER_ADDRESS,
+        exempt: Collection[str] = LOOPBACK,
     ) -> None:
+        """``exempt``: addresses not capped per address (by default this machine's: other
+        users' peers here, the demo's, tests'; a stranger comes from elsewhere)."""
+        allowed = default_max_connections()
+        if config.max_connections > allowed:  # each connection is a file descriptor
+            config = replace(config, max_connections=allowed)
         self.config = config
         self._on_event = on_event or (lambda event: None)
         self._loop = asyncio.get_running_loop()
@@ -83,7 +107,9 @@ class PeerNode:
         self._heartbeats = Heartbeats()
         self._commands: dict[int, asyncio.Future[Any]] = {}
         self._command_ids = itertools.count(1)
-        self._server: asyncio.Server | None = None
+        self.max_per_address = max_per_address
+        self.exempt = frozenset(exempt)
+        self.listener: Listener | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -175,13 +201,11 @@ class PeerNode:
             if secure and self._dialer is None:
                 raise OSError(0, "we have no certificate to show")
             await asyncio.wait_for(
-                self._loop.create_connection(
-                    lambda: LinkProtocol(self, action.link),
+                connect(
+                    LinkProtocol(self, action.link),
                     action.host,
                     action.port,
-                    ssl=self._dialer if secure else None,
-                    server_hostname="" if secure else None,
-                    ssl_handshake_timeout=TLS_HANDSHAKE if secure else None,
+                    self._dialer if secure else None,
                 ),
                 self.config.dial_timeout,
             )
@@ -264,14 +288,27 @@ class PeerNode:
         cfg = self.config
         if cfg.secure:
             self._acceptor = tls.peer_server(time.time())
-        self._server = await self._loop.create_server(
-            lambda: LinkProtocol(self, None),
-            cfg.listen_host,
-            cfg.listen_port,
-            ssl=self._acceptor,
-            ssl_handshake_timeout=TLS_HANDSHAKE if cfg.secure else None,
+
+        def refusal(reason: str) -> bytes:
+            return encode(PeerError(code=ErrorCode.TOO_MANY_CONNECTIONS, reason=reason))
+
+        listener = Listener(
+            lambda slot: LinkProtocol(self, None, slot),
+            host=cfg.listen_host,
+            port=cfg.listen_port,
+            tls=self._acceptor,
+            refuse_full=refusal("peer is full"),
+            refuse_address=refusal("too many connections from your address"),
+            max_connections=cfg.max_connections,
+            max_per_address=self.max_per_address,
+            exempt=self.exempt,
+            max_opening=max(1, cfg.max_connections // 2),
+            log=log,
+            handshake_timeout=TLS_HANDSHAKE,
         )
-        self.port = self.core.port = self._server.sockets[0].getsockname()[1]
+        await listener.start()
+        self.listener = listener
+        self.port = self.core.port = listener.port
 
     async def close(self) -> None:
         """Log out, close every link after flushing what was queued, stop listening."""
@@ -282,8 +319,8 @@ class PeerNode:
                 await asyncio.wait_for(self.logout(), CLOSE_WAIT)
         lost = [link.lost for link in self.links.values()]
         self.apply(self.core.shut_down(self.clock()))
-        if self._server is not None:
-            self._server.close()
+        if self.listener is not None:
+            self.listener.close()
         if lost:
             await asyncio.wait(lost, timeout=CLOSE_WAIT)
         self._stop()
@@ -293,8 +330,8 @@ class PeerNode:
 
         Benchmarks and tests of churn use it; a user's peer always uses ``close()``.
         """
-        if self._server is not None:
-            self._server.close()
+        if self.listener is not None:
+            self.listener.close()
         if self.registry is not None:
             self.registry.close(abort=True)
         for link in list(self.links.values()):

@@ -13,6 +13,7 @@ import logging
 import socket
 from typing import Protocol
 
+from p2pchat.listener import Slot
 from p2pchat.peer.actions import Action
 from p2pchat.peer.core import PeerCore
 from p2pchat.trust import tls
@@ -52,10 +53,12 @@ def keepalive(sock: socket.socket | None) -> None:
 
 
 class LinkProtocol(asyncio.Protocol):
-    """Moves one link's bytes; the frames of one loop turn go out in one write."""
+    """Moves one link's bytes; the frames of one loop turn go out in one write. An accepted
+    one (``link_id`` None) holds its ``slot`` in the listener until it ends."""
 
-    def __init__(self, shell: Shell, link_id: int | None) -> None:
+    def __init__(self, shell: Shell, link_id: int | None, slot: Slot | None = None) -> None:
         self.shell = shell
+        self.slot = slot
         self.id = link_id if link_id is not None else 0
         self.accepted = link_id is None
         self.transport: asyncio.Transport | None = None
@@ -80,6 +83,8 @@ class LinkProtocol(asyncio.Protocol):
         shell.apply(shell.core.link_data(self.id, data, shell.clock()))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.slot is not None:
+            self.slot.release()
         shell = self.shell
         if shell.links.get(self.id) is self:
             del shell.links[self.id]

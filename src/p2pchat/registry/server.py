@@ -4,11 +4,11 @@ Nothing here decides anything about accounts or rooms: it frames and decodes, fe
 with the clock, and carries out the actions the core returns (sends, closes, password hashing
 in a bounded pool of threads). What it does decide is how the machine's resources are shared:
 
-- **Connections.** Its own accept loop admits at most ``max_connections`` (by default derived
-  from the open-files limit) and ``max_per_address`` from one address; beyond, a connection
-  gets one error frame and is closed without a transport being made. When the process runs out
-  of file descriptors anyway, accepting pauses for a second, with one log line, instead of
-  spinning.
+- **Connections.** Its listener (``p2pchat.listener``) admits at most ``max_connections`` (by
+  default derived from the open-files limit) and ``max_per_address`` from one address; beyond,
+  a connection gets one error frame and is closed without a transport being made. When the
+  process runs out of file descriptors anyway, accepting pauses for a second, with one log
+  line, instead of spinning; TLS layers have bounded buffers.
 - **Fairness.** Frames wait in a small queue per connection and are served round-robin, a few
   per connection per turn, so one connection's pipelined flood delays the others by at most a
   turn each. A connection whose queue is full is not read until it drains; one that does not
@@ -26,14 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import itertools
 import logging
-import resource
-import socket
 import ssl
 import time
-from asyncio import sslproto
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +37,7 @@ from dataclasses import replace
 
 import msgspec
 
+from p2pchat.listener import Listener, Slot, default_max_connections
 from p2pchat.protocol.framing import FrameTooLarge, LineFramer
 from p2pchat.protocol.messages import (
     Bye,
@@ -82,49 +79,6 @@ BATCH_FRAMES = 64
 MAX_INPUT = 32 << 20
 """Unprocessed input held for all connections together, in bytes."""
 MAX_PER_ADDRESS = 64
-ACCEPT_BATCH = 64
-ACCEPT_RETRY = 1.0
-TLS_HANDSHAKE = 10
-"""A connection that has not finished its TLS handshake by then is closed."""
-TLS_READ_SIZE = 16 * 1024
-"""The TLS layer's read buffer, which asyncio allocates (and fills) for every connection: its
-default, 256 KiB, made each idle session cost 280 KiB (2.7 GB for 10,000 sessions). One TLS
-record is at most 16 KiB, and the registry's frames are small."""
-TLS_READ_BUFFER = 16 * 1024
-"""Encrypted input the TLS layer keeps for a connection that is not being read, besides the
-one read in progress (``TLS_READ_SIZE``); asyncio's default, 256 KiB, would let each such
-connection hold a quarter of a megabyte outside ``max_input``."""
-TLS_WRITE_BUFFER = 64 * 1024
-"""Replies the TLS layer keeps for a connection that does not read them before the session
-is told to stop (``pause_writing``), as a plain transport does by default (asyncio's
-default for TLS is 512 KiB)."""
-_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-
-
-def default_max_connections(soft_limit: int | None = None) -> int:
-    """Connections the open-files limit allows, leaving room for the database, the UDP
-    socket, the listening sockets, threads and a connection being refused: the limit less
-    64, less a tenth."""
-    if soft_limit is None:
-        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft_limit == resource.RLIM_INFINITY or soft_limit > 1 << 20:
-        soft_limit = 1 << 20
-    return max(1, soft_limit - 64 - soft_limit // 10)
-
-
-class _TlsLayer(sslproto.SSLProtocol):
-    """asyncio's TLS layer, with a read buffer of ``TLS_READ_SIZE``."""
-
-    max_size = TLS_READ_SIZE
-
-
-def _bound_tls_buffers(transport: asyncio.Transport) -> None:
-    """What the TLS layer may hold for one connection, in and out (see ``TLS_READ_BUFFER``
-    and ``TLS_WRITE_BUFFER``): the shell's bounds count only what reaches the session."""
-    transport.set_write_buffer_limits(high=TLS_WRITE_BUFFER)
-    limit_reading = getattr(transport, "set_read_buffer_limits", None)
-    if limit_reading is not None:  # asyncio's TLS transport (Python 3.11 and later)
-        limit_reading(high=TLS_READ_BUFFER)
 
 
 class _TcpSession(asyncio.Protocol):
@@ -141,13 +95,15 @@ class _TcpSession(asyncio.Protocol):
         "ready",
         "reject",
         "server",
+        "slot",
         "stalled",
         "transport",
     )
 
-    def __init__(self, server: RegistryServer, host: str) -> None:
+    def __init__(self, server: RegistryServer, slot: Slot) -> None:
         self.server = server
-        self.host = host
+        self.slot = slot
+        self.host = slot.host
         self.framer = LineFramer()
         self.conn = 0
         self.transport: asyncio.Transport | None = None
@@ -237,25 +193,47 @@ class RegistryServer:
         self.passwords = passwords or Passwords()
         self.max_per_address = max_per_address
         self.max_input = max_input
+        self.listener = Listener(
+            lambda slot: _TcpSession(self, slot),
+            host=host,
+            port=port,
+            tls=self.tls,
+            refuse_full=encode(
+                Error(
+                    id=None,
+                    code=ErrorCode.TOO_MANY_CONNECTIONS,
+                    reason="the registry is full; try again later",
+                )
+            ),
+            refuse_address=encode(
+                Error(
+                    id=None,
+                    code=ErrorCode.TOO_MANY_CONNECTIONS,
+                    reason="too many connections from your address",
+                )
+            ),
+            max_connections=self.max_connections,
+            max_per_address=max_per_address,
+            exempt=config.exempt,
+            log=log,
+        )
         self._sessions: dict[int, _TcpSession] = {}
-        self._per_address: dict[str, int] = {}
-        self._opening = 0  # accepted, transport not made yet
         self._input = 0  # bytes held by all sessions
         self._ready: deque[_TcpSession] = deque()
         self._serving = False
         self._conn_ids = itertools.count(1)
-        self._listeners: list[socket.socket] = []
         self._udp: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._hashers = ThreadPoolExecutor(
             max_workers=max(1, config.hash_workers), thread_name_prefix="p2pchat-argon2"
         )
-        self._tasks: set[asyncio.Future[object]] = set()
         self._closing = False
-        self._accept_pauses = 0
-        self._accept_logged = -1e9
-        self.refused = 0  # connections refused at accept, for benchmarks and tests
+
+    @property
+    def refused(self) -> int:
+        """Connections refused at accept, for benchmarks and tests."""
+        return self.listener.refused
 
     # ------------------------------------------------------------------ life cycle
 
@@ -268,52 +246,17 @@ class RegistryServer:
         self.udp_port = udp.get_extra_info("sockname")[1]
         self.core.config = replace(self.core.config, udp_port=self.udp_port)
         try:
-            self._listeners = await self._listen()
+            await self.listener.start()
         except BaseException:
             udp.close()
             raise
-        self.port = self._listeners[0].getsockname()[1]
-        self._start_accepting()
+        self.port = self.listener.port
         self._arm()
-
-    async def _listen(self) -> list[socket.socket]:
-        """Bound, listening, non-blocking sockets for ``host`` (every address it names)."""
-        infos = await self._loop.getaddrinfo(
-            self.host or None,
-            self.port,
-            family=socket.AF_UNSPEC,
-            type=socket.SOCK_STREAM,
-            flags=socket.AI_PASSIVE,
-        )
-        sockets: list[socket.socket] = []
-        port = self.port
-        seen: set[tuple[int, object]] = set()
-        try:
-            for family, kind, proto, _, address in infos:
-                if (family, address[0]) in seen:
-                    continue
-                seen.add((family, address[0]))
-                sock = socket.socket(family, kind, proto)
-                sockets.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind((address[0], port, *address[2:]))
-                sock.listen(1024)
-                sock.setblocking(False)
-                port = port or sock.getsockname()[1]  # every address on the same port
-        except BaseException:
-            for sock in sockets:
-                sock.close()
-            raise
-        return sockets
 
     async def close(self) -> None:
         """Stop listening, say goodbye to every session, stop the timer and the hashers."""
         self._closing = True
-        self._stop_accepting()
-        for sock in self._listeners:
-            sock.close()
+        self.listener.close()
         if self._udp is not None:
             self._udp.close()
         if self._timer is not None:
@@ -324,8 +267,6 @@ class RegistryServer:
             if session.transport is not None:
                 session.transport.write(bye)
                 session.transport.close()
-        for task in list(self._tasks):
-            task.cancel()
         self._hashers.shutdown(wait=False, cancel_futures=True)
         await asyncio.sleep(0)  # let the transports' close callbacks run
 
@@ -363,138 +304,9 @@ class RegistryServer:
             return
         self._arm()
 
-    # ------------------------------------------------------------------ accepting
-
-    def _start_accepting(self) -> None:
-        for sock in self._listeners:
-            self._loop.add_reader(sock.fileno(), self._accept, sock)
-
-    def _stop_accepting(self) -> None:
-        for sock in self._listeners:
-            if sock.fileno() >= 0:
-                self._loop.remove_reader(sock.fileno())
-
-    def _accept(self, sock: socket.socket) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, address = sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:
-                continue
-            except OSError as exc:
-                if exc.errno in _OUT_OF_RESOURCES:
-                    self._pause_accepting(exc)
-                else:
-                    log.warning("accepting a connection failed: %s", exc)
-                return
-            self._admit(conn, address[0])
-
-    def _pause_accepting(self, exc: OSError) -> None:
-        """Out of file descriptors (or memory): stop accepting for a while, one log line."""
-        self._stop_accepting()
-        self._accept_pauses += 1
-        now = self._loop.time()
-        if now - self._accept_logged >= 30.0:
-            log.warning(
-                "cannot accept connections (%s) with %d open; pausing accepts for %g s "
-                "(%d pauses so far); lower --max-connections or raise the open-files limit",
-                exc.strerror or exc,
-                len(self._sessions),
-                ACCEPT_RETRY,
-                self._accept_pauses,
-            )
-            self._accept_logged = now
-        self._loop.call_later(ACCEPT_RETRY, self._resume_accepting)
-
-    def _resume_accepting(self) -> None:
-        if not self._closing:
-            self._start_accepting()
-
-    def _admit(self, conn: socket.socket, host: str) -> None:
-        if len(self._sessions) + self._opening >= self.max_connections:
-            self._refuse(conn, "the registry is full; try again later")
-            return
-        exempt = host in self.core.config.exempt
-        if not exempt and self._per_address.get(host, 0) >= self.max_per_address:
-            self._refuse(conn, "too many connections from your address")
-            return
-        self._per_address[host] = self._per_address.get(host, 0) + 1
-        self._opening += 1
-        session = _TcpSession(self, host)
-        try:
-            conn.setblocking(False)
-            task: asyncio.Future[object] = asyncio.ensure_future(self._open(session, conn))
-        except Exception:
-            self._opening -= 1
-            self._release_address(host)
-            conn.close()
-            raise
-        self._tasks.add(task)
-        task.add_done_callback(lambda t: self._opened(t, session, conn))
-
-    async def _open(self, session: _TcpSession, conn: socket.socket) -> None:
-        """Make the connection's transport: plain, or TLS through ``_TlsLayer`` (what
-        ``connect_accepted_socket(ssl=...)`` does, but with asyncio's TLS layer made here, so
-        that its buffer is ours to size). Raises if the handshake fails."""
-        if self.tls is None:
-            await self._loop.connect_accepted_socket(lambda: session, sock=conn)
-            return
-        handshake: asyncio.Future[None] = self._loop.create_future()
-        layer = _TlsLayer(
-            self._loop,
-            session,
-            self.tls,
-            handshake,
-            server_side=True,
-            ssl_handshake_timeout=TLS_HANDSHAKE,
-        )
-        transport, _ = await self._loop.connect_accepted_socket(lambda: layer, sock=conn)
-        try:
-            await handshake
-        except BaseException:
-            transport.close()
-            raise
-
-    def _opened(
-        self, task: asyncio.Future[object], session: _TcpSession, conn: socket.socket
-    ) -> None:
-        self._tasks.discard(task)
-        failed = task.cancelled() or task.exception() is not None
-        if failed and not task.cancelled():
-            log.info(
-                "a connection from %s failed before its session began (not TLS, or a "
-                "handshake error): %s",
-                session.host,
-                task.exception(),
-            )
-        if failed and session.transport is None:  # never made: undo what _admit counted
-            self._opening -= 1
-            self._release_address(session.host)
-            conn.close()
-
-    def _refuse(self, conn: socket.socket, reason: str) -> None:
-        """One error frame, best effort, and close: no transport, no task, no buffer."""
-        self.refused += 1
-        frame = encode(Error(id=None, code=ErrorCode.TOO_MANY_CONNECTIONS, reason=reason))
-        try:
-            conn.setblocking(False)
-            conn.send(frame)
-        except OSError:
-            pass
-        conn.close()
-
-    def _release_address(self, host: str) -> None:
-        left = self._per_address.get(host, 0) - 1
-        if left > 0:
-            self._per_address[host] = left
-        else:
-            self._per_address.pop(host, None)
-
     # ------------------------------------------------------------------ TCP sessions
 
     def made(self, session: _TcpSession) -> None:
-        self._opening -= 1
         if self._closing:
             assert session.transport is not None
             session.transport.close()
@@ -503,8 +315,6 @@ class RegistryServer:
         self._sessions[session.conn] = session
         log.debug("session %d from %s", session.conn, session.host)
         assert session.transport is not None
-        if self.tls is not None:
-            _bound_tls_buffers(session.transport)
         cert = tls.peer_certificate(session.transport.get_extra_info("ssl_object"))
         self._apply(self.core.connect(session.conn, session.host, self.now(), cert))
         self._arm()
@@ -651,7 +461,7 @@ class RegistryServer:
         session.queued = 0
         session.framer = LineFramer()
         self._hold(session)
-        self._release_address(session.host)
+        session.slot.release()
         session.transport = None
         if self._sessions.pop(session.conn, None) is not None and not self._closing:
             self._apply(self.core.disconnect(session.conn, self.now()))
