@@ -630,6 +630,19 @@ def test_strangers_holding_connections_open_cannot_take_the_slots_of_real_links(
     assert [e.text for e in alice.shown if isinstance(e, DirectText)] == ["made it"]
 
 
+def test_our_own_dials_stay_within_the_connection_limit(registry: Registry) -> None:
+    alice = Driver(registry, "alice", max_connections=4)
+    alice.login()
+    room_with(alice, *[f"m{k}" for k in range(10)])  # the mesh wants 5 or 6 neighbours
+    alice.advance(0.1)
+    assert len(alice.dials) == 3  # one slot kept for a neighbour that dials us
+    for dial in alice.dials:  # they fail: the plan is made again, still within the limit
+        alice.apply(alice.core.link_failed(dial.link, "refused", alice.now))
+    alice.dials.clear()
+    alice.advance(1.0)
+    assert 0 < len(alice.dials) <= 3
+
+
 # ---------------------------------------------------------------------------- simultaneous dials
 
 
@@ -868,6 +881,35 @@ def test_a_member_flooding_a_room_is_cut_short_and_the_user_told_once(
     assert bob not in alice.closed  # a fast member is slowed, not cut off
     alice.feed(bob, *flood[:5])  # and the ids it sent are remembered: no second look
     assert len([e for e in alice.shown if isinstance(e, RoomText)]) == burst
+
+
+def test_a_flood_costs_no_more_signature_checks_than_twice_the_origins_allowance(
+    registry: Registry, alice: Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks = [0]
+    real = peer_core.check_message
+
+    def counted(*args: Any) -> bool:
+        checks[0] += 1
+        return real(*args)
+
+    monkeypatch.setattr(peer_core, "check_message", counted)
+    room_with(alice, "bob")
+    bob = alice.link_from("bob")
+    alice.feed(bob, MeshRooms(rooms=["lobby"]))
+    flood = [
+        registry.signed(
+            RoomMessage(
+                id=f"{i:032x}", room="lobby", origin="bob", seq=i + 1, text=f"{i}", ts=0, hops=5
+            )
+        )
+        for i in range(1000)
+    ]
+    alice.feed(bob, *flood)
+    burst = alice.core.config.receive_burst
+    assert checks[0] == 2 * burst  # the rest dropped before a signature was looked at
+    assert alice.core.over_budget == 1000 - 2 * burst
+    assert bob not in alice.closed
 
 
 # ---------------------------------------------------------------------------- blocking

@@ -219,8 +219,15 @@ class PeerCore:
         self._outgoing = TokenBucket(config.send_rate, config.send_burst, max_keys=MAX_DECLARED)
         """Our messages per room."""
         self._incoming = TokenBucket(config.receive_rate, config.receive_burst, max_keys=100_000)
+        self._per_link = TokenBucket(
+            2 * config.receive_rate, 2 * config.receive_burst, max_keys=100_000
+        )
+        """Room messages per link, room and origin, before any signature is checked: a
+        member's flood costs no more than twice what the origin's rate lets through."""
         """Others' messages per room and origin."""
         self._flood_notices: dict[str, float] = {}
+        self.over_budget = 0
+        """Room messages dropped unchecked: past their link's budget for their origin."""
         self._paced: dict[str, deque[_Say]] = {}
         """Room -> our messages waiting for their turn (see ``send_rate``)."""
         self._pacing_said: dict[str, bool] = {}
@@ -969,7 +976,7 @@ class PeerCore:
                 if room in self.rooms:
                     self._notice(f"mesh of {room} repaired", room)
         for peer in plan.dial:
-            if peer not in self._dialing:
+            if peer not in self._dialing and self._may_dial():
                 address = self._address(peer)
                 if address is not None:
                     self._dial(peer, *address)
@@ -1096,6 +1103,11 @@ class PeerCore:
         return None
 
     # ================================================================== links
+
+    def _may_dial(self) -> bool:
+        """Our own dials count against ``max_connections`` too (one slot is kept for a
+        neighbour dialing us); a mesh that wants more waits for the next plan."""
+        return len(self._conns) < self.config.max_connections - 1
 
     def _dial(self, peer: str, host: str, port: int) -> Link:
         link = Link(
@@ -1446,6 +1458,9 @@ class PeerCore:
                 log.info("dropped a message in %s from %s: too many wait", msg.room, msg.origin)
             self._router_dirty = True
             return
+        if self._per_link.take(f"{link.id}\0{msg.room}\0{msg.origin}", self._now) > 0:
+            self.over_budget += 1  # dropped before its signature costs anything
+            return
         result = router.receive(msg, peer, self._now, speakers, self._admit_message(view))
         if result.sends:
             self._dispatch(result.sends)
@@ -1671,7 +1686,7 @@ class PeerCore:
 
     def _reach(self, peer: str, host: str, port: int) -> None:
         """Dial ``peer`` for a direct message, unless a link is open or on its way."""
-        if peer not in self._dialing and self._linked(peer) is None:
+        if peer not in self._dialing and self._linked(peer) is None and self._may_dial():
             self._dial(peer, host, port)
 
     def _linked(self, username: str) -> Link | None:
