@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from msgspec.structs import replace as _replace
 
 from p2pchat.peer.router import Check, Drop, Origination, Result, Send, Signer
+from p2pchat.peer.seen import SeenIds
 from p2pchat.protocol.messages import (
     MAX_IDS_PER_FRAME,
     Graft,
@@ -169,8 +170,6 @@ class TreeRouter:
         if max_seen_bytes < SEEN_ENTRY_BYTES:
             raise ValueError(f"max_seen_bytes must be at least {SEEN_ENTRY_BYTES}")
         self.me = me
-        self._seen_ttl = seen_ttl
-        self._max_seen = min(max_seen, max_seen_bytes // SEEN_ENTRY_BYTES)
         self._hops = default_hops
         self._ihave_delay = ihave_delay
         self._graft_timeout = graft_timeout
@@ -185,8 +184,7 @@ class TreeRouter:
         self._new_id = new_id
 
         self._rooms: dict[str, _Room] = {}
-        self._seen: OrderedDict[str, float] = OrderedDict()
-        """id -> when it may be forgotten, oldest first."""
+        self._seen = SeenIds(seen_ttl, min(max_seen, max_seen_bytes // SEEN_ENTRY_BYTES))
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         """id -> the message, oldest first (every entry lives ``cache_ttl``)."""
         self._cache_bytes = 0
@@ -620,12 +618,9 @@ class TreeRouter:
     # ------------------------------------------------------------------ caches
 
     def _remember(self, mid: str, now: float) -> None:
-        seen = self._seen
-        expiry = seen[mid] = now + self._seen_ttl
-        if expiry < self._next_expiry:
-            self._next_expiry = expiry
-        if len(seen) > self._max_seen:
-            seen.popitem(last=False)
+        self._seen.add(mid, now)
+        if self._seen.next_expiry < self._next_expiry:
+            self._next_expiry = self._seen.next_expiry
 
     def _cache_put(self, mid: str, entry: _Cached, now: float) -> None:
         entry.expires = now + self._cache_ttl
@@ -644,11 +639,7 @@ class TreeRouter:
     def _expire(self, now: float) -> None:
         """Forget seen ids and cached payloads from the oldest until one is still fresh."""
         seen = self._seen
-        while seen:
-            oldest = next(iter(seen))
-            if seen[oldest] > now:
-                break
-            seen.popitem(last=False)
+        seen.expire(now)
         cache = self._cache
         while cache:
             oldest = next(iter(cache))
@@ -657,9 +648,7 @@ class TreeRouter:
                 break
             cache.popitem(last=False)
             self._cache_bytes -= entry.size
-        nxt = _INF
-        if seen:
-            nxt = seen[next(iter(seen))]
+        nxt = seen.next_expiry
         if cache:
             nxt = min(nxt, cache[next(iter(cache))].expires)
         self._next_expiry = nxt

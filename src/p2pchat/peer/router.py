@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import enum
 import os
-from collections import OrderedDict
 from collections.abc import Callable, Container, Iterable
 from typing import NamedTuple
 
 from msgspec.structs import replace as _replace
 
+from p2pchat.peer.seen import SeenIds
 from p2pchat.protocol.messages import Message, RoomMessage, encode
 
 
@@ -78,8 +78,6 @@ Check = Callable[[RoomMessage], Drop | None]
 """The last word on a new message (its signature, its origin's rate): None to take it, or why
 not. Only a ``BAD_SIGNATURE`` leaves the id unremembered."""
 
-_INF = float("inf")
-
 
 class Send(NamedTuple):
     """One frame to send, unchanged, to each of ``targets``."""
@@ -124,11 +122,8 @@ class FloodRouter:
 
     __slots__ = (
         "_hops",
-        "_max_seen",
         "_new_id",
-        "_next_expiry",
         "_seen",
-        "_ttl",
         "delivered",
         "dropped",
         "duplicates",
@@ -153,14 +148,8 @@ class FloodRouter:
             raise ValueError("default_hops must not be negative")
         self.me = me
         self._new_id = new_id
-        self._ttl = seen_ttl
-        self._max_seen = max_seen
         self._hops = default_hops
-        self._seen: OrderedDict[str, float] = OrderedDict()
-        """id -> when it may be forgotten; insertion order is expiry order. Not a dict: deleting
-        from the front of a dict leaves dummies that every later ``next(iter())`` rescans."""
-        self._next_expiry = _INF
-        """Never later than the oldest entry's expiry, so one comparison skips expiring."""
+        self._seen = SeenIds(seen_ttl, max_seen)
         self.delivered = 0
         """Messages of others shown."""
         self.duplicates = 0
@@ -233,9 +222,9 @@ class FloodRouter:
         if origin not in members:
             self.dropped += 1
             return _ORIGIN_NOT_MEMBER
-        if now >= self._next_expiry:
-            self._expire(now)
         seen = self._seen
+        if now >= seen.next_expiry:
+            seen.expire(now)
         mid = msg.id
         if mid in seen:
             self.duplicates += 1
@@ -248,13 +237,9 @@ class FloodRouter:
             if why is not None:
                 self.dropped += 1
                 if why is not Drop.BAD_SIGNATURE:
-                    self._remember(mid, now)
+                    seen.add(mid, now)
                 return Route(False, None, why)
-        if not seen:
-            self._next_expiry = now + self._ttl
-        seen[mid] = now + self._ttl
-        if len(seen) > self._max_seen:
-            seen.popitem(last=False)
+        seen.add(mid, now)
         self.delivered += 1
         hops = msg.hops
         if hops <= 0:
@@ -269,26 +254,10 @@ class FloodRouter:
         return Route(True, Forward(out, encode(out), targets), None)
 
     def _remember(self, mid: str, now: float) -> None:
-        if now >= self._next_expiry:
-            self._expire(now)
         seen = self._seen
-        if not seen:
-            self._next_expiry = now + self._ttl
-        seen[mid] = now + self._ttl
-        if len(seen) > self._max_seen:
-            seen.popitem(last=False)
-
-    def _expire(self, now: float) -> None:
-        """Forget ids from the oldest until one is still fresh."""
-        seen = self._seen
-        while seen:
-            oldest = next(iter(seen))
-            expiry = seen[oldest]
-            if expiry > now:
-                self._next_expiry = expiry
-                return
-            seen.popitem(last=False)
-        self._next_expiry = _INF
+        if now >= seen.next_expiry:
+            seen.expire(now)
+        seen.add(mid, now)
 
 
 class FloodDesign:
