@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from p2pchat.protocol.messages import MAX_TEXT, valid_name
+from p2pchat.sqlitefile import Migration, open_database, transaction
 
 APPLICATION_ID = 0x70326368
 """``p2ch``: marks a SQLite file as a p2pchat peer history (``PRAGMA application_id``)."""
@@ -266,7 +267,6 @@ def contains(ranges: Sequence[Range], seq: int) -> bool:
 
 # ---------------------------------------------------------------- schema
 
-Migration = Callable[[sqlite3.Connection], None]
 
 _V1 = """
 CREATE TABLE rooms (
@@ -333,6 +333,13 @@ def _v1(db: sqlite3.Connection) -> None:
 
 
 MIGRATIONS: list[Migration] = [_v1]
+
+
+def _stamp(db: sqlite3.Connection) -> None:
+    """Mark the file as a p2pchat history, so that no other database is taken for one."""
+    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 P = ParamSpec("P")
@@ -402,23 +409,9 @@ class History:
         self._batch: int | None = None
         """Messages added in the open batch (a transaction ``flush`` commits), if one is."""
         self._precheck()
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise HistoryError(f"cannot open history {self.path!r}: {exc}") from exc
-        try:
-            self._check()
-            self._db.execute("PRAGMA busy_timeout = 5000")
-            if self.path != ":memory:":
-                self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            self._db.close()
-            raise HistoryError(f"cannot open history {self.path!r}: {exc}") from exc
-        except HistoryError:
-            self._db.close()
-            raise
+        self._db = open_database(
+            self.path, HistoryError, "history", self._check, MIGRATIONS, stamp=_stamp
+        )
 
     # ------------------------------------------------------------------ the file
 
@@ -433,9 +426,8 @@ class History:
                     "move both away to start a new history"
                 )
 
-    def _check(self) -> None:
+    def _check(self, db: sqlite3.Connection) -> None:
         """Refuse a damaged or foreign file before writing anything to it."""
-        db = self._db
         (result,) = db.execute("PRAGMA quick_check(1)").fetchone()
         if result != "ok":
             raise HistoryError(f"history {self.path!r} is damaged ({result}); move it away")
@@ -445,19 +437,6 @@ class History:
             what = f"tables: {', '.join(tables)}"[:200] if tables else f"application id {app}"
             raise HistoryError(f"history {self.path!r} is not a p2pchat history ({what})")
 
-    def _migrate(self) -> None:
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise HistoryError(
-                f"history {self.path!r} has schema version {version}, newer than this "
-                f"program's {SCHEMA_VERSION}; upgrade p2pchat"
-            )
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            with self._tx() as db:
-                MIGRATIONS[target - 1](db)
-                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                db.execute(f"PRAGMA user_version = {target}")
-
     @contextmanager
     def _tx(self, batched: bool = False) -> Iterator[sqlite3.Connection]:
         """One transaction; or, ``batched``, one savepoint inside the open batch (committed
@@ -466,14 +445,8 @@ class History:
         db = self._db
         if not batched:
             self._commit_batch()
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(db):
                 yield db
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
             return
         if self._batch is None:
             db.execute("BEGIN IMMEDIATE")

@@ -11,20 +11,18 @@ empty (zero-byte) file, a file SQLite cannot read, a database that fails SQLite'
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 from p2pchat.protocol.messages import skeleton
+from p2pchat.sqlitefile import Migration, open_database, transaction
 from p2pchat.store.base import Account, Member, NameTaken, Room, RoomExists, StoreError
-
-Migration = Callable[[sqlite3.Connection], None]
 
 
 def _script(sql: str) -> Migration:
@@ -139,61 +137,25 @@ class SqliteStore:
                 f"database {self.path!r} is an empty file (0 bytes), not a p2pchat "
                 "database; remove it to start with a new one"
             )
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
-        try:
-            self._check()
-            self._db.execute("PRAGMA busy_timeout = 5000")
-            if self.path != ":memory:":
-                self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.execute("PRAGMA foreign_keys = ON")
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            self._db.close()
-            raise StoreError(f"cannot open database {self.path!r}: {exc}") from exc
-        except StoreError:
-            self._db.close()
-            raise
+        self._db = open_database(
+            self.path, StoreError, "database", self._check, MIGRATIONS, foreign_keys=True
+        )
 
-    def _check(self) -> None:
+    def _check(self, db: sqlite3.Connection) -> None:
         """Refuse a damaged or foreign file before writing anything to it."""
-        (result,) = self._db.execute("PRAGMA quick_check(1)").fetchone()
+        (result,) = db.execute("PRAGMA quick_check(1)").fetchone()
         if result != "ok":
             raise StoreError(f"database {self.path!r} is damaged ({result}); restore a backup")
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
         if version == 0 and tables:
             raise StoreError(
                 f"database {self.path!r} belongs to another program (tables: "
                 f"{', '.join(sorted(tables))[:200]})"
             )
 
-    def _migrate(self) -> None:
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"database {self.path!r} has schema version {version}, newer than this "
-                f"program's {SCHEMA_VERSION}; upgrade p2pchat"
-            )
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            with self._tx() as db:  # a migration and its version number, all or nothing
-                MIGRATIONS[target - 1](db)
-                db.execute(f"PRAGMA user_version = {target}")
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):  # gone already; the error says why
-                db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db)
 
     # ------------------------------------------------------------------ accounts
 
