@@ -269,3 +269,19 @@ def test_seen_cache_bounded() -> None:
 def test_bad_settings_rejected(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         FloodRouter("me", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("why", [Drop.BAD_SIGNATURE, Drop.OVER_BUDGET, Drop.RATE_LIMITED])
+def test_what_a_refused_copy_says_of_the_message_decides_whether_it_is_remembered(
+    why: Drop,
+) -> None:
+    """A bad signature or a link over its budget says nothing of the message: the same id on
+    another link is still taken. An origin over its rate says it of the message itself."""
+    alice = FloodRouter("a")
+    bob = FloodRouter("b")
+    members = {"a", "b", "c", "d"}
+    msg = bob.originate(ROOM, "hi", 0.0, ["a"]).msg
+    refused = alice.receive(msg, "b", 0.1, ["b", "c"], members, lambda m: why)
+    assert refused.dropped is why and not refused.deliver
+    again = alice.receive(msg, "c", 0.2, ["b", "c"], members)
+    assert again.deliver == (why is not Drop.RATE_LIMITED)

@@ -1458,16 +1458,13 @@ class PeerCore:
                 log.info("dropped a message in %s from %s: too many wait", msg.room, msg.origin)
             self._router_dirty = True
             return
-        if self._per_link.take(f"{link.id}\0{msg.room}\0{msg.origin}", self._now) > 0:
-            self.over_budget += 1  # dropped before its signature costs anything
-            return
-        result = router.receive(msg, peer, self._now, speakers, self._admit_message(view))
+        result = router.receive(msg, peer, self._now, speakers, self._admit_message(view, link))
         if result.sends:
             self._dispatch(result.sends)
         self._router_dirty = True
         dropped = result.dropped
         if dropped is not None:
-            if dropped not in (Drop.DUPLICATE, Drop.RATE_LIMITED):
+            if dropped not in (Drop.DUPLICATE, Drop.RATE_LIMITED, Drop.OVER_BUDGET):
                 log.warning("dropped a message in %s from %s: %s", msg.room, peer, dropped)
             if dropped is Drop.BAD_SIGNATURE:
                 self._bad_signature(link)
@@ -1499,11 +1496,15 @@ class PeerCore:
         self._dispatch(result.sends)
         self._router_dirty = True
 
-    def _admit_message(self, view: RoomView) -> Check:
-        """The last checks of a new room message: its origin's signature, then its origin's
-        rate (one member cannot flood a room: what is beyond is neither shown nor passed on)."""
+    def _admit_message(self, view: RoomView, link: Link) -> Check:
+        """The last checks of a new room message (not a duplicate): the link's budget for its
+        origin, its origin's signature, then its origin's rate (one member cannot flood a
+        room: what is beyond is neither shown nor passed on)."""
 
         def check(msg: RoomMessage) -> Drop | None:
+            if self._per_link.take(f"{link.id}\0{msg.room}\0{msg.origin}", self._now) > 0:
+                self.over_budget += 1  # dropped before its signature costs anything
+                return Drop.OVER_BUDGET
             if self.config.secure:
                 key = view.author_key(msg.origin, msg.ts, self._ctx.wall)
                 if not check_message(self._verifier, msg, key):

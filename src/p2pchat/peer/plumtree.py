@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 from msgspec.structs import replace as _replace
 
-from p2pchat.peer.router import Check, Drop, Origination, Result, Send, Signer
+from p2pchat.peer.router import FORGETTABLE, Check, Drop, Origination, Result, Send, Signer
 from p2pchat.peer.seen import SeenIds
 from p2pchat.protocol.messages import (
     MAX_IDS_PER_FRAME,
@@ -476,7 +476,7 @@ class TreeRouter:
         if check is not None:
             why = check(msg)
             if why is not None:  # see FloodRouter.receive
-                if why is not Drop.BAD_SIGNATURE:
+                if why not in FORGETTABLE:
                     self._remember(mid, now)
                 return self._drop(why)
         self._remember(mid, now)

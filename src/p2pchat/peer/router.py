@@ -36,6 +36,10 @@ class Drop(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     """Its origin sends faster than a room allows one member: remembered, not shown or passed
     on."""
+    OVER_BUDGET = "over_budget"
+    """The link it came on brings its origin's messages faster than twice that: dropped before
+    its signature is checked, and not remembered (the same message may come on another
+    link)."""
     BAD_ID = "bad_id"
     """An id that is not 32 lowercase hex digits (tree push)."""
     TOO_MANY_IDS = "too_many_ids"
@@ -76,7 +80,9 @@ Signer = Callable[[RoomMessage], str]
 """Gives a message of ours its signature (``sig``)."""
 Check = Callable[[RoomMessage], Drop | None]
 """The last word on a new message (its signature, its origin's rate): None to take it, or why
-not. Only a ``BAD_SIGNATURE`` leaves the id unremembered."""
+not. ``BAD_SIGNATURE`` and ``OVER_BUDGET`` leave the id unremembered (``FORGETTABLE``)."""
+FORGETTABLE = frozenset({Drop.BAD_SIGNATURE, Drop.OVER_BUDGET})
+"""Drops that say nothing of the message itself, only of the copy or the link it came on."""
 
 
 class Send(NamedTuple):
@@ -236,7 +242,7 @@ class FloodRouter:
             why = check(msg)
             if why is not None:
                 self.dropped += 1
-                if why is not Drop.BAD_SIGNATURE:
+                if why not in FORGETTABLE:
                     seen.add(mid, now)
                 return Route(False, None, why)
         seen.add(mid, now)
