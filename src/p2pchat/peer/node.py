@@ -27,6 +27,7 @@ from collections.abc import Callable, Collection, Coroutine
 from dataclasses import replace
 from typing import Any
 
+from p2pchat.deadline import DeadlineTimer
 from p2pchat.listener import LOOPBACK, TLS_HANDSHAKE, Listener, connect, default_max_connections
 from p2pchat.peer.actions import (
     Action,
@@ -110,8 +111,7 @@ class PeerNode:
         self.max_per_address = max_per_address
         self.exempt = frozenset(exempt)
         self.listener: Listener | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = DeadlineTimer(self.clock, self._fire)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._dead = False
         self.port = 0
@@ -175,18 +175,9 @@ class PeerNode:
 
     def _rearm(self) -> None:
         """One timer, for the core's next deadline."""
-        deadline = self.core.next_deadline()
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            self._timer = self._loop.call_later(max(0.0, deadline - self.clock()), self._fire)
+        self._timer.arm(self.core.next_deadline())
 
     def _fire(self) -> None:
-        self._timer, self._timer_at = None, None
         self.apply(self.core.timer(self.clock()))
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -340,8 +331,7 @@ class PeerNode:
 
     def _stop(self) -> None:
         self._dead = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         if self._history is not None:
             self._history.close()
             self._history = None
