@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--page-rate", type=float, default=10.0)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--seed", type=int, default=5)
+    p.add_argument(
+        "--settle-limit",
+        type=float,
+        default=300.0,
+        help="seconds to wait at most for the logins' events to be delivered",
+    )
     p.add_argument("--out", type=Path, default=None)
     p.add_argument(
         "--quick", action="store_true", help="300 members, rates 0,4, 2 s runs, 1 repeat"
@@ -107,6 +113,22 @@ def delays(changes: list[list[Any]], arrivals: list[list[Any]]) -> list[float]:
         if got:
             out.append((got.pop(0) - sent) * 1000)
     return out
+
+
+async def settle(workers: list[Any], limit: float) -> tuple[float, float]:
+    """Wait until the members have stopped receiving events (the logins' online events are
+    all out: 1 s without one), at most ``limit`` seconds; how long it took, and how many."""
+    t = time.perf_counter()
+    last = -1.0
+    quiet = 0
+    while time.perf_counter() - t < limit:
+        now = (await worker_stats(workers))["events"]
+        quiet = quiet + 1 if now == last else 0
+        if quiet >= 4:
+            return time.perf_counter() - t - 1.0, now
+        last = now
+        await asyncio.sleep(0.25)
+    return time.perf_counter() - t, last
 
 
 async def measure(
@@ -198,12 +220,21 @@ async def main_async(args: argparse.Namespace) -> tuple[list[dict[str, Any]], di
             workers = [*probe_w, *churn_w, *holders]
             setup_s = time.perf_counter() - t
             logged_in = sum(s["sessions"] for s in [*probe_setup, *setups]) + args.churners
-            print(f"  {logged_in:,} members online in {setup_s:.1f} s", flush=True)
-            await asyncio.sleep(1.0)
+            print(f"  {logged_in:,} members logged in in {setup_s:.1f} s", flush=True)
+            settle_s, events = await settle(workers, args.settle_limit)
+            stats = await worker_stats(workers)
+            print(
+                f"  their {events:,.0f} online events delivered {settle_s:.1f} s later; "
+                f"{stats['closed']:,.0f} sessions dropped by the registry",
+                flush=True,
+            )
             setup = {
                 "members": args.members,
                 "online": logged_in,
                 "setup_s": setup_s,
+                "settle_s": settle_s,
+                "setup_events": events,
+                "setup_dropped": stats["closed"],
                 "registry_rss_mib": rss_bytes(registry.pid) / 2**20,
                 "kib_per_session": (rss_bytes(registry.pid) - rss0) / args.members / 1024,
             }
@@ -273,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table([c for c, _ in COLUMNS], [[r[k] for _, k in COLUMNS] for r in rows]))
     print(
         f"\nregistry: {setup['registry_rss_mib']:.0f} MiB with {setup['online']:,} sessions "
-        f"({setup['kib_per_session']:.1f} KiB each); logged in in {setup['setup_s']:.1f} s"
+        f"({setup['kib_per_session']:.1f} KiB each); logged in in {setup['setup_s']:.1f} s, "
+        f"their {setup['setup_events']:,.0f} online events delivered "
+        f"{setup['settle_s']:.1f} s later; {setup['setup_dropped']:,.0f} dropped"
     )
     out = (
         args.out
