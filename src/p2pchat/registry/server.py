@@ -43,6 +43,7 @@ from dataclasses import replace
 
 import msgspec
 
+from p2pchat.deadline import DeadlineTimer
 from p2pchat.listener import Listener, Slot, default_max_connections
 from p2pchat.protocol.framing import FrameTooLarge, LineFramer
 from p2pchat.protocol.messages import (
@@ -241,8 +242,7 @@ class RegistryServer:
         self._serving = False
         self._conn_ids = itertools.count(1)
         self._udp: asyncio.DatagramTransport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = DeadlineTimer(self.now, self.on_timer)
         self._hashers = ThreadPoolExecutor(
             max_workers=max(1, config.hash_workers), thread_name_prefix="p2pchat-argon2"
         )
@@ -285,9 +285,7 @@ class RegistryServer:
         self.listener.close()
         if self._udp is not None:
             self._udp.close()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
@@ -303,33 +301,22 @@ class RegistryServer:
 
     def _arm(self) -> None:
         """One timer, at the core's next deadline (none if it has none)."""
-        if self._closing:
-            return
-        deadline = self.core.next_deadline()
-        if deadline == self._timer_at and self._timer is not None:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            self._timer = self._loop.call_later(max(0.0, deadline - self.now()), self.on_timer)
+        if not self._closing:
+            self._timer.arm(self.core.next_deadline())
 
     @property
     def timer_deadline(self) -> float | None:
         """When the timer will fire, on the injected clock (None: not armed)."""
-        return self._timer_at if self._timer is not None else None
+        return self._timer.at
 
     def on_timer(self) -> None:
         """The timer fired (tests with an injected clock call it after moving the clock)."""
-        self._timer, self._timer_at = None, None
         try:
             self._apply(self.core.expire(self.now()))
         except Exception:
             # Never let expiry die: silent sessions would then stay online for good.
             log.exception("expiring sessions failed; trying again in 1 s")
-            self._timer_at = self.now() + 1.0
-            self._timer = self._loop.call_later(1.0, self.on_timer)
+            self._timer.arm(self.now() + 1.0)
             return
         self._arm()
 
