@@ -188,8 +188,8 @@ class _RoomLog:
     Events are numbered from 0 for the life of the log. An online member is owed the events
     from its cursor on (``base`` unless noted in ``cursors``), except those whose ``skip``
     is its own session: a member that comes online or joins is noted at the end, so it gets
-    nothing from before it was there; one whose events went out with a reply is noted
-    where they ended; one that goes away is given what it is owed first (or, disconnected,
+    nothing from before it was there; one whose events went out with a reply, or in a round,
+    is noted where they ended; one that goes away is given what it is owed first (or, disconnected,
     nothing)."""
 
     base: int = 0
@@ -1372,6 +1372,7 @@ class RegistryCore:
                     events = part.batch
                 else:
                     events = log.owed(conn, part.end)
+                log.cursors[conn] = part.end  # a reply to it before the round ends: no more
                 if events:
                     actions.append(SendEvents(conn, events))
                     budget -= 1
