@@ -363,6 +363,8 @@ class LoadWorker:
         gc.disable()
         try:
             async for _, due in schedule(rate, seconds, start_at):
+                while len(busy) >= len(sessions):  # all waiting: late, counted from due
+                    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 who = rng.randrange(len(sessions))
                 while who in busy:  # one request at a time per session, as a peer does
                     who = rng.randrange(len(sessions))
