@@ -100,11 +100,12 @@ class Send:
 
 @dataclass(slots=True)
 class SendEvents:
-    """Room events for one session, in order, to be written together (``batch_events``).
-    The same list goes to every member that is owed exactly it: encode it once."""
+    """Room events for one session, in order, to be written together (``batch_events``)."""
 
     conn: int
     events: list[RoomEvent]
+    shared: bool = False
+    """The same list goes to many sessions in this round: encode it once."""
 
 
 @dataclass(slots=True)
@@ -1331,10 +1332,8 @@ class RegistryCore:
         actions: list[Action] = []
         for conn in self._present.get(room_key, {}).values():
             if conn not in skips and log.cursors.get(conn, log.base) == log.base:
-                events = batch
-            else:
-                events = log.owed(conn, end)
-            if events:
+                actions.append(SendEvents(conn, batch, shared=True))
+            elif events := log.owed(conn, end):
                 actions.append(SendEvents(conn, events))
         self._held -= len(log.events)
         log.base, log.events, log.cursors = end, [], {}
@@ -1369,13 +1368,12 @@ class RegistryCore:
                 if start >= part.end:
                     continue
                 if start == base and conn not in part.skips:
-                    events = part.batch
-                else:
-                    events = log.owed(conn, part.end)
-                log.cursors[conn] = part.end  # a reply to it before the round ends: no more
-                if events:
+                    actions.append(SendEvents(conn, part.batch, shared=True))
+                    budget -= 1
+                elif events := log.owed(conn, part.end):
                     actions.append(SendEvents(conn, events))
                     budget -= 1
+                log.cursors[conn] = part.end  # a reply to it before the round ends: no more
             if part.index >= len(conns):
                 self._round.popleft()
                 self._finish(part)

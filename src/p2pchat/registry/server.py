@@ -252,9 +252,9 @@ class RegistryServer:
         self._round_start = -1e9
         self._round_work = 0.0
         self._next_round = -1e9
-        self._frames: dict[int, tuple[list[RoomEvent], bytes]] = {}
-        """The frames of a round's shared event lists, by the list's id (the list is kept
-        with it, so the id cannot be reused while the entry lives)."""
+        self._frames: dict[int, tuple[object, bytes]] = {}
+        """A round's frames: of each event, and of each event list many sessions get, by the
+        object's id (the object is kept with it, so the id is not reused while it lives)."""
 
     @property
     def refused(self) -> int:
@@ -498,7 +498,7 @@ class RegistryServer:
     def _apply(
         self,
         actions: list[Action],
-        frames: dict[int, tuple[list[RoomEvent], bytes]] | None = None,
+        frames: dict[int, tuple[object, bytes]] | None = None,
     ) -> None:
         last_msg: Message | None = None
         last_frame = b""
@@ -516,10 +516,13 @@ class RegistryServer:
                 session = self._sessions.get(action.conn)
                 if session is None or session.transport is None:
                     continue
-                events = action.events
-                cached = frames.get(id(events))
+                if not action.shared:
+                    self._write_frame(session, _joined(action.events, frames))
+                    continue
+                cached = frames.get(id(action.events))
                 if cached is None:
-                    cached = frames[id(events)] = (events, b"".join(map(encode, events)))
+                    data = _joined(action.events, frames)
+                    cached = frames[id(action.events)] = (action.events, data)
                 self._write_frame(session, cached[1])
             elif isinstance(action, Close):
                 session = self._sessions.pop(action.conn, None)
@@ -600,3 +603,14 @@ class RegistryServer:
             actions = self.core.auth_failed(job.conn, request.id)
         self._apply(actions)
         self._arm()
+
+
+def _joined(events: list[RoomEvent], frames: dict[int, tuple[object, bytes]]) -> bytes:
+    """The frames of ``events``, each event encoded once for all the sessions it goes to."""
+    out = []
+    for event in events:
+        cached = frames.get(id(event))
+        if cached is None:
+            cached = frames[id(event)] = (event, encode(event))
+        out.append(cached[1])
+    return b"".join(out)
