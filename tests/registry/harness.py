@@ -110,7 +110,8 @@ class Harness:
             if isinstance(action, Send):
                 self.out[action.conn].append(action.msg)
             elif isinstance(action, SendEvents):
-                self.out[action.conn].extend(action.events)
+                for conn in action.conns:
+                    self.out[conn].extend(action.events)
             elif isinstance(action, Close):
                 self.closed.add(action.conn)
             elif self.hold_jobs:

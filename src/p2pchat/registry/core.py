@@ -100,12 +100,12 @@ class Send:
 
 @dataclass(slots=True)
 class SendEvents:
-    """Room events for one session, in order, to be written together (``batch_events``)."""
+    """Room events, in order, for each of the sessions ``conns`` (``batch_events``): to be
+    encoded once and written to each at once. One action for all the members of a room a
+    round serves alike, not one per member: a round of a big room makes few objects."""
 
-    conn: int
+    conns: list[int]
     events: list[RoomEvent]
-    shared: bool = False
-    """The same list goes to many sessions in this round: encode it once."""
 
 
 @dataclass(slots=True)
@@ -1248,7 +1248,7 @@ class RegistryCore:
             return []
         events = log.owed(s.conn, log.end) if deliver else []
         log.cursors.pop(s.conn, None)
-        return [SendEvents(s.conn, events)] if events else []
+        return [SendEvents([s.conn], events)] if events else []
 
     def online_in(self, room: str) -> int:
         """Online members of ``room`` (from memory)."""
@@ -1322,19 +1322,22 @@ class RegistryCore:
             if log.cursors.get(s.conn, log.base) < end:
                 log.cursors[s.conn] = end
             if events:
-                actions.append(SendEvents(s.conn, events))
+                actions.append(SendEvents([s.conn], events))
         return actions
 
     def _deliver_room(self, room_key: str, log: _RoomLog) -> list[Action]:
         """Everything the room holds, to every online member, at once (its log is full)."""
         end = log.end
         batch, skips = _shared(log, end)
+        shared = SendEvents([], batch)
         actions: list[Action] = []
         for conn in self._present.get(room_key, {}).values():
             if conn not in skips and log.cursors.get(conn, log.base) == log.base:
-                actions.append(SendEvents(conn, batch, shared=True))
+                shared.conns.append(conn)
             elif events := log.owed(conn, end):
-                actions.append(SendEvents(conn, events))
+                actions.append(SendEvents([conn], events))
+        if shared.conns:
+            actions.append(shared)
         self._held -= len(log.events)
         log.base, log.events, log.cursors = end, [], {}
         del self._logs[room_key]  # a round under way with it finds nothing left to send
@@ -1358,6 +1361,7 @@ class RegistryCore:
                 part.batch, part.skips = _shared(log, part.end)
             base = log.base
             conns = part.conns
+            shared: SendEvents | None = None
             while part.index < len(conns) and budget > 0:
                 conn = conns[part.index]
                 part.index += 1
@@ -1368,10 +1372,13 @@ class RegistryCore:
                 if start >= part.end:
                     continue
                 if start == base and conn not in part.skips:
-                    actions.append(SendEvents(conn, part.batch, shared=True))
+                    if shared is None:
+                        shared = SendEvents([], part.batch)
+                        actions.append(shared)
+                    shared.conns.append(conn)
                     budget -= 1
                 elif events := log.owed(conn, part.end):
-                    actions.append(SendEvents(conn, events))
+                    actions.append(SendEvents([conn], events))
                     budget -= 1
                 log.cursors[conn] = part.end  # a reply to it before the round ends: no more
             if part.index >= len(conns):

@@ -513,17 +513,17 @@ class RegistryServer:
                     last_msg, last_frame = action.msg, encode(action.msg)
                 self._write_frame(session, last_frame)
             elif isinstance(action, SendEvents):
-                session = self._sessions.get(action.conn)
-                if session is None or session.transport is None:
-                    continue
-                if not action.shared:
-                    self._write_frame(session, _joined(action.events, frames))
-                    continue
-                cached = frames.get(id(action.events))
-                if cached is None:
+                if len(action.conns) == 1:
                     data = _joined(action.events, frames)
-                    cached = frames[id(action.events)] = (action.events, data)
-                self._write_frame(session, cached[1])
+                elif (cached := frames.get(id(action.events))) is not None:
+                    data = cached[1]  # the same list in an earlier slice of the round
+                else:
+                    data = _joined(action.events, frames)
+                    frames[id(action.events)] = (action.events, data)
+                for conn in action.conns:
+                    session = self._sessions.get(conn)
+                    if session is not None and session.transport is not None:
+                        self._write_frame(session, data)
             elif isinstance(action, Close):
                 session = self._sessions.pop(action.conn, None)
                 if session is not None and session.transport is not None:
