@@ -4,6 +4,7 @@ an in-process registry with pre-made accounts, and the JSON results files."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -150,9 +151,21 @@ def cpu_seconds(pid: int | str = "self") -> tuple[float, float]:
     return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
 
 
-def raise_nofile() -> int:
-    """Raise the soft limit on open files to the hard limit; returns the new soft limit."""
+def raise_nofile(want: int | None = None) -> int:
+    """Raise the soft limit on open files to the hard limit; returns the new soft limit.
+
+    With ``want``, first try to raise both limits to it (as far as ``fs.nr_open`` allows):
+    that takes root (``CAP_SYS_RESOURCE``); without it the hard limit stays as it was.
+    Processes started afterwards inherit the limits."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if want is not None and want > hard:
+        try:
+            ceiling = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            ceiling = want
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, ceiling),) * 2)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

@@ -42,6 +42,7 @@ from p2pchat.registry.core import (
     RegistryConfig,
     RegistryCore,
     Send,
+    SendEvents,
     VerifyPassword,
 )
 from p2pchat.registry.passwords import Passwords
@@ -108,12 +109,22 @@ class Harness:
         for action in actions:
             if isinstance(action, Send):
                 self.out[action.conn].append(action.msg)
+            elif isinstance(action, SendEvents):
+                for conn in action.conns:
+                    self.out[conn].extend(action.events)
             elif isinstance(action, Close):
                 self.closed.add(action.conn)
             elif self.hold_jobs:
                 self.jobs.append(action)
             else:
                 self.finish(action)
+
+    def flush(self, budget: int = 1 << 30) -> None:
+        """Held room events (``batch_events``) to at most ``budget`` sessions; by default,
+        every round until none are held."""
+        self.run(self.core.flush(budget))
+        while budget >= 1 << 30 and self.core.events_waiting:
+            self.run(self.core.flush(budget))
 
     def finish(self, job: HashPassword | VerifyPassword) -> None:
         if isinstance(job, HashPassword):

@@ -445,6 +445,36 @@ def test_members_are_paged(h: Harness) -> None:
     assert names == ["alice", "m0", "m1", "m2", "m3", "m4"]
 
 
+def test_a_10000_member_room_lists_in_pages_of_at_most_200(h: Harness) -> None:
+    """A page is at most ``LIST_LIMIT`` (200) members whatever the limit asked, so a reply
+    always fits in a frame; ``after`` walks the whole room, each member once."""
+    names = [f"m{i:05d}" for i in range(10_000)]
+    store, digest = h.core.store, h.passwords.hash(PW)
+    for name in names:
+        store.create_account(name, digest)
+    alice = h.user("alice")
+    store.create_room("big", False, "alice")
+    for name in names:
+        store.add_member("big", name)
+    online = {"m00007", "m09999"}
+    for name in online:
+        h.user(name)
+    h.req(alice, Logout(id=h.id()))
+    h.req(alice, _login("alice", PW))  # so that the session knows its new room
+    pages: list[MemberList] = []
+    after: str | None = None
+    while not pages or pages[-1].more:
+        page = h.req(alice, ListMembers(id=h.id(), room="BIG", after=after, limit=10_000))
+        assert isinstance(page, MemberList)
+        pages.append(page)
+        after = page.members[-1].username.upper()  # any casing
+    assert [len(p.members) for p in pages] == [200] * 50 + [1]
+    members = [m for p in pages for m in p.members]
+    assert [m.username for m in members] == ["alice", *names]
+    assert {m.username for m in members if m.online} == {"alice", *online}
+    assert all(m.port is not None for m in members if m.online)
+
+
 def test_sessions_that_never_log_in_are_closed_when_idle(h: Harness) -> None:
     idle = h.connect()
     busy = h.connect()

@@ -426,7 +426,7 @@ def test_a_failing_store_answers_storage_error_with_nothing_applied(
     h.req(bob, CreateRoom(id=h.id(), room="mine"))
     h.req(bob, AddMember(id=h.id(), room="mine", username="alice"))
     h.events(alice), h.events(bob)
-    before = (dict(h.core.sessions[bob].rooms), {k: set(v) for k, v in h.core._present.items()})
+    before = (dict(h.core.sessions[bob].rooms), {k: dict(v) for k, v in h.core._present.items()})
     store.failing = {failing}
     reply = h.req(bob, make(h.id()))  # type: ignore[operator]
     assert code(reply) == "storage_error"

@@ -6,13 +6,14 @@ import asyncio
 import json
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from p2pchat.protocol.framing import MAX_FRAME
 from p2pchat.protocol.messages import Bye, Ping, RoomEvent, encode
 from p2pchat.registry.client import Event, RegistryClient, RegistryClosed, RegistryError
-from p2pchat.registry.core import RegistryConfig
+from p2pchat.registry.core import RegistryConfig, SendEvents
 from p2pchat.registry.passwords import Passwords
 from p2pchat.registry.server import RegistryServer
 from p2pchat.store import SqliteStore
@@ -346,6 +347,112 @@ async def test_the_client_reads_every_page_of_a_long_listing() -> None:
             await alice.register(f"m{i}", PW)
             await alice.add_member("room000", f"m{i}")
         assert len(await alice.members("room000")) == 4
+        await alice.close()
+    finally:
+        await server.close()
+
+
+# ------------------------------------------------------------------ room events in rounds
+
+
+class Gate:
+    """Stands in for ``core.flush``: while shut, a round serves its first member and then
+    nothing more, so the round stays under way for as long as the test likes."""
+
+    def __init__(self, server: RegistryServer) -> None:
+        self.core = server.core
+        self.flush = server.core.flush
+        self.shut = False
+        self.started = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.served: list[int] = []
+        """The sessions the shut gate let the round serve."""
+
+    def __call__(self, budget: int) -> list[Any]:
+        if self.shut and self.core.flushing:
+            return []
+        actions = self.flush(1 if self.shut else budget)
+        if self.shut and actions:
+            self.served += [conn for a in actions if isinstance(a, SendEvents) for conn in a.conns]
+            self.started.set()
+        if not self.core.events_waiting:
+            self.idle.set()
+        return actions
+
+
+async def test_a_round_of_room_events_lets_requests_through_and_replies_wait_for_events(
+    registry: RegistryServer, connect: ClientFactory
+) -> None:
+    """While a round of events is under way, others' requests are answered; a member's
+    reply comes after the events held for it, which the round then does not send again."""
+    gate = Gate(registry)
+    registry.core.flush = gate  # type: ignore[method-assign]
+    seen: dict[str, list[object]] = {}
+
+    async def member(name: str) -> RegistryClient:
+        log = seen[name] = []
+        client = await user(connect, name, on_event=lambda e: log.append((e.username, e.change)))
+        await (client.create_room("big") if name == "m0" else client.join_room("big"))
+        return client
+
+    members = [await member(f"m{i}") for i in range(6)]
+    outsider = await user(connect, "outsider")
+    for client in members:  # each has had every event so far, with this reply
+        await client.search("outsider")
+    if registry.core.events_waiting:  # the round that finds them all sent
+        gate.idle.clear()
+        await asyncio.wait_for(gate.idle.wait(), WAIT)
+    for log in seen.values():
+        log.clear()
+    gate.shut = True
+    await members[1].logout()
+    await asyncio.wait_for(gate.started.wait(), WAIT)
+    online = registry.core.online
+    served = [name for name in seen if name in online and online[name].conn in gate.served]
+    assert len(served) == 1 and registry.core.flushing
+    assert (await outsider.search("m0")).online  # answered mid-round
+    waiting = next(i for i in range(2, 6) if f"m{i}" not in served)
+    await members[waiting].search("m0")
+    assert seen[f"m{waiting}"] == [("m1", "offline")]  # before the reply
+    seen[f"m{waiting}"].append("reply")
+    assert registry.core.flushing
+    gate.idle.clear()
+    gate.shut = False
+    await asyncio.wait_for(gate.idle.wait(), WAIT)
+    await members[waiting].search("m0")  # anything the round sent has arrived by now
+    assert seen.pop(f"m{waiting}") == [("m1", "offline"), "reply"]
+    assert seen.pop("m1") == []
+    for name in ("m0", "m2", "m3", "m4", "m5"):
+        if name in seen:
+            await members[int(name[1])].search("m0")
+            assert seen[name] == [("m1", "offline")], name
+
+
+async def test_the_client_reads_a_10000_member_list_in_pages() -> None:
+    store = SqliteStore(":memory:")
+    digest = Passwords("cheapest").hash(PW)
+    names = [f"m{i:05d}" for i in range(10_000)]
+    for name in ["alice", *names]:
+        store.create_account(name, digest)
+    store.create_room("big", False, "alice")
+    for name in names:
+        store.add_member("big", name)
+    server = await start_server(store=store)
+    frames: list[object] = []
+    handle = server.core.handle
+
+    def counted(conn: int, request: Any, now: float) -> list[Any]:
+        frames.append(request)
+        return handle(conn, request, now)
+
+    server.core.handle = counted  # type: ignore[method-assign]
+    try:
+        alice = await RegistryClient.connect("127.0.0.1", server.port)
+        await alice.login("alice", PW, 7000)
+        frames.clear()
+        members = await alice.members("big")
+        assert [m.username for m in members] == ["alice", *names]
+        assert len(frames) == 51  # pages of 200
         await alice.close()
     finally:
         await server.close()

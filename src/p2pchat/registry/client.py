@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TypeVar
 
 import msgspec
 
+from p2pchat import listener
 from p2pchat.protocol.framing import FrameTooLarge, LineFramer
 from p2pchat.protocol.messages import (
     PROTOCOL_VERSION,
@@ -50,6 +53,43 @@ log = logging.getLogger("p2pchat.registry.client")
 Event = RoomEvent | Bye
 T = TypeVar("T")
 EVENT_QUEUE = 10_000
+
+
+READ_LIMIT = 1 << 17
+"""The stream reader's buffer limit: past it, the connection is not read until we catch up."""
+
+
+@functools.cache
+def _plain_context() -> ssl.SSLContext:
+    """One client context for every connection that shows no certificate: a context costs
+    memory and time to make, and a benchmark holds tens of thousands of sessions."""
+    return tls.client()
+
+
+class _Stream(asyncio.StreamReaderProtocol):
+    """A stream protocol that keeps its transport, for the ``StreamWriter`` made after the
+    connection (``listener.connect`` takes a protocol, not a factory)."""
+
+    transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        super().connection_made(transport)
+
+
+async def _open(
+    host: str, port: int, context: ssl.SSLContext | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """``asyncio.open_connection``, but through the listener's TLS layer: its buffers are
+    sized for small frames (asyncio's own allocates 256 KiB per connection, which made each
+    client cost 300 KiB)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=READ_LIMIT, loop=loop)
+    protocol = _Stream(reader)
+    await listener.connect(protocol, host, port, context)
+    assert protocol.transport is not None
+    return reader, asyncio.StreamWriter(protocol.transport, protocol, reader, loop)
 
 
 class _Heartbeat(asyncio.DatagramProtocol):
@@ -106,10 +146,9 @@ class RegistryClient:
         certificate and key to present (for ``resume``). ``secure`` False: plain TCP, for
         benchmarks against a registry started that way.
         """
-        context = tls.client(*cert) if cert else tls.client()
+        context = tls.client(*cert) if cert else _plain_context()
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, limit=1 << 17, ssl=context if secure else None),
-            timeout,
+            _open(host, port, context if secure else None), timeout
         )
         client = cls(reader, writer, host, on_event)
         presented = tls.peer_certificate(writer.get_extra_info("ssl_object"))

@@ -99,6 +99,16 @@ class Send:
 
 
 @dataclass(slots=True)
+class SendEvents:
+    """Room events, in order, for each of the sessions ``conns`` (``batch_events``): to be
+    encoded once and written to each at once. One action for all the members of a room a
+    round serves alike, not one per member: a round of a big room makes few objects."""
+
+    conns: list[int]
+    events: list[RoomEvent]
+
+
+@dataclass(slots=True)
 class Close:
     """Close the session's connection (after sending what came before)."""
 
@@ -128,7 +138,7 @@ class VerifyPassword:
     """The throttle key a valid login ticket chose, or "" (see ``RegistryCore._login``)."""
 
 
-Action = Send | Close | HashPassword | VerifyPassword
+Action = Send | SendEvents | Close | HashPassword | VerifyPassword
 Job = HashPassword | VerifyPassword
 
 # ---------------------------------------------------------------------------- state
@@ -159,6 +169,62 @@ class Session:
     last_seen: float = 0.0
     rooms: dict[str, str] = field(default_factory=dict)
     """While logged in: the user's rooms, casefolded id -> id as spelled."""
+
+
+ROOM_LOG_LIMIT = 1000
+"""Events one room may hold undelivered (``batch_events``); at the limit they are delivered
+at once, to every online member."""
+HELD_EVENTS_LIMIT = 50_000
+"""Events all rooms together may hold undelivered; at the limit, the room of each new event
+is delivered at once."""
+EXPIRY_BACKLOG = 512
+"""Expiry waits while this many events are held (a mass expiry tells every room of every
+session it logs out: it goes at the pace the events are delivered)."""
+
+
+@dataclass(slots=True)
+class _RoomLog:
+    """A room's events not yet delivered to all its online members (``batch_events``).
+
+    Events are numbered from 0 for the life of the log. An online member is owed the events
+    from its cursor on (``base`` unless noted in ``cursors``), except those whose ``skip``
+    is its own session: a member that comes online or joins is noted at the end, so it gets
+    nothing from before it was there; one whose events went out with a reply, or in a round,
+    is noted where they ended; one that goes away is given what it is owed first (or, disconnected,
+    nothing)."""
+
+    base: int = 0
+    """The number of ``events[0]``."""
+    events: list[tuple[RoomEvent, int]] = field(default_factory=list)
+    """Each event, and the session that is not to get it (-1: none)."""
+    cursors: dict[int, int] = field(default_factory=dict)
+    """Sessions owed events from another number than ``base``."""
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.events)
+
+    def owed(self, conn: int, end: int) -> list[RoomEvent]:
+        """What session ``conn`` is owed of the events numbered below ``end``."""
+        start = self.cursors.get(conn, self.base)
+        if start >= end:
+            return []
+        return [e for e, skip in self.events[start - self.base : end - self.base] if skip != conn]
+
+
+@dataclass(slots=True)
+class _RoomRound:
+    """One room's part of a delivery round: its events up to ``end``, to the members online
+    when the round began, ``index`` of them done so far."""
+
+    room_key: str
+    log: _RoomLog
+    end: int
+    conns: list[int]
+    index: int = 0
+    batch: list[RoomEvent] | None = None
+    """The events from ``log.base`` to ``end``, for every member owed exactly them."""
+    skips: frozenset[int] = frozenset()
 
 
 @dataclass(slots=True)
@@ -337,6 +403,12 @@ class RegistryConfig:
     """Room requests (create, join, leave, add, remove, unban) per second per user, after a
     burst of ``room_change_burst``: each may send an event to every online member."""
     room_change_burst: int = 30
+    batch_events: bool = False
+    """Room events held per room and handed out by ``flush`` (one ``SendEvents`` per member
+    and round, whatever the number of events), and before any reply to a member, rather
+    than a ``Send`` per member at once. The asyncio shell sets it: a 10,000-member room made
+    each presence change 10,000 writes in one go. Off, for in-process drivers that carry out
+    ``Send`` only."""
 
 
 def _err(req_id: int | None, code: ErrorCode, reason: str, **extra: Any) -> Error:
@@ -367,7 +439,10 @@ class RegistryCore:
         self.online: dict[str, Session] = {}  # by casefolded username
         self._online_keys: list[str] = []  # the same keys, sorted, for paging
         self._by_token: dict[str, Session] = {}
-        self._present: dict[str, set[str]] = {}  # room key -> keys of its online members
+        self._present: dict[str, dict[str, int]] = {}  # room key -> its online members' conns
+        self._logs: dict[str, _RoomLog] = {}  # room key -> events held (``batch_events``)
+        self._round: deque[_RoomRound] = deque()  # rooms being delivered (``flush``)
+        self._held = 0  # events in all the logs
         self._anonymous: dict[int, None] = {}  # sessions not logged in, oldest first
         self._expiry: list[tuple[float, int, str]] = []  # (deadline, conn, token)
         self.pair_throttle = Throttle(free=3)  # failed logins per (account, address)
@@ -440,7 +515,7 @@ class RegistryCore:
         if session is None:
             return []
         self._anonymous.pop(conn, None)
-        return self._logout_session(session)
+        return self._logout_session(session, deliver=False)
 
     def handle(self, conn: int, request: RegistryRequest, now: float) -> list[Action]:
         session = self.sessions[conn]
@@ -456,15 +531,19 @@ class RegistryCore:
                     ),
                 )
             ]
+        # the events a member is owed go before its reply, as if each had been sent at once
+        owed = self._drain(session) if self._logs and session.user is not None else []
         handler = self._anonymous_handlers.get(type(request))
         try:
             if handler is not None:
-                return handler(session, request, now)
-            if session.user is None:
-                return [Send(conn, _not_logged_in(request.id))]
-            return self._logged_in[type(request)](session, session.user, request, now)
+                actions = handler(session, request, now)
+            elif session.user is None:
+                actions = [Send(conn, _not_logged_in(request.id))]
+            else:
+                actions = self._logged_in[type(request)](session, session.user, request, now)
         except StoreError as exc:
-            return [Send(conn, _storage_error(request.id, type(request).__name__, exc))]
+            actions = [Send(conn, _storage_error(request.id, type(request).__name__, exc))]
+        return owed + actions if owed else actions
 
     # ------------------------------------------------------------------ heartbeats
 
@@ -487,7 +566,7 @@ class RegistryCore:
         actions: list[Action] = []
         heap = self._expiry
         cfg = self.config
-        while heap and heap[0][0] <= now:
+        while heap and heap[0][0] <= now and self._held < EXPIRY_BACKLOG:
             _, conn, token = heapq.heappop(heap)
             session = self._by_token.get(token) if token else self.sessions.get(conn)
             if session is None or (not token and session.user is not None):
@@ -504,13 +583,17 @@ class RegistryCore:
                 reason = f"no heartbeat for {limit:g} seconds; logged out"
             else:
                 reason = f"idle for {limit:g} seconds without logging in"
+            actions.extend(self._logout_session(session, deliver=True))
             actions.append(Send(conn, Bye(code=ErrorCode.TIMEOUT, reason=reason)))
             actions.append(Close(conn))
-            actions.extend(self._logout_session(session))
         return actions
 
     def next_deadline(self) -> float | None:
-        return self._expiry[0][0] if self._expiry else None
+        """When ``expire`` is next due; None while it waits for held events to go out (the
+        shell asks again once it has delivered them)."""
+        if not self._expiry or self._held >= EXPIRY_BACKLOG:
+            return None
+        return self._expiry[0][0]
 
     # ------------------------------------------------------------------ password work
 
@@ -552,6 +635,7 @@ class RegistryCore:
         actions = self._pump()
         if s is not None:
             actions.insert(0, Send(conn, _err(req_id, ErrorCode.INTERNAL, "internal error")))
+            actions[:0] = self._drain(s)
         return actions
 
     # ------------------------------------------------------------------ handlers
@@ -615,6 +699,7 @@ class RegistryCore:
             log.info("registered %s", req.username)
             reply = Ok(id=req.id)
         actions.insert(0, Send(conn, reply))
+        actions[:0] = self._drain(s)  # a session may register while logged in
         return actions
 
     def _login(self, s: Session, req: Login, now: float) -> list[Action]:
@@ -798,7 +883,7 @@ class RegistryCore:
             )
         ]
         for room_key, room in s.rooms.items():
-            self._present.setdefault(room_key, set()).add(key)
+            self._present_in(s, room_key)
             actions.extend(
                 self._tell_room(
                     room_key, room, s, "online", host=s.host, port=s.port, key=public_key
@@ -828,14 +913,15 @@ class RegistryCore:
 
     def _logout(self, s: Session, user: str, req: Logout, now: float) -> list[Action]:
         log.info("%s logged out", user)
-        actions = self._logout_session(s)
+        actions = self._logout_session(s, deliver=True)
         self._anonymous[s.conn] = None
         heapq.heappush(self._expiry, (now + self.config.login_timeout, s.conn, ""))
         actions.insert(0, Send(s.conn, Ok(id=req.id)))
         return actions
 
-    def _logout_session(self, s: Session) -> list[Action]:
-        """Offline at once, from memory only: this cannot fail."""
+    def _logout_session(self, s: Session, *, deliver: bool) -> list[Action]:
+        """Offline at once, from memory only: this cannot fail. ``deliver``: the session is
+        still there to be given the room events it is owed (first)."""
         if s.user is None:
             return []
         user, key = s.user, s.key
@@ -846,8 +932,9 @@ class RegistryCore:
         self._by_token.pop(s.token, None)
         s.user, s.key, s.token = None, "", ""
         actions: list[Action] = []
+        for room_key in s.rooms:
+            actions.extend(self._absent(s, room_key, key, deliver))
         for room_key, room in s.rooms.items():
-            self._absent(room_key, key)
             actions.extend(self._tell_room(room_key, room, None, "offline", username=user))
         s.rooms = {}
         return actions
@@ -971,8 +1058,8 @@ class RegistryCore:
             return [Send(s.conn, _no_room(req.id, req.room))]
         if room.room.casefold() not in s.rooms or not self.store.leave_room(room.room, user):
             return [Send(s.conn, _not_member(req.id, user, room.room))]
-        self._leave(s, room.room)
-        actions: list[Action] = [Send(s.conn, Ok(id=req.id))]
+        actions: list[Action] = self._leave(s, room.room)
+        actions.append(Send(s.conn, Ok(id=req.id)))
         actions.extend(self._tell_room(room.room.casefold(), room.room, s, "left", username=user))
         return actions
 
@@ -1058,17 +1145,20 @@ class RegistryCore:
         if name.casefold() == user.casefold():
             reason = "to leave your own room, use leave_room"
             return [Send(s.conn, _err(req.id, ErrorCode.BAD_REQUEST, reason))]
-        # told before the removal, so that the member being removed hears of it too
-        room_key = room.room.casefold()
-        events = self._tell_room(room_key, room.room, None, "removed", username=name, by=user)
         if not self.store.remove_member(room.room, name, ban=req.ban):
             if req.ban:  # a ban needs no membership: it keeps them from joining
                 return [Send(s.conn, Ok(id=req.id))]
             return [Send(s.conn, _not_member(req.id, name, room.room))]
+        # told while the member being removed is still present, so that they hear of it too
+        room_key = room.room.casefold()
+        actions: list[Action] = [Send(s.conn, Ok(id=req.id))]
+        actions.extend(
+            self._tell_room(room_key, room.room, None, "removed", username=name, by=user)
+        )
         target = self.online.get(name.casefold())
         if target is not None:
-            self._leave(target, room.room)
-        return [Send(s.conn, Ok(id=req.id)), *events]
+            actions.extend(self._leave(target, room.room))
+        return actions
 
     def _unban(self, s: Session, user: str, req: Unban, now: float) -> list[Action]:
         found = self._owned(s, user, req, now)
@@ -1131,19 +1221,34 @@ class RegistryCore:
         """``s``'s user is now a member of ``room`` (already written to the store)."""
         room_key = room.casefold()
         s.rooms[room_key] = room
-        self._present.setdefault(room_key, set()).add(s.key)
+        self._present_in(s, room_key)
 
-    def _leave(self, s: Session, room: str) -> None:
+    def _present_in(self, s: Session, room_key: str) -> None:
+        """``s`` is now an online member of the room: owed its events from now on."""
+        self._present.setdefault(room_key, {})[s.key] = s.conn
+        log = self._logs.get(room_key)
+        if log is not None:
+            log.cursors[s.conn] = log.end
+
+    def _leave(self, s: Session, room: str) -> list[Action]:
+        """``s``'s user is no longer a member of ``room``: what it is owed of the room's
+        events, before it goes."""
         room_key = room.casefold()
         s.rooms.pop(room_key, None)
-        self._absent(room_key, s.key)
+        return self._absent(s, room_key, s.key, True)
 
-    def _absent(self, room_key: str, user_key: str) -> None:
+    def _absent(self, s: Session, room_key: str, user_key: str, deliver: bool) -> list[Action]:
         present = self._present.get(room_key)
         if present is not None:
-            present.discard(user_key)
+            present.pop(user_key, None)
             if not present:
                 del self._present[room_key]
+        log = self._logs.get(room_key)
+        if log is None:
+            return []
+        events = log.owed(s.conn, log.end) if deliver else []
+        log.cursors.pop(s.conn, None)
+        return [SendEvents([s.conn], events)] if events else []
 
     def online_in(self, room: str) -> int:
         """Online members of ``room`` (from memory)."""
@@ -1163,7 +1268,8 @@ class RegistryCore:
         key: bytes | None = None,
         since: float | None = None,
     ) -> list[Action]:
-        """An event for every online member of the room except the session that caused it."""
+        """An event for every online member of the room except the session that caused it:
+        sent at once, or held in the room's log (``batch_events``)."""
         name = username or (subject.user if subject else None) or ""
         event = RoomEvent(
             room=room,
@@ -1176,12 +1282,129 @@ class RegistryCore:
             since=since,
         )
         skip = subject.conn if subject else -1
-        online = self.online
-        return [
-            Send(peer.conn, event)
-            for key in self._present.get(room_key, ())
-            if (peer := online[key]).conn != skip
-        ]
+        present = self._present.get(room_key)
+        if not present:
+            return []
+        if not self.config.batch_events:
+            return [Send(conn, event) for conn in present.values() if conn != skip]
+        log = self._logs.get(room_key)
+        if log is None:
+            log = self._logs[room_key] = _RoomLog()
+        log.events.append((event, skip))
+        self._held += 1
+        if len(log.events) >= ROOM_LOG_LIMIT or self._held >= HELD_EVENTS_LIMIT:
+            return self._deliver_room(room_key, log)
+        return []
+
+    # ------------------------------------------------------------------ held room events
+
+    @property
+    def events_waiting(self) -> bool:
+        """Whether ``flush`` has events to deliver (``batch_events``)."""
+        return bool(self._logs)
+
+    @property
+    def flushing(self) -> bool:
+        """Whether a delivery round is under way (``flush`` goes on with it)."""
+        return bool(self._round)
+
+    def _drain(self, s: Session) -> list[Action]:
+        """What ``s`` is owed in every room, now (before a reply to it)."""
+        if len(self._logs) < len(s.rooms):
+            keys = [k for k in self._logs if k in s.rooms]
+        else:
+            keys = [k for k in s.rooms if k in self._logs]
+        actions: list[Action] = []
+        for room_key in keys:
+            log = self._logs[room_key]
+            end = log.end
+            events = log.owed(s.conn, end)
+            if log.cursors.get(s.conn, log.base) < end:
+                log.cursors[s.conn] = end
+            if events:
+                actions.append(SendEvents([s.conn], events))
+        return actions
+
+    def _deliver_room(self, room_key: str, log: _RoomLog) -> list[Action]:
+        """Everything the room holds, to every online member, at once (its log is full)."""
+        end = log.end
+        batch, skips = _shared(log, end)
+        shared = SendEvents([], batch)
+        actions: list[Action] = []
+        for conn in self._present.get(room_key, {}).values():
+            if conn not in skips and log.cursors.get(conn, log.base) == log.base:
+                shared.conns.append(conn)
+            elif events := log.owed(conn, end):
+                actions.append(SendEvents([conn], events))
+        if shared.conns:
+            actions.append(shared)
+        self._held -= len(log.events)
+        log.base, log.events, log.cursors = end, [], {}
+        del self._logs[room_key]  # a round under way with it finds nothing left to send
+        return actions
+
+    def flush(self, budget: int) -> list[Action]:
+        """Deliver held room events (``batch_events``), to at most ``budget`` sessions: each
+        online member of a room gets all it is owed there in one ``SendEvents``. A round
+        takes the rooms holding events when it begins, each up to its last event then;
+        later calls go on with it, and events that come meanwhile wait for the next round.
+        The shell decides when rounds run and how many sessions a call serves."""
+        if not self._round:
+            for room_key, log in self._logs.items():
+                conns = list(self._present.get(room_key, {}).values())
+                self._round.append(_RoomRound(room_key, log, log.end, conns))
+        actions: list[Action] = []
+        while self._round and budget > 0:
+            part = self._round[0]
+            log = part.log
+            if part.batch is None:
+                part.batch, part.skips = _shared(log, part.end)
+            base = log.base
+            conns = part.conns
+            shared: SendEvents | None = None
+            while part.index < len(conns) and budget > 0:
+                conn = conns[part.index]
+                part.index += 1
+                s = self.sessions.get(conn)
+                if s is None or part.room_key not in s.rooms:
+                    continue  # gone: it was given what it was owed as it went
+                start = log.cursors.get(conn, base)
+                if start >= part.end:
+                    continue
+                if start == base and conn not in part.skips:
+                    if shared is None:
+                        shared = SendEvents([], part.batch)
+                        actions.append(shared)
+                    shared.conns.append(conn)
+                    budget -= 1
+                elif events := log.owed(conn, part.end):
+                    actions.append(SendEvents([conn], events))
+                    budget -= 1
+                log.cursors[conn] = part.end  # a reply to it before the round ends: no more
+            if part.index >= len(conns):
+                self._round.popleft()
+                self._finish(part)
+        return actions
+
+    def _finish(self, part: _RoomRound) -> None:
+        """Every member online at the round's start has had the room's events up to its end."""
+        log = part.log
+        if self._logs.get(part.room_key) is not log:
+            return
+        if part.end > log.base:
+            done = part.end - log.base
+            del log.events[:done]
+            self._held -= done
+            log.base = part.end
+        log.cursors = {c: n for c, n in log.cursors.items() if n > log.base}
+        if not log.events:
+            del self._logs[part.room_key]
+
+
+def _shared(log: _RoomLog, end: int) -> tuple[list[RoomEvent], frozenset[int]]:
+    """The events from ``log.base`` to ``end``, and the sessions some of them skip."""
+    held = log.events[: max(0, end - log.base)]
+    return [e for e, _ in held], frozenset(skip for _, skip in held if skip >= 0)
 
 
 def _pair(key: str, host: str) -> str:
