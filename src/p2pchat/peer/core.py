@@ -138,6 +138,13 @@ class PeerConfig:
     """A registry that leaves a request unanswered this long is taken as gone."""
     replan_delay: float = 0.02
     """Membership changes within this are planned for together (a login storm is one replan)."""
+    leave_linger: float = 2.0
+    """``/leave`` right after we spoke in the room waits until this long after our last message
+    there (and until every message we queued for it is out): our neighbours may have been
+    joining or leaving themselves and dropped it, and only while we stay do new links and
+    their catch-up pass it on. On the simulated network, five scripts of join, say, leave in
+    a row lost 42-54 of 300 deliveries without it, 6-10 with it (at 5 s: the same): the
+    rest is another race, not found yet (``tests/peer/test_catchup.py``)."""
     agent: str = "p2pchat"
     secure: bool = True
     """False: no TLS, certificates or signatures (names are taken on trust); only for
@@ -206,6 +213,8 @@ class PeerCore:
         self._verifier = Verifier()
         self._seqs: dict[str, int] = {}
         """Room -> the seq of our last message there."""
+        self._said_at: dict[str, float] = {}
+        """Room -> when we last sent a message there (``leave_linger``); our rooms only."""
         self._renew_timer: Timer | None = None
         self._router_timer: Timer | None = None
         self._router_dirty = False
@@ -684,6 +693,7 @@ class PeerCore:
         self.registry.logged_out()
         self.roomlog = self._history = None
         self.rooms = {}
+        self._said_at = {}
         self._loading = {}
         for link in list(self._conns.values()):
             self._close(link)
@@ -769,12 +779,34 @@ class PeerCore:
         return self._logged_in(command, flow, now)
 
     def leave_room(self, command: int, room: str, now: float) -> list[Action]:
+        def body() -> None:
+            self._require_login()
+            self._leave_when_said(command, room, self.username)
+
+        return self._guarded(command, now, body)
+
+    def _leave_when_said(self, command: int, room: str, me: str | None) -> None:
+        """Leave ``room`` once what we said there has had ``leave_linger`` to spread."""
+        if self.username is None or self.username != me:
+            self._fail(command, "logged out")
+            return
+        name = self.room_name(room)
+        if name in self.rooms:
+            queued = name in self._paced or any(s.room == name for s in self._says)
+            said = self._said_at.get(name)
+            due = said + self.config.leave_linger if said is not None else self._now
+            if queued:  # checked again once the queue had time to move
+                due = max(due, self._now + self.config.leave_linger / 4)
+            if due > self._now:
+                self._timers.at(due, lambda _: self._leave_when_said(command, room, me))
+                return
+
         def left(_: None) -> None:
             self._forget_room(self.room_name(room))
             self._want_replan()
             self._show(RoomsChanged())
 
-        return self._logged_in(command, flows.leave_room(room), now, left)
+        self._command(command, flows.leave_room(room), left)
 
     def _logged_in(
         self,
@@ -937,6 +969,7 @@ class PeerCore:
     def _forget_room(self, room: str) -> None:
         """We left ``room`` or were removed from it."""
         self.rooms.pop(room, None)
+        self._said_at.pop(room, None)
         if self.router is not None:
             self.router.forget_room(room)
         if self.roomlog is not None:
@@ -1637,6 +1670,7 @@ class PeerCore:
         else:
             seq = self._seqs.get(pending.room, 0) + 1
         self._seqs[pending.room] = seq
+        self._said_at[pending.room] = self._now
         origination = router.originate(
             pending.room,
             pending.text,
