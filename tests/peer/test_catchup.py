@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from p2pchat.peer import catchup
 from p2pchat.peer.catchup import FLUSH_AFTER
 from p2pchat.peer.core import PeerConfig
 from p2pchat.peer.events import Notice, RoomText
@@ -102,16 +104,24 @@ def lost_by_five_joiners(config: PeerConfig | None, seeds: range) -> int:
     return lost
 
 
-def test_lingering_before_leaving_keeps_what_was_just_said() -> None:
-    """Without ``leave_linger`` about a third of these messages are lost by some member (the
-    neighbours they went to were leaving or still joining, and the sender left before new
-    links could pass them on); with it, few. Not none: see the note on ``leave_linger``."""
-    seeds = range(20)
-    config = SimNet().peer_config
-    at_once = lost_by_five_joiners(replace(config, leave_linger=0.0), seeds)
-    lingering = lost_by_five_joiners(config, seeds)
-    assert at_once >= 10
-    assert lingering * 2 <= at_once, (lingering, at_once)
+def test_joiners_who_speak_and_leave_at_once_are_heard_by_every_member() -> None:
+    assert lost_by_five_joiners(None, range(20)) == 0
+
+
+def test_without_lingering_before_leaving_such_scripts_lose_messages() -> None:
+    """``leave_linger``: a message said before any of our links was up went nowhere; only
+    the catch-up of the links that come up while we stay passes it on."""
+    config = replace(SimNet().peer_config, leave_linger=0.0)
+    assert lost_by_five_joiners(config, range(20)) >= 10
+
+
+def test_without_passing_on_fresh_caught_up_messages_such_scripts_lose_some(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``RELAY_FRESH``: the neighbours that caught up a message from its sender must pass it
+    on, or members linked to them long before it was said never get it."""
+    monkeypatch.setattr(catchup, "RELAY_FRESH", -1e9)
+    assert lost_by_five_joiners(None, range(20)) > 0
 
 
 def test_leave_waits_for_what_we_said_and_fails_if_we_log_out_meanwhile() -> None:

@@ -33,6 +33,11 @@ PRUNE_EVERY = 3600.0
 FLUSH_AFTER = 0.05
 """Live messages are committed to the history in batches, at most this long after the first
 (a crash loses at most that much of the history, which catch-up brings back)."""
+RELAY_FRESH = 60.0
+"""A message caught up that was said less than this long ago is passed on to our other
+neighbours as a live one is: its first neighbours may have dropped it (they were joining or
+leaving), and links that were up before it was said hold no catch-up that would bring it.
+Older gaps wait for a link's next catch-up."""
 HOLD_UNKNOWN = 10.0
 """How long a message from someone not yet known as a member waits for the registry's word."""
 MAX_UNKNOWN = 500
@@ -69,8 +74,10 @@ class RoomLog:
         send: Callable[[str, bytes], None],
         show: Callable[[PeerEvent], None],
         neighbours: Callable[[str], Iterable[str]],
+        relay: Callable[[StoredMessage, str], None] = lambda entry, via: None,
     ) -> None:
         self._ctx = ctx
+        self._relay = relay
         self.history = history
         self.sync = Sync(history, access=access, accept=accept)
         self.order = OrderBuffer()
@@ -127,7 +134,10 @@ class RoomLog:
         for send in out.sends:
             self._send(send.peer, send.frame)
         release = Release()
+        fresh = ctx.wall - RELAY_FRESH
         for entry, added, via in out.caught:
+            if entry.ts >= fresh:
+                self._relay(entry, via)
             got = self.order.push(entry, ctx.now, history=True, via=via, before=added)
             release.shown += got.shown
             release.missing += got.missing

@@ -80,6 +80,7 @@ from p2pchat.protocol.messages import (
     SyncDigest,
     SyncRequest,
     SyncSummary,
+    b64,
     decode,
     encode,
     peer_decoder,
@@ -120,6 +121,12 @@ BACKOFF_MAX = 8.0
 """Dial retries to an unreachable member: 0.5 s, doubling up to this."""
 
 
+RELAY_HOPS = 64
+"""Hops given to a message passed on after catch-up (each router caps it at its own)."""
+LEAVE_WAIT_MAX = 5
+"""``/leave`` waits at most this many ``leave_linger`` for our messages to spread."""
+
+
 @dataclass(frozen=True, slots=True)
 class PeerConfig:
     registry_host: str = "127.0.0.1"
@@ -142,9 +149,9 @@ class PeerConfig:
     """``/leave`` right after we spoke in the room waits until this long after our last message
     there (and until every message we queued for it is out): our neighbours may have been
     joining or leaving themselves and dropped it, and only while we stay do new links and
-    their catch-up pass it on. On the simulated network, five scripts of join, say, leave in
-    a row lost 42-54 of 300 deliveries without it, 6-10 with it (at 5 s: the same): the
-    rest is another race, not found yet (``tests/peer/test_catchup.py``)."""
+    their catch-up pass it on (and those neighbours pass it on: ``catchup.RELAY_FRESH``).
+    On the simulated network, five scripts of join, say, leave in a row lost 42-54 of 300
+    deliveries without it, none with both (``tests/peer/test_catchup.py``)."""
     agent: str = "p2pchat"
     secure: bool = True
     """False: no TLS, certificates or signatures (names are taken on trust); only for
@@ -466,7 +473,30 @@ class PeerCore:
                 send=self._send_frame,
                 show=self._show_message,
                 neighbours=lambda room: self._forward.get(room, ()),
+                relay=self._relay_caught_up,
             )
+
+    def _relay_caught_up(self, entry: StoredMessage, via: str) -> None:
+        """Pass on a fresh message we got by catch-up (checked already) as if it had come
+        live from ``via``; catch-up shows it."""
+        view = self.rooms.get(self.room_name(entry.room))
+        router = self.router
+        if view is None or router is None:
+            return
+        msg = RoomMessage(
+            id=entry.id,
+            room=self.room_name(entry.room),
+            origin=entry.origin,
+            seq=entry.seq,
+            ts=entry.ts,
+            text=entry.text,
+            hops=RELAY_HOPS,
+            sig=b64(entry.sig),
+        )
+        result = router.receive(msg, via, self._now, _Speakers(view, msg.ts, self._ctx.wall))
+        if result.sends:
+            self._dispatch(result.sends)
+        self._router_dirty = True
 
     def _access(self, room: str, peer: str) -> Access:
         """What the registry lists of ``peer`` in ``room``: for who may see which history."""
@@ -785,20 +815,30 @@ class PeerCore:
 
         return self._guarded(command, now, body)
 
-    def _leave_when_said(self, command: int, room: str, me: str | None) -> None:
-        """Leave ``room`` once what we said there has had ``leave_linger`` to spread."""
+    def _leave_when_said(
+        self, command: int, room: str, me: str | None, asked: float | None = None
+    ) -> None:
+        """Leave ``room`` once what we said there has had ``leave_linger`` to spread, over a
+        mesh that is up: a message said while our links were still being dialed went to
+        none of them, and only the catch-up of the links that come up passes it on."""
         if self.username is None or self.username != me:
             self._fail(command, "logged out")
             return
         name = self.room_name(room)
-        if name in self.rooms:
+        said = self._said_at.get(name)
+        if name in self.rooms and said is not None:
+            asked = self._now if asked is None else asked
+            linger = self.config.leave_linger
             queued = name in self._paced or any(s.room == name for s in self._says)
-            said = self._said_at.get(name)
-            due = said + self.config.leave_linger if said is not None else self._now
-            if queued:  # checked again once the queue had time to move
-                due = max(due, self._now + self.config.leave_linger / 4)
+            replanning = self._replan_timer is not None and self._replan_timer.active
+            if queued or replanning or name in self._building:
+                self._said_at[name] = said = self._now  # the linger counts from a settled mesh
+            due = min(said + linger, asked + LEAVE_WAIT_MAX * linger)
             if due > self._now:
-                self._timers.at(due, lambda _: self._leave_when_said(command, room, me))
+                self._timers.at(
+                    min(due, self._now + linger / 4),
+                    lambda _: self._leave_when_said(command, room, me, asked),
+                )
                 return
 
         def left(_: None) -> None:
