@@ -24,7 +24,7 @@ HELP = """\
 /users                    who is online
 /create ROOM [private]    create a room (you own it and are its first member)
 /join ROOM                join a public room
-/leave ROOM               leave a room
+/leave ROOM               leave a room (a few seconds after your last message there)
 /add ROOM USER            add USER to a room you are in (the way into private rooms)
 /remove ROOM USER         remove USER from a room you own
 /ban ROOM USER            remove USER from a room you own and keep them out
