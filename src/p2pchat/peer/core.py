@@ -221,7 +221,8 @@ class PeerCore:
         self._seqs: dict[str, int] = {}
         """Room -> the seq of our last message there."""
         self._said_at: dict[str, float] = {}
-        """Room -> when we last sent a message there (``leave_linger``); our rooms only."""
+        """Room -> when we last sent a message there, or, while a ``/leave`` waits, last saw
+        our messages there not yet able to spread (``leave_linger``); our rooms only."""
         self._renew_timer: Timer | None = None
         self._router_timer: Timer | None = None
         self._router_dirty = False
@@ -830,8 +831,7 @@ class PeerCore:
             asked = self._now if asked is None else asked
             linger = self.config.leave_linger
             queued = name in self._paced or any(s.room == name for s in self._says)
-            replanning = self._replan_timer is not None and self._replan_timer.active
-            if queued or replanning or name in self._building:
+            if queued or self._replanning or name in self._building:
                 self._said_at[name] = said = self._now  # the linger counts from a settled mesh
             due = min(said + linger, asked + LEAVE_WAIT_MAX * linger)
             if due > self._now:
@@ -1686,9 +1686,12 @@ class PeerCore:
             self._now + self.config.dial_timeout, lambda now: self._flood(pending)
         )
 
+    @property
+    def _replanning(self) -> bool:
+        return self._replan_timer is not None and self._replan_timer.active
+
     def _mesh_settled(self, room: str) -> bool:
-        replanning = self._replan_timer is not None and self._replan_timer.active
-        return not replanning and not (room in self._building and self._dialing)
+        return not self._replanning and not (room in self._building and self._dialing)
 
     def _release_says(self) -> None:
         for pending in [s for s in self._says if self._mesh_settled(s.room)]:
